@@ -1,0 +1,264 @@
+"""Typed configuration: one dataclass tree, every default in one place, validated at load time.
+
+A run's config is composed as: the schema defaults <- each file named in the experiment's ``defaults``
+list (paths relative to the ``configs/`` folder, without ``.yaml``) <- the experiment file itself <-
+dotted command-line overrides (``memory.short_memory_merge=4``). Unknown keys, wrong types and
+impossible combinations raise :class:`ConfigError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from moviechat.memory import MemoryConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: names the file or override and the dotted key."""
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class VisionConfig:
+    """EVA ViT-g as BLIP-2 uses it (224 px, patch 14, last of 40 blocks dropped) + ``ln_vision``."""
+
+    img_size: int = 224
+    patch_size: int = 14
+    embed_dim: int = 1408
+    depth: int = 39
+    num_heads: int = 16
+    mlp_ratio: float = 4.3637
+    weights: Optional[str] = None  # local EVA-CLIP / LAVIS BLIP-2 .pth with visual_encoder.* and ln_vision.*
+
+
+@dataclass
+class QFormerConfig:
+    """A BLIP-2 Q-Former: learned queries cross-attending to an encoder's tokens."""
+
+    num_hidden_layers: int = 12
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_frequency: int = 2
+    encoder_hidden_size: int = 1408
+    num_query_tokens: int = 32
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class LLMConfig:
+    """A causal LM from a local folder, or (``path: null``) a tiny random LLaMA of the sizes below."""
+
+    path: Optional[str] = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
+    vocab_size: int = 512
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class FreezeConfig:
+    """Which parts are frozen; the original trains the video Q-Former, position embedding and projection."""
+
+    vision: bool = True
+    image_qformer: bool = True
+    video_qformer: bool = False
+    position_embedding: bool = False
+    projection: bool = False
+    llm: bool = True
+
+
+def _video_qformer() -> QFormerConfig:
+    return QFormerConfig(num_hidden_layers=2, cross_attention_frequency=1, encoder_hidden_size=768)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "moviechat"  # registry name of the model builder
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    image_qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    video_qformer: QFormerConfig = field(default_factory=_video_qformer)
+    frame_position_rows: int = 32  # rows of the frame position embedding table
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    qformer_checkpoint: Optional[str] = None  # LAVIS BLIP-2 .pth (image Q-Former, query tokens, ln_vision)
+    checkpoint: Optional[str] = None  # Video-LLaMA / MovieChat .pth or one of ours
+    max_txt_len: int = 160
+    system_prompt: str = (
+        "You are able to understand the visual content that the user provides. "
+        "Follow the instructions carefully and explain your answers in detail."
+    )
+
+
+# ------------------------------------------------------------------------------------ data, train, run
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # registry name of the dataset builder
+    on_error: str = "raise"  # raise | skip (skipped samples are counted and reported)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error={self.on_error!r} must be 'raise' or 'skip'")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 10
+    max_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.max_steps < 1:
+            raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1")
+        if not 0 <= self.warmup_steps:
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclass
+class DeepSpeedConfig:
+    config: str = "configs/deepspeed/zero0.json"  # ZeRO stage, precision, batch, clipping
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"
+    name: Optional[str] = None  # run folder name under output_dir; None: the experiment name
+    seed: int = 42
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        try:
+            self.memory.validate(position_rows=self.model.frame_position_rows)
+        except ValueError as e:
+            raise ConfigError(f"{e} (model.frame_position_rows={self.model.frame_position_rows})") from None
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def config_root(path: Path) -> Path:
+    """The ``configs/`` folder a config file lives in (or its parent's parent when there is none)."""
+    for parent in path.resolve().parents:
+        if parent.name == "configs":
+            return parent
+    return path.resolve().parent.parent
+
+
+def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """The file's ``defaults`` (recursively, in order) followed by the file itself."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: defaults form a cycle: {' -> '.join(str(p) for p in seen + (path,))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors come in several types
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: must be a mapping of config sections")
+    defaults = data.pop("defaults", [])
+    if not OmegaConf.is_list(defaults) and not isinstance(defaults, list):
+        raise ConfigError(f"{path}: defaults must be a list of config names, got {defaults!r}")
+    layers: list[tuple[str, DictConfig]] = []
+    for name in defaults:
+        layers += _read_layers(config_root(path) / f"{name}.yaml", seen + (path,))
+    return layers + [(str(path), data)]
+
+
+def _first_line(e: OmegaConfBaseException) -> str:
+    return str(getattr(e, "msg", None) or e).splitlines()[0]
+
+
+def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Merge schema defaults, the file and its defaults, and overrides; errors name the source and key."""
+    merged = OmegaConf.structured(Config)
+    layers = _read_layers(Path(path)) if path is not None else []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+    if overrides:
+        layers.append(("command-line overrides", OmegaConf.from_dotlist(list(overrides))))
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{source}: {getattr(e, 'full_key', '?')}: {_first_line(e)}") from None
+    return merged
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    """The validated config of an experiment file (None: the schema defaults) plus overrides."""
+    merged = compose(path, overrides)
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {getattr(e, 'full_key', '?')}: {_first_line(e)}") from None
+    except ConfigError:
+        raise
+    except ValueError as e:  # a section's own check (memory.*, ...) already names its key
+        raise ConfigError(f"{path}: {e}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (a reader never sees half a file)."""
+    write_text_atomic(Path(path), to_yaml(cfg))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (for logging and checkpoints)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

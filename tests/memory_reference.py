@@ -1,0 +1,82 @@
+"""A plain, per-frame reference of the streaming memory, written straight from DESIGN.md section 4.
+
+Every item carries the frames it was made from with their weights, so tests can compare which source
+frames each memory slot covers as well as its values. Slow on purpose: full similarity recomputation
+after every merge, as the original MovieChat code does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moviechat.memory import MemoryConfig
+
+
+class Item:
+    """A memory frame and, unless ``track`` is off (for timing), the source frames and weights it averages."""
+
+    def __init__(self, value: torch.Tensor, sources: dict[int, float] | None) -> None:
+        self.value = value
+        self.sources = sources
+
+    @staticmethod
+    def frame(tokens: torch.Tensor, i: int, track: bool = True) -> "Item":
+        return Item(tokens[i], {i: 1.0} if track else None)
+
+    def average(self, other: "Item") -> "Item":
+        if self.sources is None:
+            return Item((self.value + other.value) / 2, None)
+        sources = {k: w / 2 for k, w in self.sources.items()}
+        for k, w in other.sources.items():
+            sources[k] = sources.get(k, 0.0) + w / 2
+        return Item((self.value + other.value) / 2, sources)
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, exact: bool = True) -> float:
+    """mean(F_i @ F_j.T): the mean of all Q x Q token dot products (float64 when exact, so ties are exact)."""
+    if exact:
+        a, b = a.double(), b.double()
+    return float((a @ b.T).mean())
+
+
+def ref_consolidate(items: list[Item], merge_to: int, exact: bool = True) -> list[Item]:
+    items = list(items)
+    while len(items) > merge_to:
+        sims = [similarity(items[i].value, items[i + 1].value, exact) for i in range(len(items) - 1)]
+        best = max(range(len(sims)), key=lambda i: (sims[i], -i))  # highest; ties -> lowest index
+        items[best : best + 2] = [items[best].average(items[best + 1])]
+    return items
+
+
+def ref_memory(
+    tokens: torch.Tensor, cfg: MemoryConfig, mode: str = "global", t: int | None = None, exact: bool = True
+) -> list[Item]:
+    """The memory as a list of items; ``exact=False`` is the original's fp32 loop without bookkeeping."""
+    k, f = cfg.short_memory_length, cfg.fragment
+    end = tokens.shape[0] if mode == "global" else (t // f) * f
+    buffer: list[Item] = []
+    long: list[Item] = []
+    in_fragment = 0
+    for i in range(end):
+        if len(buffer) == k:
+            buffer.pop(0)
+        buffer.append(Item.frame(tokens, i, track=exact))
+        in_fragment += 1
+        if in_fragment == f or i == end - 1:
+            long += ref_consolidate(buffer, cfg.short_memory_merge, exact)
+            buffer, in_fragment = [], 0
+            if len(long) > cfg.long_memory_length:
+                if cfg.long_memory_policy == "fifo":
+                    long = long[-cfg.long_memory_length :]
+                else:
+                    long = ref_consolidate(long, cfg.long_memory_length, exact)
+    if mode == "global":
+        return long
+    start = (t // f) * f
+    short = [Item.frame(tokens, i, track=exact) for i in range(max(start, t - k), t)]
+    while len(long) + len(short) + 1 > cfg.capacity:
+        if short:
+            short.pop(0)
+        else:
+            long.pop(0)
+    return long + short + [Item.frame(tokens, t, track=exact)]
