@@ -38,6 +38,7 @@ class VisionConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.3637
     weights: Optional[str] = None  # local EVA-CLIP / LAVIS BLIP-2 .pth with visual_encoder.* and ln_vision.*
+    enabled: bool = False  # build the ViT inside the model (only to encode raw frames; training reads features)
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""Prompt template, tokenization and batching (DESIGN.md section 7).
+
+The original's conversation: ``{system}###Human: <Video><ImageHere></Video> {question}###Assistant:``
+then `` {answer}###``; BOS starts the sequence; the loss covers the answer tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from moviechat.models.llm import IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+SEPARATOR = "###"
+
+
+@dataclass
+class Sample:
+    """One question about one video, with its frames already sampled (``time`` indexes ``frames``)."""
+
+    video_id: str
+    frames: Tensor  # EVA features [T, 257, 1408] or frame tokens [T, 32, 768]
+    question: str
+    answer: str
+    mode: str = "global"  # or "breakpoint"
+    time: Optional[int] = None
+    qtype: str = ""  # question type, for per-type accuracy
+
+
+def build_prompt(system: str, question: str) -> str:
+    return f"{system}{SEPARATOR}Human: <Video>{IMAGE_TOKEN}</Video> {question}{SEPARATOR}Assistant:"
+
+
+def answer_text(answer: str) -> str:
+    return f" {answer}{SEPARATOR}"
+
+
+def extract_answer(generated: str) -> str:
+    """The answer part of generated text: up to the first separator, stripped."""
+    return generated.split(SEPARATOR)[0].strip()
+
+
+class Collator:
+    """Samples -> the batch dict :class:`~moviechat.models.moviechat.MovieChatModel` reads.
+
+    With ``with_answers`` the answer follows the prompt and is the only labelled part (training, eval
+    loss); without, the batch is prompts only (generation) and carries the reference answers.
+    """
+
+    def __init__(self, tokenizer, system_prompt: str, max_txt_len: int, feature_kind: str, with_answers: bool = True):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.max_txt_len = max_txt_len
+        self.feature_kind = feature_kind
+        self.with_answers = with_answers
+
+    def encode(self, sample: Sample) -> tuple[list[int], list[int]]:
+        """Token ids and labels of one sample, truncated to ``max_txt_len`` text tokens."""
+        tok = self.tokenizer
+        prompt = [tok.bos_token_id] + tok(build_prompt(self.system_prompt, sample.question), add_special_tokens=False)["input_ids"]
+        if len(prompt) > self.max_txt_len:
+            raise ValueError(f"video {sample.video_id}: prompt of {len(prompt)} tokens exceeds "
+                             f"model.max_txt_len={self.max_txt_len}; question: {sample.question[:80]!r}")
+        if not self.with_answers:
+            return prompt, [IGNORE_INDEX] * len(prompt)
+        answer = tok(answer_text(sample.answer), add_special_tokens=False)["input_ids"]
+        ids = (prompt + answer)[: self.max_txt_len]
+        labels = ([IGNORE_INDEX] * len(prompt) + answer)[: self.max_txt_len]
+        return ids, labels
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        encoded = [self.encode(s) for s in samples]
+        width = max(len(ids) for ids, _ in encoded)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(samples), width), pad, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for i, (ids, lab) in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            mask[i, : len(ids)] = 1
+        return {
+            "frames": [s.frames for s in samples],
+            "feature_kind": self.feature_kind,
+            "modes": [s.mode for s in samples],
+            "times": [s.time for s in samples],
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "video_ids": [s.video_id for s in samples],
+            "questions": [s.question for s in samples],
+            "answers": [s.answer for s in samples],
+            "qtypes": [s.qtype for s in samples],
+        }

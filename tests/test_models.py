@@ -1,0 +1,207 @@
+import copy
+
+import pytest
+import torch
+
+from moviechat.config import load_config
+from moviechat.data.collator import Collator, Sample
+from moviechat.models import build_moviechat
+from moviechat.models.checkpoint import from_original_names, load_weights, save_weights, to_original_names
+from moviechat.models.qformer import qformer_from_original
+from moviechat.models.vision import build_vision, vision_from_lavis, vision_to_lavis
+from moviechat.registry import MODELS
+
+
+def make_batch(cfg, tokenizer, kind="tokens", modes=("global", "breakpoint"), answers=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "tokens":
+        shape = (cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size)
+    else:
+        v = cfg.model.vision
+        shape = ((v.img_size // v.patch_size) ** 2 + 1, v.embed_dim)
+    samples = [
+        Sample(f"v{i}", torch.randn(30 + 7 * i, *shape, generator=g), "what color is the ball", ["red", "blue 3"][i % 2],
+               mode, 20 if mode == "breakpoint" else None)
+        for i, mode in enumerate(modes)
+    ]
+    return Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, kind, with_answers=answers)(samples)
+
+
+def test_forward_gives_a_finite_loss_on_mixed_global_and_breakpoint_batch(tiny_model, tiny_cfg, tokenizer):
+    out = tiny_model(make_batch(tiny_cfg, tokenizer))
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    assert int(out["num_tokens"]) == len(tokenizer(" red###")["input_ids"]) + len(tokenizer(" blue 3###")["input_ids"]) - 2 * int(
+        tokenizer.bos_token_id is not None and tokenizer(" red###")["input_ids"][0] == tokenizer.bos_token_id)
+
+
+def test_batched_video_embeddings_equal_one_sample_at_a_time(tiny_model, tiny_cfg, tokenizer):
+    tiny_model.eval()  # no dropout; padded memory frames must be masked out
+    batch = make_batch(tiny_cfg, tokenizer)
+    together = tiny_model.video_embeddings(batch)
+    for i in range(2):
+        single = {k: (v[i : i + 1] if isinstance(v, (list, torch.Tensor)) else v) for k, v in batch.items()}
+        torch.testing.assert_close(tiny_model.video_embeddings(single)[0], together[i], rtol=1e-4, atol=1e-5)
+
+
+def test_only_trainable_parts_get_gradients(tiny_model, tiny_cfg, tokenizer):
+    tiny_model(make_batch(tiny_cfg, tokenizer, kind="tokens"))["loss"].backward()
+    for name, p in tiny_model.named_parameters():
+        trains = name.split(".")[0] in ("video_qformer", "frame_position_embedding", "projection")
+        assert p.requires_grad == trains, name
+        assert (p.grad is not None) == trains, name
+    assert tiny_model.frame_position_embedding.weight.grad[: tiny_cfg.memory.n_position].abs().sum() > 0
+
+
+def test_eva_features_go_through_the_image_qformer(tiny_model, tiny_cfg, tokenizer):
+    tiny_model.set_frozen({"image_qformer": False})
+    out = tiny_model(make_batch(tiny_cfg, tokenizer, kind="eva"))
+    out["loss"].backward()
+    assert tiny_model.image_qformer.query_tokens.grad.abs().sum() > 0
+
+
+def test_labels_cover_only_the_answer(tiny_cfg, tokenizer):
+    batch = make_batch(tiny_cfg, tokenizer)
+    for i, answer in enumerate(["red", "blue 3"]):
+        labelled = batch["labels"][i][batch["labels"][i] != -100]
+        assert tokenizer.decode(labelled) == f"{answer} ###"
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_position_table_comes_from_the_current_weights(tiny_model):
+    memory = torch.randn(1, 5, 8, 32)
+    before = tiny_model.encode_memory(memory)
+    with torch.no_grad():
+        tiny_model.frame_position_embedding.weight.mul_(3)
+    assert not torch.allclose(before, tiny_model.encode_memory(memory))
+
+
+def test_generate_returns_new_tokens(tiny_model, tiny_cfg, tokenizer):
+    batch = make_batch(tiny_cfg, tokenizer, answers=False)
+    answers = tiny_model.generate(batch, max_new_tokens=4)
+    assert len(answers) == 2 and all(1 <= len(a) <= 4 for a in answers)
+
+
+def test_lora_adds_trainable_adapters_and_merges_to_equal_logits(tiny_cfg, tokenizer):
+    cfg = tiny_cfg
+    cfg.model.llm.lora.enabled = True
+    torch.manual_seed(0)
+    model = build_moviechat(cfg.model, cfg.memory, tokenizer, verbose=False).eval()  # no LoRA dropout
+    lora = [n for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    assert not any(p.requires_grad for n, p in model.llm.named_parameters() if "lora_" not in n)
+    with torch.no_grad():  # LoRA's B starts at zero; move it so merging has something to merge
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    ids = torch.randint(4, len(tokenizer), (2, 9))
+    with torch.no_grad():
+        adapted = model.llm(input_ids=ids).logits
+        merged = model.llm.merge_and_unload()(input_ids=ids).logits
+    torch.testing.assert_close(adapted, merged, rtol=1e-4, atol=1e-5)
+
+
+def test_registry_builds_the_model_and_lists_names_on_a_typo(tiny_cfg, tokenizer):
+    assert "moviechat" in MODELS.names()
+    with pytest.raises(KeyError, match="known models: moviechat"):
+        MODELS.get("moviechatt")
+
+
+# ------------------------------------------------------------------------------------- converters
+
+
+def lavis_bert_names(prefix: str, layers: int, cross_every: int, text: bool) -> list[str]:
+    """The key layout of LAVIS's BertLMHeadModel Q-Former, written out from its layer structure."""
+    names = [f"{prefix}bert.embeddings.LayerNorm.weight", f"{prefix}bert.embeddings.LayerNorm.bias"]
+    if text:
+        names += [f"{prefix}bert.embeddings.word_embeddings.weight", f"{prefix}bert.embeddings.position_embeddings.weight",
+                  f"{prefix}bert.embeddings.position_ids"]
+    for i in range(layers):
+        base = f"{prefix}bert.encoder.layer.{i}."
+        blocks = ["attention"] + (["crossattention"] if i % cross_every == 0 else [])
+        for blk in blocks:
+            for lin in ("self.query", "self.key", "self.value", "output.dense", "output.LayerNorm"):
+                names += [f"{base}{blk}.{lin}.weight", f"{base}{blk}.{lin}.bias"]
+        for lin in ("intermediate_query.dense", "output_query.dense", "output_query.LayerNorm"):
+            names += [f"{base}{lin}.weight", f"{base}{lin}.bias"]
+        if text:
+            for lin in ("intermediate.dense", "output.dense", "output.LayerNorm"):
+                names += [f"{base}{lin}.weight", f"{base}{lin}.bias"]
+    if text:
+        names += [f"{prefix}cls.predictions.bias", f"{prefix}cls.predictions.transform.dense.weight"]
+    return names
+
+
+def test_converter_reads_the_original_key_layout(tiny_model, tiny_cfg):
+    qcfg = tiny_cfg.model.image_qformer
+    names = lavis_bert_names("Qformer.", qcfg.num_hidden_layers, qcfg.cross_attention_frequency, text=True)
+    ours = {k: v for k, v in tiny_model.image_qformer.state_dict().items() if k != "query_tokens"}
+    fake = {n: torch.zeros(1) for n in names} | {"query_tokens": torch.zeros(1)}
+    converted, ignored = qformer_from_original(fake, "Qformer.", "query_tokens")
+    assert set(converted) == set(ours) | {"query_tokens"}
+    text_only = [n for n in names if "word_emb" in n or "position_" in n or ".cls." in f".{n}"
+                 or ".intermediate.dense" in n or (".output." in n and "_query" not in n and "attention" not in n)]
+    assert sorted(ignored) == sorted(text_only) and len(ignored) > 0
+    vcfg = tiny_cfg.model.video_qformer  # Video-LLaMA removed the text parts of the video Q-Former
+    names = lavis_bert_names("video_Qformer.", vcfg.num_hidden_layers, vcfg.cross_attention_frequency, text=False)
+    converted, ignored = qformer_from_original({n: torch.zeros(1) for n in names}, "video_Qformer.", "video_query_tokens")
+    assert set(converted) == {k for k in tiny_model.video_qformer.state_dict() if k != "query_tokens"} and not ignored
+
+
+def test_original_names_round_trip_gives_equal_outputs(tiny_model, tiny_cfg, tokenizer, tmp_path):
+    state = tiny_model.state_dict()
+    original = to_original_names(state)
+    assert {"query_tokens", "video_query_tokens", "video_frame_position_embedding.weight", "llama_proj.weight",
+            "llama_proj.bias"} <= set(original)
+    assert any(k.startswith("Qformer.bert.encoder.layer.0.attention.self.query") for k in original)
+    back, ignored, unknown = from_original_names(original, tiny_cfg.model.vision.depth)
+    assert not ignored and not unknown
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    torch.save({"model": original}, tmp_path / "moviechat.pth")  # the original's checkpoint layout
+    torch.manual_seed(1)
+    fresh = build_moviechat(tiny_cfg.model, tiny_cfg.memory, tokenizer, verbose=False)
+    report = load_weights(fresh, tmp_path / "moviechat.pth", require=("video_qformer", "projection"))
+    assert report.source_format == "original" and not report.unexpected
+    batch = make_batch(tiny_cfg, tokenizer, kind="eva")
+    assert torch.equal(fresh.eval()(batch)["loss"], tiny_model.eval()(batch)["loss"])
+
+
+def test_our_checkpoint_round_trip_and_missing_required_part(tiny_model, tiny_cfg, tokenizer, tmp_path):
+    save_weights(tiny_model.trainable_state_dict(), tmp_path / "ours.pth")
+    torch.manual_seed(2)
+    fresh = build_moviechat(tiny_cfg.model, tiny_cfg.memory, tokenizer, verbose=False).eval()
+    load_weights(fresh, tmp_path / "ours.pth", require=("video_qformer", "projection"))
+    memory = torch.randn(1, 4, 8, 32)
+    torch.testing.assert_close(fresh.encode_memory(memory), tiny_model.encode_memory(memory))
+    with pytest.raises(ValueError, match=r"required weights missing for \['image_qformer'\]"):
+        load_weights(fresh, tmp_path / "ours.pth", require=("image_qformer",))
+
+
+def test_vision_encoder_shapes_and_converter_round_trip(tiny_cfg):
+    vcfg = tiny_cfg.model.vision
+    torch.manual_seed(0)
+    vision = build_vision(vcfg).eval()
+    pixels = torch.randn(3, 3, vcfg.img_size, vcfg.img_size)
+    features = vision(pixels)
+    assert features.shape == (3, (vcfg.img_size // vcfg.patch_size) ** 2 + 1, vcfg.embed_dim)
+    lavis = vision_to_lavis(vision.state_dict())
+    assert "visual_encoder.blocks.0.attn.qkv.weight" in lavis and "ln_vision.weight" in lavis
+    extra = {f"visual_encoder.blocks.{vcfg.depth}.attn.proj.weight": torch.zeros(1),  # EVA-g's dropped last block
+             "visual_encoder.norm.weight": torch.zeros(1)}
+    converted, ignored = vision_from_lavis(lavis | extra, vcfg.depth)
+    assert sorted(ignored) == sorted(extra)
+    fresh = build_vision(vcfg).eval()
+    fresh.load_state_dict(converted)
+    torch.testing.assert_close(fresh(pixels), features)
+
+
+def test_full_size_model_builds_on_the_meta_device(tokenizer):
+    from conftest import REPO
+
+    full = load_config(REPO / "configs" / "models" / "moviechat_vicuna7b.yaml")
+    full.model.llm.path = None
+    with torch.device("meta"):
+        model = build_moviechat(full.model, full.memory, tokenizer, verbose=False)
+    counts = {name: sum(p.numel() for p in model.part(name).parameters()) for name in ("image_qformer", "video_qformer", "projection")}
+    assert counts["projection"] == 768 * 4096 + 4096
+    assert 90e6 < counts["image_qformer"] < 120e6  # BERT-base query path with cross-attention every 2 layers
+    assert sum(p.numel() for p in model.llm.parameters()) > 6e9
