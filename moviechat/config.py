@@ -115,13 +115,55 @@ class ModelConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """The generated long-video QA set (moviechat/data/synthetic.py)."""
+
+    num_videos: int = 480
+    min_frames: int = 48
+    max_frames: int = 96
+    min_scene: int = 6
+    max_scene: int = 16
+    num_colors: int = 6
+    noise: float = 0.5
+    breakpoints: int = 2  # breakpoint questions per video ("now", and "previous" when there is one)
+    seed: int = 0
+    dir: Optional[str] = None  # where it is written; None: <run.output_dir>/data/synthetic-<settings hash>
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ConfigError(f"data.synthetic.min_frames={self.min_frames} must be in [1, max_frames={self.max_frames}]")
+        if not 1 <= self.min_scene <= self.max_scene:
+            raise ConfigError(f"data.synthetic.min_scene={self.min_scene} must be in [1, max_scene={self.max_scene}]")
+        if not 2 <= self.num_colors <= 8:
+            raise ConfigError(f"data.synthetic.num_colors={self.num_colors} must be in [2, 8]")
+        if self.num_videos < 2:
+            raise ConfigError(f"data.synthetic.num_videos={self.num_videos} must be >= 2")
+
+
+@dataclass
 class DataConfig:
-    name: str = "synthetic"  # registry name of the dataset builder
+    name: str = "synthetic"  # registry name: synthetic | moviechat1k
+    feature_kind: str = "tokens"  # what the store holds: eva (EVA features) | tokens (frame tokens)
+    shards: Optional[str] = None  # brace pattern of tar shards, e.g. data/train-{00000..00009}.tar
+    folder: Optional[str] = None  # or a folder of <key>.npy (+ <key>.json)
+    annotations: Optional[str] = None  # folder of MovieChat-1K style per-video JSON
+    val_fraction: float = 0.1  # share of videos held out (split by video, never by question)
+    include_captions: bool = False  # the dense caption as one more (global) sample per video
+    shuffle_buffer: int = 64
+    num_workers: int = 0
+    folder_fps: float = 1.0  # frame rate of folder features that have no .json beside them
     on_error: str = "raise"  # raise | skip (skipped samples are counted and reported)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error={self.on_error!r} must be 'raise' or 'skip'")
+        if self.feature_kind not in ("eva", "tokens"):
+            raise ConfigError(f"data.feature_kind={self.feature_kind!r} must be 'eva' or 'tokens'")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
 
 
 @dataclass

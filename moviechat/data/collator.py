@@ -29,6 +29,8 @@ class Sample:
     mode: str = "global"  # or "breakpoint"
     time: Optional[int] = None
     qtype: str = ""  # question type, for per-type accuracy
+    position: tuple[int, int] = (0, 0)  # (data slot, index in the slot's stream): where to resume
+    skipped: int = 0  # samples the producing slot had skipped so far (data.on_error=skip)
 
 
 def build_prompt(system: str, question: str) -> str:
@@ -95,4 +97,6 @@ class Collator:
             "questions": [s.question for s in samples],
             "answers": [s.answer for s in samples],
             "qtypes": [s.qtype for s in samples],
+            "positions": [s.position for s in samples],
+            "skipped": [s.skipped for s in samples],
         }

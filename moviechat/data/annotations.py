@@ -1,0 +1,112 @@
+"""MovieChat-1K annotations (one JSON per video) -> question/answer records; splits; time mapping.
+
+A file: ``info`` (video_path, url, class, w, h, num_frame, fps), ``caption``, ``global`` (list of
+{question, answer}), ``breakpoint`` (list of {time, question, answer}; ``time`` is a frame index of the
+original video, so seconds = time / fps).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from moviechat.data.stores import DataError
+
+CAPTION_QUESTION = "Describe the video in detail."
+
+
+@dataclass
+class QA:
+    question: str
+    answer: str
+    mode: str  # "global" or "breakpoint"
+    seconds: Optional[float] = None  # breakpoint time in seconds from the start of the video
+    qtype: str = ""
+
+
+def video_key(info: dict, path: Path) -> str:
+    """The feature-store key of an annotated video: the stem of ``info.video_path`` (else the file's)."""
+    video_path = info.get("video_path")
+    return Path(video_path).stem if video_path else path.stem
+
+
+def parse_moviechat1k(path: str | Path, include_caption: bool = False) -> tuple[str, list[QA]]:
+    """One annotation file -> (video key, its QA records); bad entries raise DataError naming them."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        info = data["info"]
+        fps, num_frame = float(info["fps"]), int(info["num_frame"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a MovieChat-1K annotation ({type(e).__name__}: {e})") from None
+    if fps <= 0:
+        raise DataError(f"{path}: info.fps={fps} must be > 0")
+    qas: list[QA] = []
+    for i, item in enumerate(data.get("global", [])):
+        qas.append(QA(_text(item, "question", path, f"global[{i}]"), _text(item, "answer", path, f"global[{i}]"),
+                      "global", None, item.get("type", "global")))
+    for i, item in enumerate(data.get("breakpoint", [])):
+        where = f"breakpoint[{i}]"
+        time = item.get("time")
+        if not isinstance(time, (int, float)) or time < 0:
+            raise DataError(f"{path}: {where}.time={time!r} must be a frame index >= 0")
+        if time >= num_frame:
+            raise DataError(f"{path}: {where}.time={time} is past the video's end (info.num_frame={num_frame})")
+        qas.append(QA(_text(item, "question", path, where), _text(item, "answer", path, where), "breakpoint",
+                      time / fps, item.get("type", "breakpoint")))
+    if include_caption and data.get("caption"):
+        qas.append(QA(CAPTION_QUESTION, str(data["caption"]).strip(), "global", None, "caption"))
+    return video_key(info, path), qas
+
+
+def _text(item: dict, field: str, path: Path, where: str) -> str:
+    value = item.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{path}: {where}.{field} is empty or missing")
+    return value.strip()
+
+
+def annotation_json(key: str, qas: Sequence[QA], fps: float, num_frame: int, caption: str = "") -> dict:
+    """A MovieChat-1K style annotation (with an extra ``type`` per question, which the parser keeps)."""
+    return {
+        "info": {"video_path": f"{key}.mp4", "url": "", "class": "", "w": 0, "h": 0, "num_frame": num_frame, "fps": fps},
+        "caption": caption,
+        "global": [{"question": q.question, "answer": q.answer, "type": q.qtype} for q in qas if q.mode == "global"],
+        "breakpoint": [{"time": round(q.seconds * fps), "question": q.question, "answer": q.answer, "type": q.qtype}
+                       for q in qas if q.mode == "breakpoint"],
+    }
+
+
+def load_annotations(folder: str | Path, include_caption: bool = False) -> dict[str, list[QA]]:
+    """Every ``*.json`` of a folder, by video key."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DataError(f"no annotation files (*.json) in {folder}")
+    out: dict[str, list[QA]] = {}
+    for f in files:
+        key, qas = parse_moviechat1k(f, include_caption)
+        if key in out:
+            raise DataError(f"{f}: video {key!r} is annotated twice")
+        out[key] = qas
+    return out
+
+
+def split_by_video(keys: Iterable[str], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """(train, val) sets of video keys, by a stable hash of each key: never splits a video's questions."""
+    train, val = set(), set()
+    for key in keys:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+        (val if h < val_fraction else train).add(key)
+    return train, val
+
+
+def frame_at(seconds: float, timestamps: Sequence[float], key: str, source: str, duration: Optional[float] = None) -> int:
+    """Index of the nearest sampled frame at or before ``seconds`` (DESIGN.md section 6)."""
+    if duration is not None and seconds > duration:
+        raise DataError(f"{source}: video {key!r}: breakpoint at {seconds:.2f}s is past the video's end ({duration:.2f}s)")
+    return max(bisect.bisect_right(list(timestamps), seconds) - 1, 0)

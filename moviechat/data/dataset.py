@@ -1,0 +1,130 @@
+"""Question samples streamed from a feature store, split over ranks and data-loader workers.
+
+Each (rank, worker) pair is a *slot* with its own deterministic stream (seeded by run seed and epoch), so
+every video is read by exactly one slot per epoch and a stream can be resumed by skipping the samples a
+slot already produced (``set_resume``). Each sample carries its ``(slot, index)`` position.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from moviechat.data.annotations import QA, frame_at
+from moviechat.data.collator import Sample
+from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, validate_features
+from moviechat.memory import uniform_frame_indices
+
+
+@dataclass
+class VideoQASource:
+    """What a dataset builder returns: features, questions by video key, and the split."""
+
+    store: object  # ShardStore | FolderStore
+    qas: dict[str, list[QA]]
+    train_keys: set[str]
+    val_keys: set[str]
+    missing: list[str] = field(default_factory=list)  # annotated videos without features (skipped)
+
+    def texts(self) -> list[str]:
+        """All questions and answers (to build a tiny model's word tokenizer)."""
+        return [t for qas in self.qas.values() for qa in qas for t in (qa.question, qa.answer)]
+
+
+class VideoQADataset(IterableDataset):
+    def __init__(self, store, qas: dict[str, list[QA]], keys: set[str], *, feature_kind: str,
+                 token_shape: tuple[int, int], num_frames: Optional[int], seed: int, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise"):
+        self.store = store
+        self.qas = qas
+        self.keys = keys
+        self.feature_kind = feature_kind
+        self.token_shape = tuple(token_shape)
+        self.num_frames = num_frames
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.on_error = on_error
+        self.epoch = 0
+        self.resume: dict[int, int] = {}
+        self.skips = SkipCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_resume(self, positions: dict[int, int]) -> None:
+        """Skip, per slot, the samples it already produced in the current epoch."""
+        self.resume = dict(positions)
+
+    def __len__(self) -> int:
+        """Questions in this split (all ranks together)."""
+        return sum(len(self.qas[k]) for k in self.keys)
+
+    def __iter__(self) -> Iterator[Sample]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        slot, num_slots = self.rank * workers + worker, self.world_size * workers
+        seed = self.seed * 1_000_003 + self.epoch
+        skip = self.resume.get(slot, 0)
+        samples = self._shuffled(self._samples(slot, num_slots, seed), random.Random(seed * 7919 + slot))
+        for index, sample in enumerate(samples):
+            if index >= skip:
+                sample.position = (slot, index)
+                sample.skipped = self.skips.total
+                yield sample
+
+    def _samples(self, slot: int, num_slots: int, seed: int) -> Iterator[Sample]:
+        for video in self.store.videos(slot, num_slots, seed, self.skips):
+            if video.key not in self.keys:
+                continue
+            try:
+                samples = self.video_samples(video, random.Random(f"{seed}:{video.key}"))
+            except DataError as e:
+                if self.on_error != "skip":
+                    raise
+                self.skips.add("bad video", str(e))
+                continue
+            yield from samples
+
+    def video_samples(self, video: VideoFeatures, rng: random.Random) -> list[Sample]:
+        """The validated, frame-sampled questions of one video."""
+        validate_features(video.feats, video.meta, video.key, video.source, self.feature_kind, self.token_shape)
+        chosen = uniform_frame_indices(video.feats.shape[0], self.num_frames).numpy()
+        frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
+        stamps = [video.meta["timestamps"][i] for i in chosen]
+        out = []
+        for qa in self.qas[video.key]:
+            time = None
+            if qa.mode == "breakpoint":
+                time = frame_at(qa.seconds, stamps, video.key, video.source, video.meta.get("duration"))
+            out.append(Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype))
+        rng.shuffle(out)
+        return out
+
+    def _shuffled(self, samples: Iterator[Sample], rng: random.Random) -> Iterator[Sample]:
+        """A seeded shuffle buffer (so questions of one video spread over batches)."""
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer: list[Sample] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+def check_annotated_videos(qas: dict[str, list[QA]], store_keys: Sequence[str], on_error: str, where: str) -> list[str]:
+    """Annotated videos that have no features: an error, or (``on_error=skip``) the list of them."""
+    missing = sorted(set(qas) - set(store_keys))
+    if missing and on_error != "skip":
+        raise DataError(f"{where}: {len(missing)} annotated video(s) have no features: {', '.join(missing[:10])}"
+                        f"{' ...' if len(missing) > 10 else ''} (data.on_error=skip leaves them out and counts them)")
+    return missing

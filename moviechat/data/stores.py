@@ -1,0 +1,221 @@
+"""Feature stores: webdataset tar shards (one sample per video) and plain folders of ``<key>.npy``.
+
+A shard sample is ``<key>.feats.npy`` (fp16 [T, 257, 1408] EVA features or [T, 32, 768] frame tokens)
+and ``<key>.json`` (``kind``, ``fps``, ``duration``, ``timestamps`` in seconds per frame). A folder holds
+``<key>.npy`` and, optionally, ``<key>.json`` beside it. Both stores yield :class:`VideoFeatures`,
+validated: a bad sample raises :class:`DataError` naming the file and key, or, with ``on_error="skip"``,
+is counted in :class:`SkipCounter` and left out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import webdataset as wds
+
+FEATURE_KINDS = ("eva", "tokens")
+DTYPES = (np.float16, np.float32)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the key."""
+
+
+@dataclass
+class VideoFeatures:
+    key: str
+    feats: np.ndarray  # [T, N, D]
+    meta: dict
+    source: str  # shard or file it came from
+
+
+@dataclass
+class SkipCounter:
+    """Reasons for skipped samples (``data.on_error=skip``), reported at the end of an epoch."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(detail)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def default_meta(num_frames: int, kind: str, fps: float = 1.0) -> dict:
+    """Metadata for frames sampled at ``fps`` from the start (what the writers store)."""
+    return {"kind": kind, "fps": fps, "duration": num_frames / fps, "timestamps": [i / fps for i in range(num_frames)]}
+
+
+def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expect_kind: Optional[str] = None,
+                      expect_shape: Optional[tuple[int, int]] = None) -> None:
+    """Raise DataError naming ``source`` and ``key`` unless the features are usable as they are."""
+    where = f"{source}: video {key!r}"
+    if meta.get("kind") not in FEATURE_KINDS:
+        raise DataError(f"{where}: metadata kind={meta.get('kind')!r} must be one of {FEATURE_KINDS}")
+    if expect_kind is not None and meta["kind"] != expect_kind:
+        raise DataError(f"{where}: features are {meta['kind']!r} but data.feature_kind={expect_kind!r}")
+    if feats.ndim != 3 or feats.shape[0] < 1:
+        raise DataError(f"{where}: features must be [T, N, D] with T >= 1, got shape {list(feats.shape)}")
+    if expect_shape is not None and tuple(feats.shape[1:]) != tuple(expect_shape):
+        raise DataError(f"{where}: features of shape [T, {feats.shape[1]}, {feats.shape[2]}] do not match the "
+                        f"model's [T, {expect_shape[0]}, {expect_shape[1]}] for kind {meta['kind']!r}")
+    if feats.dtype not in DTYPES:
+        raise DataError(f"{where}: dtype {feats.dtype} must be float16 or float32")
+    if not np.isfinite(feats).all():
+        bad = int((~np.isfinite(feats)).any(axis=(1, 2)).sum())
+        raise DataError(f"{where}: {bad} frame(s) contain NaN or Inf")
+    stamps = meta.get("timestamps")
+    if stamps is None or len(stamps) != feats.shape[0]:
+        raise DataError(f"{where}: metadata needs one timestamp per frame ({feats.shape[0]}), "
+                        f"got {None if stamps is None else len(stamps)}")
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def write_shards(videos: Sequence[VideoFeatures] | Iterator[VideoFeatures], pattern: str, max_per_shard: int = 64) -> list[str]:
+    """Write videos to tar shards named by ``pattern`` (e.g. ``out/train-%05d.tar``); returns the paths."""
+    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
+    paths: list[str] = []
+    writer, count = None, 0
+    for video in videos:
+        if writer is None or count == max_per_shard:
+            if writer is not None:
+                writer.close()
+            paths.append(pattern % len(paths))
+            writer, count = wds.TarWriter(paths[-1]), 0
+        writer.write({"__key__": video.key, "feats.npy": _npy_bytes(video.feats), "json": json.dumps(video.meta).encode()})
+        count += 1
+    if writer is not None:
+        writer.close()
+    return paths
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_folder(videos: Sequence[VideoFeatures], folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for video in videos:
+        np.save(folder / f"{video.key}.npy", video.feats, allow_pickle=False)
+        (folder / f"{video.key}.json").write_text(json.dumps(video.meta))
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def assign(items: Sequence, slot: int, num_slots: int) -> list:
+    """The items of one (rank, worker) slot: every ``num_slots``-th, so slots never overlap."""
+    return list(items[slot::num_slots])
+
+
+class ShardStore:
+    """Videos streamed from tar shards with webdataset: shards split over ranks and workers."""
+
+    def __init__(self, shards: Sequence[str], on_error: str = "raise"):
+        if not shards:
+            raise DataError("no shards given (data.shards matched no file)")
+        missing = [s for s in shards if not Path(s).is_file()]
+        if missing:
+            raise DataError(f"shard files not found: {', '.join(missing[:5])}")
+        self.shards = list(shards)
+        self.on_error = on_error
+
+    def keys(self) -> dict[str, str]:
+        """Every video key and its shard, from the tar headers (a truncated shard is reported here)."""
+        keys: dict[str, str] = {}
+        for shard in self.shards:
+            try:
+                with tarfile.open(shard) as tar:
+                    for name in tar.getnames():
+                        keys.setdefault(name.split(".", 1)[0], shard)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                if self.on_error != "skip":
+                    raise DataError(f"{shard}: unreadable or truncated shard: {e}") from None
+        return keys
+
+    def videos(self, slot: int, num_slots: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
+        """This slot's videos; shard order and a sample shuffle buffer are seeded (``seed``)."""
+        shards = list(self.shards)
+        random.Random(seed).shuffle(shards)
+        mine = assign(shards, slot, num_slots)
+        if not mine:
+            return
+
+        def handler(exn: Exception) -> bool:
+            if self.on_error != "skip":
+                raise DataError(f"reading shards {mine}: {exn}") from exn
+            skips.add("unreadable shard", repr(exn))
+            return True
+
+        stream = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=handler)
+        for raw in stream:
+            video = self._decode(raw, skips)
+            if video is not None:
+                yield video
+
+    def _decode(self, raw: dict, skips: SkipCounter) -> Optional[VideoFeatures]:
+        source, key = raw.get("__url__", "?"), raw.get("__key__", "?")
+        try:
+            if "feats.npy" not in raw or "json" not in raw:
+                have = sorted(k for k in raw if not k.startswith("__"))
+                raise DataError(f"{source}: video {key!r}: incomplete sample (has {have}; needs feats.npy and json); "
+                                f"the shard may be truncated")
+            try:
+                feats = np.load(io.BytesIO(raw["feats.npy"]), allow_pickle=False)
+                meta = json.loads(raw["json"])
+            except Exception as e:
+                raise DataError(f"{source}: video {key!r}: cannot decode: {e}") from None
+            return VideoFeatures(key, feats, meta, source)
+        except DataError as e:
+            if self.on_error != "skip":
+                raise
+            skips.add("bad sample", str(e))
+            return None
+
+
+class FolderStore:
+    """Videos from ``<key>.npy`` (+ optional ``<key>.json``) files in a folder; files split over slots."""
+
+    def __init__(self, folder: str | Path, kind: str, on_error: str = "raise", fps: float = 1.0):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"feature folder not found: {self.folder}")
+        self.kind = kind  # for files without a .json beside them
+        self.on_error = on_error
+        self.fps = fps
+
+    def keys(self) -> dict[str, str]:
+        return {p.stem: str(p) for p in sorted(self.folder.glob("*.npy"))}
+
+    def videos(self, slot: int, num_slots: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
+        files = sorted(self.folder.glob("*.npy"))
+        random.Random(seed).shuffle(files)
+        for path in assign(files, slot, num_slots):
+            try:
+                feats = np.load(path, allow_pickle=False)
+                side = path.with_suffix(".json")
+                meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), self.kind, self.fps)
+            except Exception as e:
+                if self.on_error != "skip":
+                    raise DataError(f"{path}: cannot read: {e}") from None
+                skips.add("unreadable file", f"{path}: {e}")
+                continue
+            yield VideoFeatures(path.stem, feats, meta, str(path))

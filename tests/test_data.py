@@ -1,0 +1,211 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from moviechat.data.annotations import QA, annotation_json, frame_at, load_annotations, parse_moviechat1k, split_by_video
+from moviechat.data.builders import build_datasets
+from moviechat.data.collator import Collator, Sample
+from moviechat.data.dataset import VideoQADataset
+from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, VideoFeatures, default_meta, write_folder, write_shards
+from moviechat.data.synthetic import generate_video, prototypes
+
+Q, D = 8, 32
+
+
+def videos(n: int, frames: int = 12, seed: int = 0) -> list[VideoFeatures]:
+    rng = np.random.default_rng(seed)
+    return [VideoFeatures(f"v{i:03d}", rng.standard_normal((frames + i % 5, Q, D)).astype(np.float16),
+                          default_meta(frames + i % 5, "tokens"), "") for i in range(n)]
+
+
+def qas_for(vids) -> dict[str, list[QA]]:
+    return {v.key: [QA("what color", "red", "global"), QA("now", "blue", "breakpoint", 3.0)] for v in vids}
+
+
+def dataset(store, vids, **kw) -> VideoQADataset:
+    args = dict(feature_kind="tokens", token_shape=(Q, D), num_frames=None, seed=1, shuffle_buffer=4)
+    return VideoQADataset(store, qas_for(vids), {v.key for v in vids}, **(args | kw))
+
+
+def test_shards_and_folder_read_back_bit_identical(tmp_path):
+    vids = videos(7)
+    paths = write_shards(vids, str(tmp_path / "s" / "x-%03d.tar"), max_per_shard=3)
+    assert len(paths) == 3
+    read = {v.key: v for v in ShardStore(paths).videos(0, 1, 0, SkipCounter())}
+    write_folder(vids, tmp_path / "f")
+    folder = {v.key: v for v in FolderStore(tmp_path / "f", "tokens").videos(0, 1, 0, SkipCounter())}
+    for got in (read, folder):
+        assert sorted(got) == [v.key for v in vids]
+        for v in vids:
+            assert got[v.key].feats.dtype == np.float16 and np.array_equal(got[v.key].feats, v.feats)
+            assert got[v.key].meta == v.meta
+
+
+def test_two_ranks_two_workers_see_every_video_exactly_once(tmp_path):
+    vids = videos(13)
+    store = ShardStore(write_shards(vids, str(tmp_path / "x-%03d.tar"), max_per_shard=2))
+    seen = Counter()
+    for rank in range(2):
+        ds = dataset(store, vids, rank=rank, world_size=2)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        per_video = Counter(s.video_id for s in loader)
+        assert all(n == 2 for n in per_video.values())  # both questions of a video, from one slot
+        seen.update(per_video.keys())
+    assert sorted(seen) == [v.key for v in vids] and set(seen.values()) == {1}
+
+
+def test_epochs_reshuffle_and_resume_continues_the_same_stream(tmp_path):
+    vids = videos(9)
+    store = ShardStore(write_shards(vids, str(tmp_path / "x-%03d.tar"), max_per_shard=2))
+    ds = dataset(store, vids)
+    full = [(s.video_id, s.question) for s in ds]
+    ds.set_epoch(1)
+    assert [(s.video_id, s.question) for s in ds] != full
+    ds.set_epoch(0)
+    ds.set_resume({0: 7})
+    rest = list(ds)
+    assert [(s.video_id, s.question) for s in rest] == full[7:]
+    assert rest[0].position == (0, 7)
+
+
+def test_breakpoint_time_maps_to_the_sampled_frame_at_or_before():
+    stamps = [0.0, 2.0, 4.0, 6.0]
+    assert [frame_at(s, stamps, "k", "src") for s in (0.0, 1.9, 2.0, 5.5, 9.0)] == [0, 0, 1, 2, 3]
+    with pytest.raises(DataError, match="past the video's end"):
+        frame_at(9.0, stamps, "k", "src", duration=8.0)
+    vid = VideoFeatures("k", np.zeros((40, Q, D), np.float16), default_meta(40, "tokens", fps=2.0), "src")
+    ds = VideoQADataset(None, {"k": [QA("q", "a", "breakpoint", 7.4)]}, {"k"}, feature_kind="tokens",
+                        token_shape=(Q, D), num_frames=10, seed=0)
+    (sample,) = ds.video_samples(vid, __import__("random").Random(0))
+    assert sample.frames.shape[0] == 10  # frames 0, 4, 9, 13, 17, 22, 26, 30, 35, 39 at 2 fps
+    assert sample.time == 3  # 7.4 s = frame 14.8 -> sampled frame 13 (6.5 s) is the last at or before
+
+
+def write_annotation(folder, key, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{key}.json").write_text(json.dumps(data))
+    return folder / f"{key}.json"
+
+
+def moviechat1k_json(key="1", time=300, question="What is he doing?", answer="Running."):
+    return {"info": {"video_path": f"{key}.mp4", "url": "", "class": "film", "w": 640, "h": 360, "num_frame": 900,
+                     "fps": 30.0},
+            "caption": "A man runs.",
+            "global": [{"question": "Where is he?", "answer": "Outside."}],
+            "breakpoint": [{"time": time, "question": question, "answer": answer}]}
+
+
+def test_moviechat1k_annotation_parses_times_in_seconds_and_captions(tmp_path):
+    path = write_annotation(tmp_path, "1", moviechat1k_json())
+    key, qas = parse_moviechat1k(path, include_caption=True)
+    assert key == "1"
+    assert [(q.mode, q.seconds, q.qtype) for q in qas] == [("global", None, "global"), ("breakpoint", 10.0, "breakpoint"),
+                                                            ("global", None, "caption")]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(time=900), r"breakpoint\[0\]\.time=900 is past the video's end"),
+    (dict(question="  "), r"breakpoint\[0\]\.question is empty"),
+    (dict(answer=""), r"breakpoint\[0\]\.answer is empty"),
+])
+def test_bad_annotations_name_the_file_and_entry(tmp_path, bad, message):
+    path = write_annotation(tmp_path, "7", moviechat1k_json(key="7", **bad))
+    with pytest.raises(DataError, match=f"7.json: {message}"):
+        parse_moviechat1k(path)
+
+
+def test_split_is_by_video():
+    train, val = split_by_video([f"v{i}" for i in range(200)], 0.2, seed=3)
+    assert not train & val and len(train | val) == 200 and 20 < len(val) < 60
+    assert split_by_video([f"v{i}" for i in range(200)], 0.2, seed=3) == (train, val)
+
+
+def bad_video(kind: str) -> VideoFeatures:
+    feats = np.zeros((6, Q, D), np.float16)
+    if kind == "nan":
+        feats[2, 0, 0] = np.nan
+    elif kind == "inf":
+        feats[4, 1, 1] = np.inf
+    elif kind == "shape":
+        feats = np.zeros((6, Q, D + 1), np.float16)
+    elif kind == "dtype":
+        feats = np.zeros((6, Q, D), np.int32)
+    return VideoFeatures("bad", feats, default_meta(6, "tokens"), "")
+
+
+@pytest.mark.parametrize("kind, message", [("nan", "1 frame\\(s\\) contain NaN or Inf"), ("inf", "1 frame\\(s\\) contain NaN or Inf"),
+                                           ("shape", "do not match the model's"), ("dtype", "dtype int32")])
+def test_bad_features_raise_naming_shard_and_key_or_are_counted(tmp_path, kind, message):
+    vids = videos(3) + [bad_video(kind)]
+    paths = write_shards(vids, str(tmp_path / "x-%03d.tar"))
+    with pytest.raises(DataError, match=f"x-000.tar: video 'bad': .*{message}"):
+        list(dataset(ShardStore(paths), vids))
+    ds = dataset(ShardStore(paths), vids, on_error="skip")
+    samples = list(ds)
+    assert {s.video_id for s in samples} == {"v000", "v001", "v002"}
+    assert ds.skips.counts == Counter({"bad video": 1})
+
+
+def test_truncated_shard_raises_or_is_skipped_and_counted(tmp_path):
+    vids = videos(6, frames=40)
+    paths = write_shards(vids, str(tmp_path / "x-%03d.tar"), max_per_shard=3)
+    data = open(paths[1], "rb").read()
+    open(paths[1], "wb").write(data[: len(data) // 2])
+    with pytest.raises(DataError, match="x-001.tar"):
+        list(dataset(ShardStore(paths), vids))
+    ds = dataset(ShardStore(paths, on_error="skip"), vids, on_error="skip")
+    keys = {s.video_id for s in ds}
+    assert {"v000", "v001", "v002"} <= keys and len(keys) < 6
+    assert ds.skips.total >= 1
+
+
+def test_annotation_without_features_is_an_error_or_counted(tmp_path, tiny_cfg):
+    vids = videos(4)
+    write_shards(vids, str(tmp_path / "s" / "x-%03d.tar"))
+    for v in vids + [VideoFeatures("ghost", vids[0].feats, vids[0].meta, "")]:
+        write_annotation(tmp_path / "ann", v.key, annotation_json(v.key, [QA("q", "a", "global")], 1.0, 12))
+    cfg = tiny_cfg
+    cfg.data.name, cfg.data.shards, cfg.data.annotations, cfg.data.val_fraction = (
+        "moviechat1k", str(tmp_path / "s" / "x-*.tar"), str(tmp_path / "ann"), 0.3)
+    with pytest.raises(DataError, match="1 annotated video\\(s\\) have no features: ghost"):
+        build_datasets(cfg)
+    cfg.data.on_error = "skip"
+    source, train, val = build_datasets(cfg)
+    assert source.missing == ["ghost"] and len(train) + len(val) == 4
+
+
+def test_synthetic_video_is_reproducible_and_answers_follow_the_scenes():
+    protos = prototypes(6, Q, D, seed=0)
+    a = generate_video("k", 5, protos, 40, 60, 5, 10, 0.3)
+    b = generate_video("k", 5, protos, 40, 60, 5, 10, 0.3)
+    assert np.array_equal(a.features.feats, b.features.feats) and a.qas == b.qas
+    by_type = {q.qtype: q for q in a.qas}
+    assert by_type["first"].answer == a.scenes[0][0] and by_type["last"].answer == a.scenes[-1][0]
+    assert by_type["count"].answer == str(len(a.scenes))
+    now = by_type["now"]
+    assert [c for c, s, e in a.scenes if s <= now.seconds < e] == [now.answer]
+
+
+def test_synthetic_dataset_builds_from_config(tiny_cfg, tmp_path):
+    tiny_cfg.run.output_dir = str(tmp_path)
+    tiny_cfg.data.synthetic.num_videos = 20
+    source, train, val = build_datasets(tiny_cfg)
+    assert len(source.train_keys) + len(source.val_keys) == 20
+    sample = next(iter(train))
+    assert sample.frames.shape[1:] == (Q, D) and sample.frames.dtype == torch.float16
+    again, _, _ = build_datasets(tiny_cfg)  # written once, then reused
+    assert again.qas == source.qas
+
+
+def test_collator_truncates_to_max_txt_len_and_rejects_a_prompt_that_cannot_fit(tokenizer, tiny_cfg):
+    sample = Sample("v", torch.zeros(3, Q, D), "what color is the ball", "red green blue yellow red green")
+    full = Collator(tokenizer, "", 200, "tokens")([sample])
+    short = Collator(tokenizer, "", full["input_ids"].shape[1] - 3, "tokens")([sample])
+    assert short["input_ids"].shape[1] == full["input_ids"].shape[1] - 3
+    assert (short["labels"] != -100).sum() == (full["labels"] != -100).sum() - 3
+    with pytest.raises(ValueError, match="exceeds model.max_txt_len=5"):
+        Collator(tokenizer, "", 5, "tokens")([sample])
