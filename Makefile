@@ -10,9 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $@
 
-# Until the trainer lands, the main job is the streaming-memory demo on a 2,048-frame video.
 train: $(VENV)/.installed
-	$(BIN)/python benchmarks/memory.py --frames 2048 --no-sweep
+	$(BIN)/python train.py --cfg configs/experiments/tiny_synthetic.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

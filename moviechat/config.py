@@ -52,6 +52,7 @@ class QFormerConfig:
     cross_attention_frequency: int = 2
     encoder_hidden_size: int = 1408
     num_query_tokens: int = 32
+    dropout: float = 0.1  # hidden and attention dropout (BERT's default, as in BLIP-2)
 
 
 @dataclass
@@ -170,28 +171,66 @@ class DataConfig:
 class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 10
-    max_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_steps: int = 100  # optimizer steps
+    log_every: int = 10
+    eval_every: int = 50  # and at the end; 0: only at the end
+    eval_samples: int = 128  # held-out questions for the loss (all ranks together); 0: all
+    eval_generate: int = 64  # held-out questions answered by generation for accuracy; 0: none
+    max_new_tokens: int = 8
+    save_every: int = 0  # checkpoint every N steps (0: only at the end and on SIGTERM/SIGINT)
+    keep_last: int = 2  # checkpoints kept
+    breakpoint_fraction: Optional[float] = None  # share of breakpoint questions in training; None: as annotated
+    token_cache_mb: int = 2048  # in-memory cache of frame tokens (frozen image Q-Former, EVA inputs)
+    token_cache_dir: Optional[str] = None  # also keep them on disk (reused across runs and sweeps)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if self.max_steps < 1:
             raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1")
-        if not 0 <= self.warmup_steps:
-            raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be >= 0")
+        for key in ("warmup_steps", "eval_every", "eval_samples", "eval_generate", "save_every", "token_cache_mb"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
+        if self.log_every < 1 or self.keep_last < 1:
+            raise ConfigError(f"train.log_every={self.log_every} and train.keep_last={self.keep_last} must be >= 1")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"train.schedule={self.schedule!r} must be 'cosine' or 'constant'")
+        if self.breakpoint_fraction is not None and not 0.0 <= self.breakpoint_fraction <= 1.0:
+            raise ConfigError(f"train.breakpoint_fraction={self.breakpoint_fraction} must be in [0, 1]")
 
 
 @dataclass
 class DeepSpeedConfig:
-    config: str = "configs/deepspeed/zero0.json"  # ZeRO stage, precision, batch, clipping
+    """A DeepSpeed JSON (ZeRO stage, precision, batch, accumulation, clipping) and optional overrides."""
+
+    config: str = "configs/deepspeed/zero0.json"
+    zero_stage: Optional[int] = None
+    micro_batch_size: Optional[int] = None  # per GPU / process
+    gradient_accumulation_steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
+        for key in ("micro_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"deepspeed.{key}={getattr(self, key)} must be >= 1")
 
 
 @dataclass
 class RunConfig:
     output_dir: str = "runs"
-    name: Optional[str] = None  # run folder name under output_dir; None: the experiment name
+    name: Optional[str] = None  # run folder under output_dir; None: <experiment>-<date>-<time>
     seed: int = 42
+    wandb: str = "offline"  # offline | online | disabled (metrics.jsonl is always written)
+    wandb_project: str = "moviechat"
+
+    def __post_init__(self) -> None:
+        if self.wandb not in ("offline", "online", "disabled"):
+            raise ConfigError(f"run.wandb={self.wandb!r} must be 'offline', 'online' or 'disabled'")
 
 
 @dataclass

@@ -16,7 +16,7 @@ TINY_CORPUS = ["red green blue yellow what color is the ball how many dogs first
 def tiny_cfg():
     from moviechat.config import load_config
 
-    return load_config(TINY)
+    return load_config(TINY, ["model.freeze.llm=true"])  # the original's freezing; tiny_synthetic trains its random LLM
 
 
 def tiny_tokenizer(cfg):

@@ -56,7 +56,7 @@ def test_wrong_type_names_the_key():
     "overrides, message",
     [
         (["memory.short_memory_merge=8"], "memory.short_memory_merge=8 must be < memory.short_memory_length=8"),
-        (["memory.long_memory_length=17"], "memory.long_memory_length=17 must be <= memory.n_position"),
+        (["memory.long_memory_length=300"], "memory.long_memory_length=300 must be <= memory.n_position"),
         (["memory.n_position=40", "memory.long_memory_length=16"], "memory.n_position=40 must be <= the rows"),
         (["data.on_error=ignore"], "data.on_error='ignore'"),
         (["train.max_steps=0"], "train.max_steps=0"),

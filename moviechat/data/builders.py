@@ -9,7 +9,7 @@ from braceexpand import braceexpand
 
 from moviechat.config import Config, DataConfig
 from moviechat.data.annotations import load_annotations, split_by_video
-from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos
+from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
 from moviechat.data.stores import DataError, FolderStore, ShardStore
 from moviechat.data.synthetic import synthetic_dir, write_synthetic_set
 from moviechat.registry import DATASETS
@@ -53,6 +53,8 @@ def build_moviechat1k(cfg: Config) -> VideoQASource:
 @DATASETS.register("synthetic")
 def build_synthetic(cfg: Config) -> VideoQASource:
     """The generated set (written once, then read like MovieChat-1K): frame tokens of the model's size."""
+    if cfg.data.feature_kind != "tokens":
+        raise DataError(f"data.feature_kind={cfg.data.feature_kind!r}: the synthetic set holds frame tokens ('tokens')")
     q, d = cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size
     out = write_synthetic_set(cfg.data.synthetic, q, d, synthetic_dir(cfg.data.synthetic, q, d, cfg.run.output_dir))
     data = replace(cfg.data, shards=str(out / "shards" / "syn-*.tar"), folder=None, annotations=str(out / "annotations"),
@@ -73,6 +75,8 @@ def build_datasets(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[Vid
     source = DATASETS.build(cfg.data.name, cfg)
     common = dict(feature_kind=cfg.data.feature_kind, token_shape=token_shape(cfg), num_frames=cfg.memory.num_frames,
                   seed=cfg.run.seed, rank=rank, world_size=world_size, on_error=cfg.data.on_error)
-    train = VideoQADataset(source.store, source.qas, source.train_keys, shuffle_buffer=cfg.data.shuffle_buffer, **common)
+    keep = mode_keep_probabilities(source.qas, source.train_keys, cfg.train.breakpoint_fraction)
+    train = VideoQADataset(source.store, source.qas, source.train_keys, shuffle_buffer=cfg.data.shuffle_buffer,
+                           mode_keep=keep, **common)
     val = VideoQADataset(source.store, source.qas, source.val_keys, shuffle_buffer=0, **common)
     return source, train, val

@@ -29,6 +29,7 @@ class Sample:
     mode: str = "global"  # or "breakpoint"
     time: Optional[int] = None
     qtype: str = ""  # question type, for per-type accuracy
+    source: str = ""  # the shard or file the features came from
     position: tuple[int, int] = (0, 0)  # (data slot, index in the slot's stream): where to resume
     skipped: int = 0  # samples the producing slot had skipped so far (data.on_error=skip)
 
@@ -94,6 +95,7 @@ class Collator:
             "attention_mask": mask,
             "labels": labels,
             "video_ids": [s.video_id for s in samples],
+            "sources": [s.source for s in samples],
             "questions": [s.question for s in samples],
             "answers": [s.answer for s in samples],
             "qtypes": [s.qtype for s in samples],

@@ -39,7 +39,8 @@ class VideoQASource:
 class VideoQADataset(IterableDataset):
     def __init__(self, store, qas: dict[str, list[QA]], keys: set[str], *, feature_kind: str,
                  token_shape: tuple[int, int], num_frames: Optional[int], seed: int, rank: int = 0,
-                 world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise"):
+                 world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise",
+                 mode_keep: Optional[dict[str, float]] = None):
         self.store = store
         self.qas = qas
         self.keys = keys
@@ -51,6 +52,7 @@ class VideoQADataset(IterableDataset):
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.on_error = on_error
+        self.mode_keep = mode_keep or {}  # probability of keeping a question of each mode
         self.epoch = 0
         self.resume: dict[int, int] = {}
         self.skips = SkipCounter()
@@ -100,10 +102,12 @@ class VideoQADataset(IterableDataset):
         stamps = [video.meta["timestamps"][i] for i in chosen]
         out = []
         for qa in self.qas[video.key]:
+            if rng.random() >= self.mode_keep.get(qa.mode, 1.0):
+                continue
             time = None
             if qa.mode == "breakpoint":
                 time = frame_at(qa.seconds, stamps, video.key, video.source, video.meta.get("duration"))
-            out.append(Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype))
+            out.append(Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype, video.source))
         rng.shuffle(out)
         return out
 
@@ -119,6 +123,21 @@ class VideoQADataset(IterableDataset):
                 yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
+
+
+def mode_keep_probabilities(qas: dict[str, list[QA]], keys: set[str], breakpoint_fraction: Optional[float]) -> dict[str, float]:
+    """Keep probabilities per mode so that breakpoint questions make ``breakpoint_fraction`` of the samples."""
+    if breakpoint_fraction is None:
+        return {}
+    modes = [qa.mode for k in keys for qa in qas[k]]
+    native = modes.count("breakpoint") / max(len(modes), 1)
+    p = breakpoint_fraction
+    if native in (0.0, 1.0) and p not in (native,):
+        raise DataError(f"train.breakpoint_fraction={p} is impossible: the training questions are "
+                        f"{'all global' if native == 0 else 'all breakpoint'}")
+    if p >= native:
+        return {"breakpoint": 1.0, "global": native * (1 - p) / (p * (1 - native)) if p < 1 else 0.0}
+    return {"global": 1.0, "breakpoint": p * (1 - native) / (native * (1 - p))}
 
 
 def check_annotated_videos(qas: dict[str, list[QA]], store_keys: Sequence[str], on_error: str, where: str) -> list[str]:

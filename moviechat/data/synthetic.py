@@ -110,7 +110,7 @@ def synthetic_dir(cfg: SyntheticConfig, tokens: int, dim: int, output_dir: str) 
     return Path(output_dir) / "data" / f"synthetic-{digest}"
 
 
-def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path, videos_per_shard: int = 64) -> Path:
+def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path, videos_per_shard: int = 16) -> Path:
     """Write shards (``shards/``) and MovieChat-1K style annotations (``annotations/``) into ``out``.
 
     Written to a temporary folder and renamed into place, so a reader never sees half a set; when the

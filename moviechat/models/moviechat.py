@@ -10,6 +10,7 @@ A batch (built by ``moviechat.data``'s collator) is a dict with
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence
 
 import torch
@@ -44,6 +45,7 @@ class MovieChatModel(nn.Module):
         self.llm = llm
         self.memory_cfg = memory_cfg
         self.image_token_id = image_token_id
+        self.memory_seconds = 0.0  # time spent building memories (the trainer reports its share of a step)
         memory_cfg.validate(position_rows=frame_position_embedding.num_embeddings)
 
     # ----------------------------------------------------------------------------------- encoders
@@ -85,7 +87,9 @@ class MovieChatModel(nn.Module):
     def video_embeddings(self, batch: dict[str, Any]) -> Tensor:
         """Build each sample's memory (global or breakpoint) and encode it: [B, video queries, LLM hidden]."""
         tokens = self.frame_tokens(batch)
+        start = time.perf_counter()
         memories = build_memories(tokens, self.memory_cfg, batch["modes"], batch["times"])
+        self.memory_seconds += time.perf_counter() - start
         longest = max(m.shape[0] for m in memories)
         padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
         mask = torch.stack([torch.arange(longest, device=padded.device) < m.shape[0] for m in memories])

@@ -14,13 +14,14 @@ class QFormer(nn.Module):
     """Learned query tokens that cross-attend to encoder tokens; only the query path (no text input)."""
 
     def __init__(self, num_query_tokens: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
-                 intermediate_size: int, cross_attention_frequency: int, encoder_hidden_size: int):
+                 intermediate_size: int, cross_attention_frequency: int, encoder_hidden_size: int, dropout: float = 0.1):
         super().__init__()
         self.query_tokens = nn.Parameter(torch.empty(1, num_query_tokens, hidden_size).normal_(std=0.02))
         config = Blip2QFormerConfig(
             hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
             intermediate_size=intermediate_size, cross_attention_frequency=cross_attention_frequency,
             encoder_hidden_size=encoder_hidden_size, use_qformer_text_input=False,
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
         )
         self.bert = Blip2QFormerModel(config)
 
@@ -41,7 +42,7 @@ class QFormer(nn.Module):
 
 def build_qformer(cfg: QFormerConfig) -> QFormer:
     return QFormer(cfg.num_query_tokens, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
-                   cfg.intermediate_size, cfg.cross_attention_frequency, cfg.encoder_hidden_size)
+                   cfg.intermediate_size, cfg.cross_attention_frequency, cfg.encoder_hidden_size, cfg.dropout)
 
 
 # (ours, LAVIS) name fragments inside ``bert.`` of a Q-Former; applied in order.

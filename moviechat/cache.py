@@ -1,0 +1,73 @@
+"""Frame-token cache: with the image Q-Former frozen, EVA features -> frame tokens once per video.
+
+Keyed by the Q-Former's weights (a digest), the feature file and the video, so a changed Q-Former never
+reads stale tokens. In memory (LRU, bounded in MiB) and optionally on disk, shared by runs and sweeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A short hash of every tensor of ``module`` (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FrameTokenCache:
+    def __init__(self, qformer_digest: str, max_mb: int, folder: Optional[str] = None):
+        self.digest = qformer_digest
+        self.max_bytes = max_mb * 2**20
+        self.folder = Path(folder) / qformer_digest if folder else None
+        self.memory: OrderedDict[str, Tensor] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, source: str, video_id: str, num_frames: int) -> str:
+        return hashlib.sha256(f"{source}|{video_id}|{num_frames}".encode()).hexdigest()[:24]
+
+    def get(self, source: str, video_id: str, features: Tensor, encode: Callable[[Tensor], Tensor]) -> Tensor:
+        """Frame tokens of a video: from memory, from disk, or ``encode(features)`` (then stored)."""
+        key = self.key(source, video_id, features.shape[0])
+        if key in self.memory:
+            self.hits += 1
+            self.memory.move_to_end(key)
+            return self.memory[key]
+        path = self.folder / f"{key}.pt" if self.folder else None
+        if path is not None and path.is_file():
+            self.hits += 1
+            tokens = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            self.misses += 1
+            with torch.no_grad():
+                tokens = encode(features).to("cpu", torch.float16)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                torch.save(tokens, tmp)
+                tmp.replace(path)
+        self._remember(key, tokens)
+        return tokens
+
+    def _remember(self, key: str, tokens: Tensor) -> None:
+        size = tokens.numel() * tokens.element_size()
+        if size > self.max_bytes:
+            return
+        self.memory[key] = tokens
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.memory.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()

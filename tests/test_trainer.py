@@ -1,0 +1,110 @@
+"""The real train.py on the tiny config, in subprocesses (one DeepSpeed process group each)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+from moviechat.distributed import free_port
+from moviechat.metrics import read_jsonl
+
+FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "train.eval_samples=16", "train.eval_generate=8",
+        "train.log_every=1", "train.warmup_steps=2", "deepspeed.micro_batch_size=4"]
+
+
+def train_cmd(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1) -> list[str]:
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                     f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    cmd = launcher + [str(REPO / "train.py"), "--cfg", str(TINY), f"run.output_dir={tmp_path}", *FAST, *overrides]
+    return cmd + (["--resume", resume] if resume else [])
+
+
+def run_train(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def test_config_error_stops_before_training(tmp_path):
+    proc = subprocess.run(train_cmd(tmp_path, "memory.short_memory_merge=8", "run.name=bad"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "memory.short_memory_merge=8 must be < memory.short_memory_length=8" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_training_reduces_loss_and_writes_the_run_folder(tmp_path):
+    proc = run_train(tmp_path, "run.name=r", "train.max_steps=60", "train.eval_every=0")
+    run = tmp_path / "r"
+    by_step = losses(run)
+    first, last = sum(by_step[s] for s in range(1, 6)) / 5, sum(by_step[s] for s in range(56, 61)) / 5
+    assert last < 0.8 * first, (first, last)
+    assert {"config.yaml", "environment.json", "deepspeed.json", "metrics.jsonl", "tokenizer"} <= {p.name for p in run.iterdir()}
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval/loss" in r]
+    assert len(evals) == 1 and "eval/acc" in evals[0] and "eval/acc_prior" in evals[0]
+    assert f"run folder:  {run}" in proc.stdout and (run / "checkpoints" / "latest").read_text() == "step00000060"
+
+
+def test_resume_gives_identical_losses(tmp_path):
+    # Same config (the schedule depends on max_steps), dropout on so that the RNG state matters.
+    common = ["train.max_steps=8", "train.eval_every=0", "train.eval_generate=0", "model.video_qformer.dropout=0.1"]
+    run_train(tmp_path, "run.name=full", "train.save_every=4", *common)
+    step4 = tmp_path / "full" / "checkpoints" / "step00000004"
+    run_train(tmp_path, "run.name=resumed", *common, resume=str(step4))
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6, 7, 8]
+    assert [full[s] for s in range(5, 9)] == [resumed[s] for s in range(5, 9)]  # bitwise, fp32 on CPU
+
+
+def test_frozen_parameters_are_neither_optimised_nor_checkpointed(tmp_path):
+    run_train(tmp_path, "run.name=f", "train.max_steps=2", "train.eval_every=0", "model.freeze.llm=true")
+    states = torch.load(tmp_path / "f" / "checkpoints" / "step00000002" / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)
+    saved = set(states["module"])
+    assert saved and all(k.split(".")[0] in ("video_qformer", "frame_position_embedding", "projection") for k in saved)
+    optimized = sum(len(g["params"]) for g in states["optimizer"]["param_groups"])
+    assert optimized == len(saved)
+
+
+def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = train_cmd(tmp_path, "run.name=s", "train.max_steps=100000", "train.eval_every=0", "train.eval_generate=0")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(losses(tmp_path / "s")) < 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = int((tmp_path / "s" / "checkpoints" / "latest").read_text()[len("step"):])
+    assert stopped >= 3 and "stopped by a signal" in out
+    run_train(tmp_path, "run.name=s", f"train.max_steps={stopped + 2}", "train.eval_every=0", "train.eval_generate=0",
+              resume=str(tmp_path / "s"))
+    assert max(losses(tmp_path / "s")) == stopped + 2
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores")
+def test_two_process_zero2_matches_one_process_with_the_same_global_batch(tmp_path):
+    common = ["train.max_steps=4", "train.eval_every=0", "train.eval_generate=0", "deepspeed.zero_stage=2",
+              "train.lr=1e-3"]
+    # Two ranks read data slots 0 and 1; one process with two loader workers reads the same two slots and
+    # accumulates their micro-batches, so both see the same global batch at every step.
+    run_train(tmp_path, "run.name=two", *common, "deepspeed.gradient_accumulation_steps=1", nproc=2)
+    run_train(tmp_path, "run.name=one", *common, "deepspeed.gradient_accumulation_steps=2", "data.num_workers=2")
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert one[step] == pytest.approx(two[step], rel=1e-4), (step, one, two)
