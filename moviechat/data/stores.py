@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import webdataset as wds
@@ -86,21 +87,33 @@ def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expe
 # ------------------------------------------------------------------------------------------- writing
 
 
-def write_shards(videos: Sequence[VideoFeatures] | Iterator[VideoFeatures], pattern: str, max_per_shard: int = 64) -> list[str]:
-    """Write videos to tar shards named by ``pattern`` (e.g. ``out/train-%05d.tar``); returns the paths."""
+def write_shards(videos: Iterable[VideoFeatures], pattern: str, max_per_shard: int = 64,
+                 on_shard: Optional[Callable[[str, list[VideoFeatures]], None]] = None) -> list[str]:
+    """Write videos to tar shards named by ``pattern`` (e.g. ``out/train-%05d.tar``); returns the paths.
+
+    Each shard is written under a temporary name and renamed when complete, then ``on_shard(path,
+    videos)`` is called, so a crash never leaves a truncated shard under a real name.
+    """
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     paths: list[str] = []
-    writer, count = None, 0
-    for video in videos:
-        if writer is None or count == max_per_shard:
-            if writer is not None:
-                writer.close()
-            paths.append(pattern % len(paths))
-            writer, count = wds.TarWriter(paths[-1]), 0
-        writer.write({"__key__": video.key, "feats.npy": _npy_bytes(video.feats), "json": json.dumps(video.meta).encode()})
-        count += 1
-    if writer is not None:
+    writer, batch = None, []
+
+    def close() -> None:
         writer.close()
+        os.replace(paths[-1] + ".tmp", paths[-1])
+        if on_shard is not None:
+            on_shard(paths[-1], batch)
+
+    for video in videos:
+        if writer is None or len(batch) == max_per_shard:
+            if writer is not None:
+                close()
+            paths.append(pattern % len(paths))
+            writer, batch = wds.TarWriter(paths[-1] + ".tmp"), []
+        writer.write({"__key__": video.key, "feats.npy": _npy_bytes(video.feats), "json": json.dumps(video.meta).encode()})
+        batch.append(VideoFeatures(video.key, video.feats[:0], video.meta, video.source))  # keep no features
+    if writer is not None:
+        close()
     return paths
 
 

@@ -1,0 +1,128 @@
+"""Video files -> EVA ViT-g features (fp16 [T, 257, 1408]) in tar shards; optionally frame tokens.
+
+    python data_pipelines/extract_features.py --cfg configs/experiments/X.yaml --videos DIR --out OUT \
+        [--fps 1 | --num-frames 256] [--frame-tokens] [--batch-size 64] [--shard-size 16]
+
+Weights come from the config: ``model.vision.weights`` (EVA ViT-g, LAVIS names) and, for
+``--frame-tokens`` (frozen image Q-Former -> [T, 32, 768], 15x smaller), ``model.qformer_checkpoint``.
+Resumable: videos listed in ``OUT/index.jsonl`` are skipped; each run writes new shards. Unreadable
+videos are listed in ``OUT/failures.jsonl`` and counted in the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from moviechat.config import load_config  # noqa: E402
+from moviechat.data.stores import DataError, VideoFeatures, write_shards  # noqa: E402
+from moviechat.data.video import read_frames  # noqa: E402
+from moviechat.models.checkpoint import load_weights  # noqa: E402
+from moviechat.models.qformer import build_qformer  # noqa: E402
+from moviechat.models.vision import build_vision, preprocess_frames  # noqa: E402
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
+
+
+class FeatureEncoder(nn.Module):
+    """The frozen encoders of the feature pipeline, named as in MovieChatModel (so checkpoints load)."""
+
+    def __init__(self, cfg, frame_tokens: bool):
+        super().__init__()
+        self.vision = build_vision(cfg.model.vision)
+        self.image_qformer = build_qformer(cfg.model.image_qformer) if frame_tokens else None
+        self.img_size = cfg.model.vision.img_size
+
+    @torch.no_grad()
+    def forward(self, frames, batch_size: int, device: torch.device) -> torch.Tensor:
+        out = []
+        for start in range(0, len(frames), batch_size):
+            pixels = preprocess_frames(torch.from_numpy(frames[start : start + batch_size]), self.img_size).to(device)
+            features = self.vision(pixels)
+            out.append((self.image_qformer(features) if self.image_qformer is not None else features).half().cpu())
+        return torch.cat(out)
+
+
+def load_encoder(cfg, frame_tokens: bool, device: torch.device) -> FeatureEncoder:
+    encoder = FeatureEncoder(cfg, frame_tokens).eval()
+    if cfg.model.vision.weights:
+        print(load_weights(encoder, cfg.model.vision.weights, require=("vision",), vision_depth=cfg.model.vision.depth))
+    else:
+        print("warning: model.vision.weights is not set: the ViT is randomly initialised")
+    if frame_tokens:
+        if cfg.model.qformer_checkpoint:
+            print(load_weights(encoder, cfg.model.qformer_checkpoint, require=("image_qformer",)))
+        else:
+            print("warning: model.qformer_checkpoint is not set: the image Q-Former is randomly initialised")
+    return encoder.to(device)
+
+
+def done_keys(out: Path) -> set[str]:
+    index = out / "index.jsonl"
+    return {json.loads(line)["key"] for line in index.read_text().splitlines() if line.strip()} if index.is_file() else set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", required=True)
+    p.add_argument("--videos", required=True, help="a folder of video files, or one file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--fps", type=float)
+    p.add_argument("--num-frames", type=int)
+    p.add_argument("--frame-tokens", action="store_true", help="write image Q-Former frame tokens instead of EVA features")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=16, help="videos per shard")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.cfg, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    src, out = Path(args.videos), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(f for f in src.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES) if src.is_dir() else [src]
+    done = done_keys(out)
+    todo = [f for f in files if f.stem not in done]
+    print(f"{len(files)} videos, {len(files) - len(todo)} already done, {len(todo)} to extract")
+    encoder = load_encoder(cfg, args.frame_tokens, device)
+    kind = "tokens" if args.frame_tokens else "eva"
+    failures: list[dict] = []
+    written: list[str] = []
+
+    def index_shard(shard: str, videos: list[VideoFeatures]) -> None:
+        with open(out / "index.jsonl", "a") as index:
+            for v in videos:
+                index.write(json.dumps({"key": v.key, "shard": Path(shard).name, "frames": len(v.meta["timestamps"]),
+                                        "kind": kind}) + "\n")
+        written.extend(v.key for v in videos)
+
+    def extracted():
+        for f in tqdm(todo, desc="videos", dynamic_ncols=True):
+            try:
+                frames, stamps, duration = read_frames(f, args.fps, args.num_frames)
+            except DataError as e:
+                failures.append({"video": str(f), "error": str(e)})
+                continue
+            feats = encoder(frames, args.batch_size, device).numpy()
+            fps = len(stamps) / duration if duration else 0.0
+            meta = {"kind": kind, "fps": fps, "duration": duration, "timestamps": stamps, "video": str(f)}
+            yield VideoFeatures(f.stem, feats, meta, str(f))
+
+    pattern = str(out / f"part-{time.strftime('%Y%m%d%H%M%S')}-%05d.tar")
+    shards = write_shards(extracted(), pattern, args.shard_size, on_shard=index_shard)
+    if failures:
+        with open(out / "failures.jsonl", "a") as f:
+            f.writelines(json.dumps(x) + "\n" for x in failures)
+    print(f"done: {len(written)} extracted into {len(shards)} shard(s), {len(failures)} failed"
+          + (f" (see {out / 'failures.jsonl'})" if failures else ""))
+    return 0 if not failures or written or done else 1  # fail only when no video has features at all
+
+
+if __name__ == "__main__":
+    sys.exit(main())
