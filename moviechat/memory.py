@@ -87,7 +87,7 @@ class MemoryConfig:
 
 @dataclass
 class MergeResult:
-    """What :func:`plan_consolidation` decided for a batch of ``B`` buffers of ``N`` items.
+    """What :func:`plan_consolidation` decided for a batch of ``B`` buffers of ``N`` items (NumPy arrays).
 
     slot:   [B, N] output slot of each input item (-1 for masked-out items)
     factor: [B, N] weight of each input item in its slot (a power of 1/2; 0 for masked-out items)
@@ -95,90 +95,68 @@ class MergeResult:
     count:  [B] number of output slots, ``min(valid items, merge_to)``
     """
 
-    slot: Tensor
-    factor: Tensor
-    means: Tensor
-    count: Tensor
+    slot: np.ndarray
+    factor: np.ndarray
+    means: np.ndarray
+    count: np.ndarray
 
 
-def _next_valid(valid: Tensor) -> Tensor:
-    """Index of the next valid item strictly after each position, or N when there is none."""
-    n = valid.shape[1]
-    idx = torch.where(valid, torch.arange(n, device=valid.device), n)
-    shifted = torch.cat([idx[:, 1:], torch.full_like(idx[:, :1], n)], dim=1)
-    return shifted.flip(1).cummin(1).values.flip(1)
+def _neighbours(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the next / previous valid item of each position (N / -1 when there is none)."""
+    b, n = valid.shape
+    nxt = np.where(valid, np.arange(n), n)
+    nxt = np.concatenate([nxt[:, 1:], np.full((b, 1), n)], axis=1)
+    nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
+    prv = np.where(valid, np.arange(n), -1)
+    prv = np.maximum.accumulate(np.concatenate([np.full((b, 1), -1), prv[:, :-1]], axis=1), axis=1)
+    return nxt.copy(), prv
 
 
-def _prev_valid(valid: Tensor) -> Tensor:
-    """Index of the previous valid item strictly before each position, or -1 when there is none."""
-    idx = torch.where(valid, torch.arange(valid.shape[1], device=valid.device), -1)
-    shifted = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
-    return shifted.cummax(1).values
-
-
-@torch.no_grad()
-def plan_consolidation(means: Tensor, merge_to: int, valid: Optional[Tensor] = None) -> MergeResult:
+def plan_consolidation(means: np.ndarray, merge_to: int, valid: Optional[np.ndarray] = None) -> MergeResult:
     """Plan the consolidation of each buffer to ``merge_to`` items, from per-item mean vectors.
 
     While more than ``merge_to`` items remain, the adjacent pair with the highest similarity (dot product
     of means; ties go to the lowest index) is replaced by its average. Items form a linked list so that a
-    merge touches only its neighbours' similarities. ``means`` is [B, N, D]; ``valid`` [B, N] marks the
-    items that take part (in order; masked items are skipped).
+    merge touches only its neighbours' similarities; each step works on the buffers still merging.
+    ``means`` is [B, N, D]; ``valid`` [B, N] marks the items that take part (masked items are skipped).
     """
-    b, n, _ = means.shape
-    dev = means.device
-    mu = means.to(torch.float64).clone()
-    valid = torch.ones(b, n, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
-    alive = valid.clone()
+    b, n, d = means.shape
+    mu = np.array(means, dtype=np.float64)
+    valid = np.ones((b, n), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    alive = valid.copy()
     count = valid.sum(1)
-    nxt, prv = _next_valid(valid), _prev_valid(valid)
-    factor = valid.to(torch.float64)
-    rows = torch.arange(b, device=dev)
-    pos = torch.arange(n, device=dev)
-    neg_inf = torch.tensor(-math.inf, dtype=torch.float64, device=dev)
-
-    def pair_sim(left: Tensor, right: Tensor) -> Tensor:  # [B] indices; right may be n (no neighbour)
-        ok = (left >= 0) & (right < n)
-        s = (mu[rows, left.clamp(0, n - 1)] * mu[rows, right.clamp(max=n - 1)]).sum(-1)
-        return torch.where(ok, s, neg_inf)
-
-    sim = torch.full((b, n), -math.inf, dtype=torch.float64, device=dev)
-    if n > 1:
-        right = nxt.clamp(max=n - 1)
-        pairs = (mu * mu.gather(1, right[..., None].expand_as(mu))).sum(-1)
-        sim = torch.where(alive & (nxt < n), pairs, sim)
-
-    steps = int((count - merge_to).clamp(min=0).max()) if b else 0
-    for _ in range(steps):
-        active = count > merge_to
-        i = sim.argmax(1)
+    nxt, prv = _neighbours(valid)
+    factor = valid.astype(np.float64)
+    pos = np.arange(n)
+    right = np.minimum(nxt, n - 1)
+    pairs = np.einsum("bnd,bnd->bn", mu, np.take_along_axis(mu, right[..., None], axis=1))
+    sim = np.where(alive & (nxt < n), pairs, -np.inf)
+    while True:
+        rows = np.nonzero(count > merge_to)[0]
+        if rows.size == 0:
+            break
+        i = sim[rows].argmax(1)  # first maximum: ties go to the lowest index
         j = nxt[rows, i]
-        k = nxt[rows, j.clamp(max=n - 1)]
-        p = prv[rows, i]
-        merged = (mu[rows, i] + mu[rows, j.clamp(max=n - 1)]) / 2
-        mu[rows, i] = torch.where(active[:, None], merged, mu[rows, i])
-        # Frames of both groups [i, k) now carry half their previous weight.
-        in_pair = (pos >= i[:, None]) & (pos < k[:, None]) & active[:, None]
-        factor = torch.where(in_pair, factor / 2, factor)
-        jc = j.clamp(max=n - 1)
-        alive[rows, jc] = alive[rows, jc] & ~active
-        sim[rows, jc] = torch.where(active, neg_inf, sim[rows, jc])
-        nxt[rows, i] = torch.where(active, k, nxt[rows, i])
-        kc = k.clamp(max=n - 1)
-        prv[rows, kc] = torch.where(active & (k < n), i, prv[rows, kc])
-        sim[rows, i] = torch.where(active, pair_sim(i, k), sim[rows, i])
-        pc = p.clamp(min=0)
-        sim[rows, pc] = torch.where(active & (p >= 0), pair_sim(p, i), sim[rows, pc])
-        count = count - active.long()
-
+        k, p = nxt[rows, j], prv[rows, i]
+        mu[rows, i] = (mu[rows, i] + mu[rows, j]) / 2
+        in_pair = (pos >= i[:, None]) & (pos < k[:, None])  # the items of both groups, [i, k)
+        factor[rows] = np.where(in_pair, factor[rows] / 2, factor[rows])
+        alive[rows, j], sim[rows, j], nxt[rows, i] = False, -np.inf, k
+        has_k, has_p = k < n, p >= 0
+        prv[rows[has_k], k[has_k]] = i[has_k]
+        right_sim = np.einsum("bd,bd->b", mu[rows, i], mu[rows, np.minimum(k, n - 1)])
+        sim[rows, i] = np.where(has_k, right_sim, -np.inf)
+        r, pp, ii = rows[has_p], p[has_p], i[has_p]
+        sim[r, pp] = np.einsum("bd,bd->b", mu[r, pp], mu[r, ii])
+        count[rows] -= 1
     # Each valid item belongs to the nearest alive item at or before it; slots are numbered in order.
-    owner = torch.where(alive, pos, -1).cummax(1).values
-    rank = alive.long().cumsum(1) - 1
-    slot = torch.where(valid, rank.gather(1, owner.clamp(min=0)), -1)
-    out_means = torch.zeros(b, merge_to, means.shape[2], dtype=torch.float64, device=dev)
+    owner = np.maximum.accumulate(np.where(alive, pos, -1), axis=1)
+    rank = np.cumsum(alive, axis=1) - 1
+    slot = np.where(valid, np.take_along_axis(rank, np.maximum(owner, 0), axis=1), -1)
+    out_means = np.zeros((b, merge_to, d))
     keep = alive & (rank < merge_to)
-    out_means[rows[:, None].expand(b, n)[keep], rank[keep]] = mu[keep]
-    return MergeResult(slot=slot, factor=factor, means=out_means, count=count.clamp(max=merge_to))
+    out_means[np.nonzero(keep)[0], rank[keep]] = mu[keep]
+    return MergeResult(slot=slot, factor=factor, means=out_means, count=np.minimum(count, merge_to))
 
 
 def frame_means(frames: Tensor) -> Tensor:
@@ -186,7 +164,7 @@ def frame_means(frames: Tensor) -> Tensor:
 
     The reduction runs in float32 (8x faster than in float64 on CPU); merge decisions then run in float64.
     """
-    return frames.mean(dim=-2, dtype=torch.float32).double()
+    return frames.detach().mean(dim=-2, dtype=torch.float32).double()  # planning needs no gradient
 
 
 def consolidate(frames: Tensor, merge_to: int, mask: Optional[Tensor] = None) -> Tensor:
@@ -196,10 +174,11 @@ def consolidate(frames: Tensor, merge_to: int, mask: Optional[Tensor] = None) ->
     ``merge_to`` valid frames or fewer keeps them as they are, followed by zero padding.
     """
     b, n, q, d = frames.shape
-    plan = plan_consolidation(frame_means(frames), merge_to, mask)
-    flat_slot = (torch.arange(b, device=frames.device)[:, None] * merge_to + plan.slot).reshape(-1)
-    keep = plan.slot.reshape(-1) >= 0
-    weighted = frames.reshape(b * n, q, d)[keep] * plan.factor.reshape(-1)[keep].to(frames.dtype)[:, None, None]
+    plan = plan_consolidation(frame_means(frames).cpu().numpy(), merge_to, None if mask is None else mask.cpu().numpy())
+    flat_slot = torch.from_numpy(np.arange(b)[:, None] * merge_to + plan.slot).reshape(-1).to(frames.device)
+    keep = torch.from_numpy(plan.slot.reshape(-1) >= 0).to(frames.device)
+    factor = torch.from_numpy(plan.factor.reshape(-1)).to(frames.device, frames.dtype)
+    weighted = frames.reshape(b * n, q, d)[keep] * factor[keep][:, None, None]
     out = frames.new_zeros(b * merge_to, q, d).index_add(0, flat_slot[keep], weighted)
     return out.reshape(b, merge_to, q, d)
 
@@ -231,7 +210,7 @@ class MemoryPlan:
         return [sorted(x) for x in out]
 
 
-def _plan_fragments(means: Sequence[Tensor], ends: Sequence[int], cfg: MemoryConfig):
+def _plan_fragments(means: Sequence[np.ndarray], ends: Sequence[int], cfg: MemoryConfig):
     """Consolidate every fragment of every video in one batched call.
 
     Video ``v`` contributes the fragments of its frames ``[0, ends[v])``. Only the last K frames of a
@@ -239,36 +218,34 @@ def _plan_fragments(means: Sequence[Tensor], ends: Sequence[int], cfg: MemoryCon
     -1 for padding), the consolidation result, and the number of fragments per video.
     """
     width = min(cfg.fragment, cfg.short_memory_length)
-    dev = means[0].device
-    starts = [torch.arange(0, e, cfg.fragment, device=dev) for e in ends]
-    start = torch.cat(starts)
-    stop = torch.minimum(start + cfg.fragment, torch.cat([torch.full_like(s, e) for s, e in zip(starts, ends)]))
-    first = torch.maximum(start, stop - cfg.short_memory_length)
-    col = torch.arange(width, device=dev)
-    valid = col[None] < (stop - first)[:, None]
-    local = torch.where(valid, first[:, None] + col[None], -1)
-    offsets = torch.tensor([0] + [m.shape[0] for m in means[:-1]], device=dev).cumsum(0)
-    per_video = [len(s) for s in starts]
-    base = offsets.repeat_interleave(torch.tensor(per_video, device=dev))
-    buffers = torch.cat(list(means))[(base[:, None] + local).clamp(min=0)]
+    starts = [np.arange(0, e, cfg.fragment) for e in ends]
+    start = np.concatenate(starts)
+    stop = np.minimum(start + cfg.fragment, np.repeat(ends, [len(x) for x in starts]))
+    first = np.maximum(start, stop - cfg.short_memory_length)
+    valid = np.arange(width)[None] < (stop - first)[:, None]
+    local = np.where(valid, first[:, None] + np.arange(width)[None], -1)
+    offsets = np.cumsum([0] + [m.shape[0] for m in means[:-1]])
+    per_video = [len(x) for x in starts]
+    base = np.repeat(offsets, per_video)
+    flat = np.concatenate(list(means)) if len(means) > 1 else means[0]
+    buffers = flat[np.maximum(base[:, None] + local, 0)]
     return local, plan_consolidation(buffers, cfg.short_memory_merge, valid), per_video
 
 
-def _plan_long_memory(col_means: Tensor, counts: list[int], cfg: MemoryConfig) -> tuple[Tensor, Tensor, int]:
+def _plan_long_memory(col_means: np.ndarray, counts: list[int], cfg: MemoryConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """Stream consolidated fragments (their output "columns") into the long-term memory of one video.
 
     Returns, per column, its long-memory item (-1 when dropped) and weight, and the number of items.
     """
     n_cols = col_means.shape[0]
-    dev = col_means.device
     cap = cfg.long_memory_length
     if cfg.long_memory_policy == "fifo" or n_cols <= cap:
         # Dropping the oldest after every append keeps exactly the newest L columns.
         first = max(0, n_cols - cap)
-        item = torch.arange(n_cols, device=dev) - first
-        return torch.where(item >= 0, item, -1), torch.ones(n_cols, dtype=torch.float64, device=dev), n_cols - first
-    item, weight = _merge_stream(col_means.cpu().numpy(), counts, cap)
-    return torch.from_numpy(item).to(dev), torch.from_numpy(weight).to(dev), cap
+        item = np.arange(n_cols) - first
+        return np.where(item >= 0, item, -1), np.ones(n_cols), n_cols - first
+    item, weight = _merge_stream(col_means, counts, cap)
+    return item, weight, cap
 
 
 def _merge_stream(mu: np.ndarray, counts: list[int], cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -285,8 +262,15 @@ def _merge_stream(mu: np.ndarray, counts: list[int], cap: int) -> tuple[np.ndarr
     alive = np.zeros(n, dtype=bool)
     sim = np.full(n, -np.inf)
     weight = np.ones(n)
-    count, end, tail = 0, 0, -1
-    for c in counts:
+    # Fragments that fit before the cap is first exceeded need no merging: link them in one go.
+    fits = int(np.searchsorted(np.cumsum(counts), cap, side="right"))
+    end = int(sum(counts[:fits]))
+    alive[:end] = True
+    nxt[: max(end - 1, 0)] = np.arange(1, end)
+    prv[1:end] = np.arange(0, end - 1)
+    sim[: max(end - 1, 0)] = np.einsum("id,id->i", mu[: end - 1], mu[1:end]) if end > 1 else sim[:0]
+    count, tail = end, end - 1
+    for c in counts[fits:]:
         start, end = end, end + c
         alive[start:end] = True
         nxt[start : end - 1] = np.arange(start + 1, end)
@@ -320,19 +304,30 @@ def plan_memories(
     modes: Optional[Sequence[Mode]] = None,
     times: Optional[Sequence[Optional[int]]] = None,
 ) -> list[MemoryPlan]:
-    """Plan the memory of each video from its per-frame means ([T_v, D] each); see DESIGN.md section 4."""
+    """Plan the memory of each video from its per-frame means ([T_v, D] each); see DESIGN.md section 4.
+
+    Fragments of all videos are consolidated in one batched call; the per-video rest (long-term memory,
+    short-term part) runs in NumPy, where small operations cost a fraction of torch's.
+    """
     modes = list(modes) if modes is not None else ["global"] * len(means)
     times = list(times) if times is not None else [None] * len(means)
     ends = [_long_memory_end(mu.shape[0], mode, t, cfg, v) for v, (mu, mode, t) in enumerate(zip(means, modes, times))]
     if not means:
         return []
-    local, frag, per_video = _plan_fragments(means, ends, cfg)
+    local, frag, per_video = _plan_fragments([m.cpu().numpy() for m in means], ends, cfg)
+    slot, factor, frag_means, count = frag.slot, frag.factor, frag.means, frag.count
     plans, row = [], 0
     for mu, mode, t, n_frag in zip(means, modes, times, per_video):
         rows = slice(row, row + n_frag)
         row += n_frag
-        plan = _long_plan_of_video(local[rows], frag.slot[rows], frag.factor[rows], frag.means[rows], frag.count[rows], cfg)
-        plans.append(_add_short_term(plan, int(t), cfg) if mode == "breakpoint" else plan)
+        frame, slots, weight, n_long = _long_plan_of_video(local[rows], slot[rows], factor[rows], frag_means[rows],
+                                                          count[rows], cfg)
+        n_slots = n_long
+        if mode == "breakpoint":
+            frame, slots, weight, n_long, n_slots = _add_short_term(frame, slots, weight, n_long, int(t), cfg)
+        dev = mu.device
+        plans.append(MemoryPlan(torch.from_numpy(frame).to(dev), torch.from_numpy(slots).to(dev),
+                                torch.from_numpy(weight).to(dev), n_slots, n_long))
     return plans
 
 
@@ -349,44 +344,36 @@ def _long_memory_end(num_frames: int, mode: str, t: Optional[int], cfg: MemoryCo
     return (t // cfg.fragment) * cfg.fragment
 
 
-def _long_plan_of_video(local, slot, factor, out_means, count, cfg: MemoryConfig) -> MemoryPlan:
-    """Compose the fragment consolidations of one video with its long-term memory plan."""
+def _long_plan_of_video(local, slot, factor, out_means, count, cfg: MemoryConfig):
+    """Compose the fragment consolidations of one video (NumPy arrays) with its long-term memory plan.
+
+    Returns (frame, slot, weight) per kept source frame and the number of long-term slots.
+    """
     counts = count.tolist()
-    col_offset = torch.tensor([0] + counts[:-1], dtype=torch.long, device=local.device).cumsum(0)
-    keep_col = torch.arange(out_means.shape[1], device=local.device)[None] < count[:, None]
+    col_offset = np.cumsum([0] + counts[:-1]).astype(np.int64)
+    keep_col = np.arange(out_means.shape[1])[None] < count[:, None]
     item, col_weight, n_items = _plan_long_memory(out_means[keep_col], counts, cfg)
     frames = slot >= 0
     column = (col_offset[:, None] + slot)[frames]
     frame_item = item[column]
     kept = frame_item >= 0
-    return MemoryPlan(
-        frame=local[frames][kept],
-        slot=frame_item[kept],
-        weight=(factor[frames] * col_weight[column])[kept],
-        num_slots=n_items,
-        num_long=n_items,
-    )
+    return local[frames][kept], frame_item[kept], (factor[frames] * col_weight[column])[kept], n_items
 
 
-def _add_short_term(plan: MemoryPlan, t: int, cfg: MemoryConfig) -> MemoryPlan:
+def _add_short_term(frame, slot, weight, n_long: int, t: int, cfg: MemoryConfig):
     """Append the short-term buffer before ``t`` and frame ``t``; truncate to P (short part first)."""
-    dev = plan.frame.device
     start = (t // cfg.fragment) * cfg.fragment
-    short = list(range(max(start, t - cfg.short_memory_length), t))
-    excess = plan.num_long + len(short) + 1 - cfg.capacity
-    drop_short = min(max(excess, 0), len(short))
-    drop_long = max(excess, 0) - drop_short
-    short = short[drop_short:] + [t]
-    keep = plan.slot >= drop_long
-    n_long = plan.num_long - drop_long
-    extra = torch.tensor(short, dtype=torch.long, device=dev)
-    return MemoryPlan(
-        frame=torch.cat([plan.frame[keep], extra]),
-        slot=torch.cat([plan.slot[keep] - drop_long, n_long + torch.arange(len(short), device=dev)]),
-        weight=torch.cat([plan.weight[keep], torch.ones(len(short), dtype=torch.float64, device=dev)]),
-        num_slots=n_long + len(short),
-        num_long=n_long,
-    )
+    short = np.arange(max(start, t - cfg.short_memory_length), t)
+    excess = max(n_long + len(short) + 1 - cfg.capacity, 0)
+    drop_short = min(excess, len(short))
+    drop_long = excess - drop_short
+    extra = np.append(short[drop_short:], t)
+    keep = slot >= drop_long
+    n_long -= drop_long
+    frame = np.concatenate([frame[keep], extra])
+    slot = np.concatenate([slot[keep] - drop_long, n_long + np.arange(len(extra))])
+    weight = np.concatenate([weight[keep], np.ones(len(extra))])
+    return frame, slot, weight, n_long, n_long + len(extra)
 
 
 def apply_plan(tokens: Tensor, plan: MemoryPlan) -> Tensor:

@@ -7,6 +7,7 @@ then `` {answer}###``; BOS starts the sequence; the loss covers the answer token
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Optional, Sequence
 
 import torch
@@ -60,17 +61,21 @@ class Collator:
         self.max_txt_len = max_txt_len
         self.feature_kind = feature_kind
         self.with_answers = with_answers
+        # Questions and answers repeat (per video, per epoch); tokenizing is most of the loader's time.
+        self._ids = lru_cache(maxsize=65536)(self._tokenize)
+
+    def _tokenize(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, sample: Sample) -> tuple[list[int], list[int]]:
         """Token ids and labels of one sample, truncated to ``max_txt_len`` text tokens."""
-        tok = self.tokenizer
-        prompt = [tok.bos_token_id] + tok(build_prompt(self.system_prompt, sample.question), add_special_tokens=False)["input_ids"]
+        prompt = [self.tokenizer.bos_token_id, *self._ids(build_prompt(self.system_prompt, sample.question))]
         if len(prompt) > self.max_txt_len:
             raise ValueError(f"video {sample.video_id}: prompt of {len(prompt)} tokens exceeds "
                              f"model.max_txt_len={self.max_txt_len}; question: {sample.question[:80]!r}")
         if not self.with_answers:
             return prompt, [IGNORE_INDEX] * len(prompt)
-        answer = tok(answer_text(sample.answer), add_special_tokens=False)["input_ids"]
+        answer = list(self._ids(answer_text(sample.answer)))
         ids = (prompt + answer)[: self.max_txt_len]
         labels = ([IGNORE_INDEX] * len(prompt) + answer)[: self.max_txt_len]
         return ids, labels
