@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test bench-memory clean-venv
+.PHONY: train test sweep bench-memory clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+sweep: $(VENV)/.installed
+	$(BIN)/python launch/sweep.py --sweep configs/sweeps/tiny_memory.yaml
 
 bench-memory: $(VENV)/.installed
 	$(BIN)/python benchmarks/memory.py

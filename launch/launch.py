@@ -1,0 +1,129 @@
+"""Launch train.py on one node, several nodes (hostfile) or SLURM; prints the exact command it runs.
+
+    python launch/launch.py single --gpus 8 --cfg configs/experiments/X.yaml [overrides] [--dry-run]
+    python launch/launch.py multi --hostfile hosts.txt --cfg ... [--master-addr node0] [--dry-run]
+    python launch/launch.py slurm --nodes 2 --gpus 8 --cfg ... [--partition P] [--time 24:00:00] [--dry-run]
+
+SLURM: writes an sbatch script whose srun starts one torchrun per node with the rendezvous taken from
+SLURM's variables; on preemption SLURM sends SIGTERM, the trainer writes a checkpoint, and the script
+requeues the job, which resumes from the run folder's latest checkpoint (run.name must be fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_args(args) -> list[str]:
+    extra = ["--cfg", args.cfg, *args.overrides]
+    return extra + (["--resume", args.resume] if args.resume else [])
+
+
+def single_node(args) -> list[str]:
+    return ["deepspeed", f"--num_gpus={args.gpus}", f"--master_port={args.master_port}", str(REPO / "train.py"),
+            *train_args(args)]
+
+
+def hosts(hostfile: str) -> list[str]:
+    lines = [line.split()[0] for line in Path(hostfile).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        raise SystemExit(f"{hostfile}: no hosts")
+    return lines
+
+
+def multi_node(args) -> list[str]:
+    nodes = hosts(args.hostfile)
+    master = args.master_addr or nodes[0]
+    return ["deepspeed", f"--hostfile={args.hostfile}", f"--num_nodes={len(nodes)}", f"--master_addr={master}",
+            f"--master_port={args.master_port}", str(REPO / "train.py"), *train_args(args)]
+
+
+SBATCH = """#!/bin/bash
+#SBATCH --job-name={name}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node={gpus}
+#SBATCH --cpus-per-task={cpus}
+#SBATCH --time={time}
+#SBATCH --signal=B:TERM@120
+#SBATCH --requeue
+#SBATCH --output={log_dir}/%x-%j.out
+{partition}
+# Rendezvous from SLURM: the first node of the allocation is the master.
+export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_PORT={port}
+cd {repo}
+# SIGTERM (preemption or time limit) reaches the trainer, which checkpoints; then requeue the job.
+trap 'echo "SIGTERM: waiting for the checkpoint, then requeueing"; kill -TERM $SRUN_PID; wait $SRUN_PID; scontrol requeue $SLURM_JOB_ID' TERM
+RESUME=""
+[ -f "{run_dir}/checkpoints/latest" ] && RESUME="--resume {run_dir}"
+srun --kill-on-bad-exit=1 torchrun --nnodes=$SLURM_NNODES --nproc_per_node={gpus} --node_rank=$SLURM_NODEID \\
+    --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT --rdzv_id=$SLURM_JOB_ID \\
+    train.py {train_args} $RESUME &
+SRUN_PID=$!
+wait $SRUN_PID
+"""
+
+
+def slurm_script(args, run_dir: str) -> str:
+    return SBATCH.format(
+        name=args.name, nodes=args.nodes, gpus=args.gpus, cpus=args.cpus, time=args.time, log_dir=args.log_dir,
+        partition=f"#SBATCH --partition={args.partition}" if args.partition else "", port=args.master_port,
+        repo=REPO, run_dir=run_dir, train_args=" ".join(shlex.quote(a) for a in train_args(args)),
+    )
+
+
+def run_dir_of(args) -> str:
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run.name=")]
+    dirs = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run.output_dir=")]
+    if not names:
+        raise SystemExit("slurm: set run.name=... so a requeued job resumes the same run folder")
+    return str(Path(dirs[-1] if dirs else "runs") / names[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    for mode in ("single", "multi", "slurm"):
+        s = sub.add_parser(mode)
+        s.add_argument("--cfg", required=True)
+        s.add_argument("--resume")
+        s.add_argument("--master-port", type=int, default=29500)
+        s.add_argument("--dry-run", action="store_true", help="print the command (and sbatch script) only")
+        s.add_argument("overrides", nargs="*")
+        if mode in ("single", "slurm"):
+            s.add_argument("--gpus", type=int, default=8)
+        if mode == "multi":
+            s.add_argument("--hostfile", required=True)
+            s.add_argument("--master-addr")
+        if mode == "slurm":
+            s.add_argument("--nodes", type=int, default=1)
+            s.add_argument("--cpus", type=int, default=16)
+            s.add_argument("--time", default="24:00:00")
+            s.add_argument("--partition")
+            s.add_argument("--name", default="moviechat")
+            s.add_argument("--log-dir", default="runs/slurm")
+            s.add_argument("--script", default="runs/slurm/job.sbatch")
+    args = p.parse_args(argv)
+    if args.mode == "slurm":
+        script = slurm_script(args, run_dir_of(args))
+        command = ["sbatch", args.script]
+        print(f"# {args.script}\n{script}")
+        if not args.dry_run:
+            Path(args.script).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+            Path(args.script).write_text(script)
+    else:
+        command = single_node(args) if args.mode == "single" else multi_node(args)
+    print(" ".join(shlex.quote(c) for c in command), flush=True)
+    return 0 if args.dry_run else subprocess.call(command, cwd=REPO)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

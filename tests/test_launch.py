@@ -1,0 +1,84 @@
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launchers_dry_run_print_the_commands(tmp_path, capsys):
+    launch = load("launch")
+    cfg = "configs/experiments/tiny_synthetic.yaml"
+    assert launch.main(["single", "--gpus", "4", "--cfg", cfg, "--dry-run", "memory.short_memory_merge=4"]) == 0
+    out = capsys.readouterr().out
+    assert "deepspeed --num_gpus=4 --master_port=29500" in out and "memory.short_memory_merge=4" in out
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a slots=8\nnode-b slots=8\n")
+    assert launch.main(["multi", "--hostfile", str(hostfile), "--cfg", cfg, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"--hostfile={hostfile} --num_nodes=2 --master_addr=node-a" in out
+    assert launch.main(["slurm", "--nodes", "2", "--gpus", "8", "--cfg", cfg, "--dry-run", "run.name=big"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --nodes=2" in out and "--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT" in out
+    assert "scontrol requeue" in out and "--resume runs/big" in out and out.strip().endswith("sbatch runs/slurm/job.sbatch")
+    with pytest.raises(SystemExit, match="run.name"):
+        launch.main(["slurm", "--cfg", cfg, "--dry-run"])
+
+
+def write_sweep(tmp_path, grid: str) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"""base: configs/experiments/tiny_synthetic.yaml
+name: s
+output_dir: {tmp_path}
+overrides: [train.max_steps=4, train.eval_every=0, train.eval_samples=16, train.eval_generate=8, run.wandb=disabled,
+            data.synthetic.num_videos=40, deepspeed.micro_batch_size=4, train.warmup_steps=1]
+grid:
+{grid}
+""")
+    return str(path)
+
+
+def test_sweep_expands_a_grid_and_rejects_bad_settings(tmp_path):
+    sweep = load("sweep")
+    cfg = sweep.load_sweep(write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]\n  memory.long_memory_policy: [merge, fifo]"))
+    settings = sweep.expand(cfg)
+    assert settings == [{"memory.long_memory_length": a, "memory.long_memory_policy": b} for a in (4, 16) for b in ("merge", "fifo")]
+    assert sweep.slug(settings[1]) == "long_memory_length-4_long_memory_policy-fifo"
+    assert sweep.main(["--sweep", write_sweep(tmp_path, "  memory.long_memory_length: [1, 16]")]) == 2
+
+
+def test_sweep_runs_resumes_without_rerunning_and_reports(tmp_path, capsys):
+    sweep = load("sweep")
+    path = write_sweep(tmp_path, "  memory.long_memory_policy: [merge, fifo]")
+    assert sweep.main(["--sweep", path, "--max-settings", "1"]) == 0  # interrupted after the first setting
+    first = tmp_path / "s" / "long_memory_policy-merge" / "result.json"
+    stamp = first.stat().st_mtime_ns
+    assert not (tmp_path / "s" / "long_memory_policy-fifo" / "result.json").exists()
+    assert sweep.main(["--sweep", path]) == 0
+    out = capsys.readouterr().out
+    assert "skip long_memory_policy-merge: finished" in out and "run long_memory_policy-fifo" in out
+    assert first.stat().st_mtime_ns == stamp
+    rows = (tmp_path / "s" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("setting,eval/loss,eval/acc") and len(rows) == 3
+    assert "memory.long_memory_policy=fifo" in (tmp_path / "s" / "results.md").read_text()
+    assert (tmp_path / "s" / "acc_vs_long_memory_policy.png").stat().st_size > 1000
+    result = json.loads((tmp_path / "s" / "long_memory_policy-fifo" / "result.json").read_text())
+    assert result["memory_frames"] == 16 and 0 <= result["eval/acc"] <= 1
+
+
+def test_inspect_memory_draws_a_timeline(tmp_path):
+    inspect = load("inspect_memory")
+    out = tmp_path / "m.png"
+    assert inspect.main(["--cfg", str(REPO / "configs/experiments/tiny_synthetic.yaml"), "--setting", "memory.long_memory_length=4",
+                         "--setting", "memory.long_memory_policy=fifo", "--out", str(out), f"run.output_dir={tmp_path}",
+                         "data.synthetic.num_videos=20"]) == 0
+    assert out.stat().st_size > 5000
