@@ -18,51 +18,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moviechat.config import load_config  # noqa: E402
 from moviechat.data.stores import DataError, VideoFeatures, write_shards  # noqa: E402
 from moviechat.data.video import read_frames  # noqa: E402
-from moviechat.models.checkpoint import load_weights  # noqa: E402
-from moviechat.models.qformer import build_qformer  # noqa: E402
-from moviechat.models.vision import build_vision, preprocess_frames  # noqa: E402
+from moviechat.features import load_encoder  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
-
-
-class FeatureEncoder(nn.Module):
-    """The frozen encoders of the feature pipeline, named as in MovieChatModel (so checkpoints load)."""
-
-    def __init__(self, cfg, frame_tokens: bool):
-        super().__init__()
-        self.vision = build_vision(cfg.model.vision)
-        self.image_qformer = build_qformer(cfg.model.image_qformer) if frame_tokens else None
-        self.img_size = cfg.model.vision.img_size
-
-    @torch.no_grad()
-    def forward(self, frames, batch_size: int, device: torch.device) -> torch.Tensor:
-        out = []
-        for start in range(0, len(frames), batch_size):
-            pixels = preprocess_frames(torch.from_numpy(frames[start : start + batch_size]), self.img_size).to(device)
-            features = self.vision(pixels)
-            out.append((self.image_qformer(features) if self.image_qformer is not None else features).half().cpu())
-        return torch.cat(out)
-
-
-def load_encoder(cfg, frame_tokens: bool, device: torch.device) -> FeatureEncoder:
-    encoder = FeatureEncoder(cfg, frame_tokens).eval()
-    if cfg.model.vision.weights:
-        print(load_weights(encoder, cfg.model.vision.weights, require=("vision",), vision_depth=cfg.model.vision.depth))
-    else:
-        print("warning: model.vision.weights is not set: the ViT is randomly initialised")
-    if frame_tokens:
-        if cfg.model.qformer_checkpoint:
-            print(load_weights(encoder, cfg.model.qformer_checkpoint, require=("image_qformer",)))
-        else:
-            print("warning: model.qformer_checkpoint is not set: the image Q-Former is randomly initialised")
-    return encoder.to(device)
 
 
 def done_keys(out: Path) -> set[str]:

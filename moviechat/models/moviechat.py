@@ -124,19 +124,22 @@ class MovieChatModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop_ids: Sequence[int] = ()) -> list[Tensor]:
-        """Greedy answers, one sample at a time (no padding inside the prompt): new token ids per sample."""
+        """Greedy answers for a batch (memory built per sample): new token ids per sample."""
         video = self.video_embeddings(batch)
-        answers = []
-        for i in range(video.shape[0]):
-            length = int(batch["attention_mask"][i].sum())
-            ids, mask = batch["input_ids"][i : i + 1, :length], batch["attention_mask"][i : i + 1, :length]
-            embeds, mask, _ = self.splice(ids, mask, video[i : i + 1])
-            out = self.llm.generate(
-                inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                eos_token_id=list(stop_ids) or None, pad_token_id=(list(stop_ids) or [0])[0],
-            )
-            answers.append(out[0])
-        return answers
+        return [self.generate_from_video(video[i : i + 1], batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1],
+                                         max_new_tokens, stop_ids) for i in range(video.shape[0])]
+
+    @torch.no_grad()
+    def generate_from_video(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int = 32,
+                            stop_ids: Sequence[int] = ()) -> Tensor:
+        """Greedy answer to one prompt [1, L] given its video tokens [1, queries, H]: the new token ids."""
+        length = int(attention_mask[0].sum())  # no padding inside the prompt
+        embeds, mask, _ = self.splice(input_ids[:, :length], attention_mask[:, :length], video)
+        out = self.llm.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=list(stop_ids) or None, pad_token_id=(list(stop_ids) or [0])[0],
+        )
+        return out[0]
 
     # ---------------------------------------------------------------------------------- parameters
 

@@ -1,0 +1,172 @@
+"""Ask a trained model about a video, with the streaming memory, in global or breakpoint mode.
+
+    python -m moviechat.inference RUN --features video.npy --question "what color is the first scene"
+    python -m moviechat.inference RUN --features video.npy --question "..." --time 42.5       # breakpoint (s)
+    python -m moviechat.inference RUN --video-file clip.mp4 --fps 1 --question "..."           # via EVA
+    python -m moviechat.inference RUN --questions q.jsonl --features-dir DIR --out preds.jsonl  # batch
+    python -m moviechat.inference RUN --questions q.jsonl --shards 'data/*.tar' --out preds.jsonl
+
+RUN is a run folder or checkpoint (``train.py``) or an ``hf`` export folder. A questions file has one JSON
+per line: ``{"video": KEY or path, "question": ..., "time": seconds (breakpoint; omit for global), "id": ...}``;
+predictions keep those fields and add ``mode`` and ``prediction``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from moviechat.data.annotations import frame_at
+from moviechat.data.collator import SEPARATOR, Collator, Sample, extract_answer
+from moviechat.data.stores import DataError, SkipCounter, default_meta, validate_features
+from moviechat.memory import StreamingMemory, uniform_frame_indices
+
+
+class Answerer:
+    """A model, its tokenizer and config, answering questions on per-frame features."""
+
+    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32):
+        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
+        self.max_new_tokens = max_new_tokens
+        self.collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", with_answers=False)
+        ids = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+        self.stop_ids = [i for i in (tokenizer.eos_token_id, ids[0] if len(ids) == 1 else None) if i is not None]
+
+    @classmethod
+    def load(cls, path: str | Path, max_new_tokens: int = 32) -> "Answerer":
+        path = Path(path)
+        if (path / "model.safetensors").is_file():
+            from moviechat.export import load_hf
+
+            cfg, tokenizer, model = load_hf(path)
+        else:
+            from moviechat.runs import load_run
+
+            cfg, tokenizer, model, _ = load_run(path)
+        return cls(cfg, tokenizer, model, max_new_tokens)
+
+    def frame_tokens(self, feats: np.ndarray, kind: str) -> torch.Tensor:
+        frames = torch.from_numpy(np.ascontiguousarray(feats)).float()
+        return self.model.encode_frames(frames) if kind == "eva" else frames
+
+    @torch.no_grad()
+    def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
+        """Answer one question on one video's features (global mode, or breakpoint at ``seconds``)."""
+        chosen = uniform_frame_indices(len(feats), self.cfg.memory.num_frames).numpy()
+        tokens = self.frame_tokens(feats[chosen], meta["kind"])
+        stamps = [meta["timestamps"][i] for i in chosen]
+        stream = StreamingMemory(self.cfg.memory)
+        if seconds is None:
+            stream.push(tokens)
+            stream.finish()
+            memory, mode, t = stream.global_memory(), "global", None
+        else:
+            t = frame_at(seconds, stamps, key, meta.get("video", key), meta.get("duration"))
+            stream.push(tokens[:t])
+            memory, mode = stream.breakpoint_memory(tokens[t]), "breakpoint"
+        video = self.model.encode_memory(memory[None])
+        batch = self.collate([Sample(key, tokens[:1], question, "", mode, t)])
+        ids = self.model.generate_from_video(video, batch["input_ids"], batch["attention_mask"], self.max_new_tokens,
+                                             self.stop_ids)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return {"mode": mode, "frame": t, "prediction": extract_answer(text)}
+
+
+def load_features(path: str | Path, kind_default: str) -> tuple[np.ndarray, dict]:
+    """A ``<key>.npy`` (with an optional ``<key>.json`` of metadata beside it)."""
+    path = Path(path)
+    feats = np.load(path, allow_pickle=False)
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), kind_default)
+    validate_features(feats, meta, path.stem, str(path))
+    return feats, meta
+
+
+def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple[np.ndarray, dict]:
+    """Decode a video and run the frozen EVA encoder (``model.vision.weights``) over its frames."""
+    from moviechat.data.video import read_frames
+    from moviechat.features import load_encoder
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    frames, stamps, duration = read_frames(path, fps=fps)
+    feats = load_encoder(cfg, frame_tokens=False, device=device)(frames, 64, device).numpy()
+    return feats, {"kind": "eva", "fps": fps or 0, "duration": duration, "timestamps": stamps, "video": str(path)}
+
+
+class FeatureLookup:
+    """Features by video key from a folder of .npy files or from shards (read once, kept in memory)."""
+
+    def __init__(self, folder: Optional[str], shards: Optional[str], kind: str):
+        self.folder, self.kind = (Path(folder) if folder else None), kind
+        self.cache: dict[str, tuple[np.ndarray, dict]] = {}
+        if shards:
+            from moviechat.data.builders import expand_shards
+            from moviechat.data.stores import ShardStore
+
+            for v in ShardStore(expand_shards(shards)).videos(0, 1, 0, SkipCounter()):
+                self.cache[v.key] = (v.feats, v.meta)
+
+    def __call__(self, video: str) -> tuple[np.ndarray, dict]:
+        if video in self.cache:
+            return self.cache[video]
+        if self.folder is not None and (self.folder / f"{video}.npy").is_file():
+            return load_features(self.folder / f"{video}.npy", self.kind)
+        if Path(video).is_file():
+            return load_features(video, self.kind)
+        raise DataError(f"no features for video {video!r} (looked in --features-dir / --shards)")
+
+
+def answer_file(answerer: Answerer, questions: Path, lookup: FeatureLookup, out: Path) -> int:
+    """Answer every line of a questions JSONL; write predictions JSONL. Returns the number answered."""
+    rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for i, row in enumerate(rows):
+            for field in ("video", "question"):
+                if not str(row.get(field, "")).strip():
+                    raise DataError(f"{questions}: line {i + 1}: {field!r} is empty or missing")
+            feats, meta = lookup(str(row["video"]))
+            result = answerer.answer(feats, meta, row["question"], row.get("time"), str(row["video"]))
+            f.write(json.dumps({**row, "id": row.get("id", i), **result}) + "\n")
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run")
+    p.add_argument("--question")
+    p.add_argument("--time", type=float, help="breakpoint time in seconds (omit for global mode)")
+    p.add_argument("--features", help="a <key>.npy file (EVA features or frame tokens)")
+    p.add_argument("--video-file", help="a video file: decoded and encoded with the EVA ViT of the run's config")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--questions", help="JSONL of questions (batch mode)")
+    p.add_argument("--features-dir")
+    p.add_argument("--shards")
+    p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
+    p.add_argument("--out", default="predictions.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    args = p.parse_args(argv)
+    answerer = Answerer.load(args.run, args.max_new_tokens)
+    if args.questions:
+        n = answer_file(answerer, Path(args.questions), FeatureLookup(args.features_dir, args.shards, args.kind), Path(args.out))
+        print(f"answered {n} questions -> {args.out}")
+        return 0
+    if not args.question or not (args.features or args.video_file):
+        p.error("give --question with --features or --video-file (or --questions for a batch)")
+    if args.video_file:
+        feats, meta = features_of_video_file(answerer.cfg, args.video_file, args.fps)
+    else:
+        feats, meta = load_features(args.features, args.kind)
+    result = answerer.answer(feats, meta, args.question, args.time, Path(args.features or args.video_file).stem)
+    print(json.dumps({"question": args.question, "time": args.time, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

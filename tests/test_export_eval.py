@@ -1,0 +1,175 @@
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from moviechat import evaluation, export, inference
+from moviechat.data.annotations import QA, annotation_json
+from moviechat.data.synthetic import generate_video, prototypes
+from moviechat.runs import load_run
+from test_models import lavis_bert_names
+from test_trainer import run_train
+
+LORA = ["model.llm.lora.enabled=true", "model.freeze.llm=true", "train.max_steps=3", "train.eval_every=0",
+        "train.eval_generate=0"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    run_train(tmp, "run.name=r", *LORA)
+    return tmp / "r"
+
+
+def test_moviechat_export_uses_the_original_names_and_reloads_equal(lora_run, tmp_path):
+    with pytest.raises(ValueError, match="--merge-lora"):
+        export.export(lora_run, "moviechat", tmp_path / "x.pth")
+    out = export.export(lora_run, "moviechat", tmp_path / "moviechat.pth", merge_lora=True)
+    keys = set(torch.load(out, map_location="cpu", weights_only=True)["model"])
+    cfg, _, model, _ = load_run(lora_run)
+    v = cfg.model.video_qformer
+    expected = {n for n in lavis_bert_names("video_Qformer.", v.num_hidden_layers, v.cross_attention_frequency, text=False)}
+    expected |= {"video_query_tokens", "video_frame_position_embedding.weight", "llama_proj.weight", "llama_proj.bias"}
+    assert {k for k in keys if not k.startswith("llama_model.")} == expected
+    llm_keys = {k[len("llama_model."):] for k in keys if k.startswith("llama_model.")}
+    assert "model.layers.0.self_attn.q_proj.weight" in llm_keys and not any("lora" in k for k in llm_keys)
+
+
+def test_hf_lora_and_merged_exports_reload_with_equal_logits(lora_run, tmp_path):
+    hf = export.export(lora_run, "hf", tmp_path / "hf")
+    cfg, tokenizer, again = export.load_hf(hf)
+    _, _, model, _ = load_run(lora_run)
+    batch = export.probe_batch(cfg, tokenizer)
+    assert torch.equal(export.probe_logits(model, batch), export.probe_logits(again, batch))
+    assert "Streaming memory" in (hf / "README.md").read_text()
+    lora = export.export(lora_run, "lora", tmp_path / "lora")
+    assert (lora / "adapter_config.json").is_file()
+    merged = export.export(lora_run, "merged", tmp_path / "merged")
+    assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
+
+
+def test_zero2_checkpoint_of_a_two_process_run_exports(tmp_path):
+    run_train(tmp_path, "run.name=z", "train.max_steps=2", "train.eval_every=0", "train.eval_generate=0",
+              "deepspeed.zero_stage=2", nproc=2)
+    out = export.export(tmp_path / "z", "moviechat", tmp_path / "z.pth")
+    state = torch.load(out, map_location="cpu", weights_only=True)["model"]
+    assert "llama_proj.weight" in state and state["llama_proj.weight"].dtype == torch.float32
+
+
+def synthetic_features(tmp_path, cfg):
+    q = cfg.model.image_qformer
+    video = generate_video("clip", 3, prototypes(6, q.num_query_tokens, q.hidden_size, 0), 40, 40, 6, 10, 0.3)
+    np.save(tmp_path / "clip.npy", video.features.feats)
+    (tmp_path / "clip.json").write_text(json.dumps(video.features.meta))
+    return video
+
+
+def test_inference_answers_in_both_modes_and_in_batch(lora_run, tmp_path, capsys):
+    cfg, _, _, _ = load_run(lora_run)
+    video = synthetic_features(tmp_path, cfg)
+    assert inference.main([str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question",
+                           "what color is the first scene", "--max-new-tokens", "3"]) == 0
+    global_answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert global_answer["mode"] == "global" and isinstance(global_answer["prediction"], str)
+    assert inference.main([str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question",
+                           "what color is on screen now", "--time", "12.5", "--max-new-tokens", "3"]) == 0
+    bp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bp["mode"] == "breakpoint" and bp["frame"] == 12
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"video": "clip", "question": q.question, "time": q.seconds}) + "\n"
+                                 for q in video.qas))
+    answerer = inference.Answerer.load(lora_run, max_new_tokens=3)
+    n = inference.answer_file(answerer, questions, inference.FeatureLookup(str(tmp_path), None, "tokens"), tmp_path / "p.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert n == len(video.qas) == len(rows) and {r["mode"] for r in rows} == {"global", "breakpoint"}
+    # The streaming memory answers as the batched training path does.
+    row = rows[0]
+    assert row["prediction"] == answerer.answer(video.features.feats, video.features.meta, row["question"], row["time"], "clip")["prediction"]
+
+
+def hand_made(tmp_path):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    qas = [QA("Where is he?", "In the kitchen.", "global"), QA("What is he holding?", "A red cup", "breakpoint", 10.0)]
+    (ann / "v1.json").write_text(json.dumps(annotation_json("v1", qas, fps=30.0, num_frame=900)))
+    preds = [
+        {"video": "v1", "question": "Where is he?", "prediction": "in the kitchen"},  # normalised match, not exact
+        {"video": "v1", "question": "What is he holding?", "time": 10.0, "prediction": "a blue cup"},  # F1 2/3... see below
+        {"video": "v9", "question": "Who?", "prediction": "nobody"},  # no reference
+    ]
+    path = tmp_path / "preds.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    return ann, path
+
+
+def test_offline_scores_on_a_hand_made_set(tmp_path):
+    ann, preds = hand_made(tmp_path)
+    assert evaluation.main(["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["unmatched_predictions"] == 1
+    assert summary["global"] == {"n": 1, "exact": 0.0, "normalized": 1.0, "f1": 1.0}
+    # "a blue cup" vs "A red cup": normalised tokens [blue, cup] vs [red, cup]: P = R = 1/2 -> F1 = 1/2
+    assert summary["breakpoint"] == {"n": 1, "exact": 0.0, "normalized": 0.0, "f1": 0.5}
+    lmms = [json.loads(x) for x in (tmp_path / "out" / "lmms_eval_breakpoint.jsonl").read_text().splitlines()]
+    assert lmms == [{"video_name": "v1.mp4", "question": "What is he holding?", "answer": "A red cup", "time": 10.0,
+                     "pred": "a blue cup"}]
+
+
+class StubJudge(http.server.BaseHTTPRequestHandler):
+    replies = {"in the kitchen": "{'pred': 'yes', 'score': 5}", "a blue cup": "Sure! My verdict is yes, 3"}
+    count = 0
+
+    def do_POST(self):
+        StubJudge.count += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][1]["content"]
+        reply = next(r for pred, r in self.replies.items() if f"Predicted Answer: {pred}" in text)
+        data = json.dumps({"model": body["model"], "choices": [{"message": {"content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_judge_on_a_localhost_stub_counts_malformed_and_caches(tmp_path):
+    ann, preds = hand_made(tmp_path)
+    server = http.server.HTTPServer(("127.0.0.1", 0), StubJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        args = ["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "j"), "--judge-url", url,
+                "--judge-model", "stub-judge-1"]
+        assert evaluation.main(args) == 0
+        summary = json.loads((tmp_path / "j" / "summary.json").read_text())
+        assert summary["judge_model"] == "stub-judge-1"
+        assert summary["global"]["judge_accuracy"] == 1.0 and summary["global"]["judge_score"] == 5
+        assert summary["breakpoint"]["judge_malformed"] == 1 and summary["breakpoint"]["judge_accuracy"] is None
+        assert StubJudge.count == 2
+        assert evaluation.main(args) == 0  # cached: no new requests
+        assert StubJudge.count == 2
+    finally:
+        server.shutdown()
+
+
+def test_judge_failures_are_retried_then_counted(tmp_path):
+    ann, preds = hand_made(tmp_path)
+    judge = evaluation.JudgeClient("http://127.0.0.1:9", "none", tmp_path / "c.jsonl", retries=2, timeout=1, backoff=0)
+    rows, summary = evaluation.evaluate([json.loads(x) for x in preds.read_text().splitlines()],
+                                        evaluation.references(ann), judge)
+    assert judge.requests == 4 and summary["all"]["judge_failed"] == 2
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("{'pred': 'yes', 'score': 4}", {"pred": "yes", "score": 4.0}),
+    ('Here: {"pred": "no", "score": 1}', {"pred": "no", "score": 1.0}),
+    ("{'pred': 'maybe', 'score': 3}", None), ("{'pred': 'yes', 'score': 9}", None), ("no dict", None),
+])
+def test_parse_judgement(reply, expected):
+    assert evaluation.parse_judgement(reply) == expected
