@@ -11,9 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moviechat.config import load_config  # noqa: E402
 from moviechat.data import Collator, build_datasets  # noqa: E402
-from moviechat.data.collator import SEPARATOR, build_prompt  # noqa: E402
 from moviechat.models import build_moviechat  # noqa: E402
-from moviechat.models.llm import build_tokenizer  # noqa: E402
+from moviechat.models.llm import run_tokenizer  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_synthetic.yaml"
 
@@ -21,7 +20,7 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_s
 def setup(cfg_path: Path, overrides: list[str], output_dir: str):
     cfg = load_config(cfg_path, overrides + [f"run.output_dir={output_dir}"])
     source, train, _ = build_datasets(cfg)
-    tokenizer = build_tokenizer(cfg.model.llm, [build_prompt(cfg.model.system_prompt, ""), SEPARATOR] + source.texts())
+    tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, source.texts())
     collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind)
     return cfg, train, tokenizer, collate
 

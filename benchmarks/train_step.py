@@ -18,8 +18,8 @@ import torch
 
 from common import TINY, build_model, timed
 from moviechat.config import load_config
-from moviechat.data.collator import SEPARATOR, Collator, Sample, build_prompt
-from moviechat.models.llm import build_tokenizer
+from moviechat.data.collator import Collator, Sample
+from moviechat.models.llm import run_tokenizer
 
 SEVEN_B = TINY.parents[1] / "models" / "moviechat_vicuna7b.yaml"
 
@@ -56,8 +56,7 @@ def main() -> None:
         layers = args.llm_layers or (32 if device.type == "cuda" else 2)
         cfg = load_config(SEVEN_B, [f"model.llm.num_hidden_layers={layers}", f"model.llm.dtype={args.dtype}"])
         frames, batch = args.frames or 256, args.batch or (4 if device.type == "cuda" else 1)
-    tokenizer = build_tokenizer(cfg.model.llm, [build_prompt(cfg.model.system_prompt, "what color is the first scene"),
-                                                SEPARATOR, "red"])
+    tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, ["what color is the first scene", "red"])
     model = build_model(cfg, tokenizer).to(device).train()
     if args.dtype == "bfloat16":
         model = model.to(torch.bfloat16)

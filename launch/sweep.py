@@ -147,10 +147,12 @@ def aggregate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
     if not rows:
         print("[sweep] no finished settings yet")
         return rows
-    table = [[_cell(r, c) for c in COLUMNS] for r in rows]
+    per_type = sorted({k for r in rows for k in r if k.startswith("eval/acc_type_")})
+    columns = COLUMNS + per_type
+    table = [[_cell(r, c) for c in columns] for r in rows]
     with open(sweep_dir / "results.csv", "w", newline="") as f:
-        csv.writer(f).writerows([COLUMNS] + table)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        csv.writer(f).writerows([columns] + table)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     write_text_atomic(sweep_dir / "results.md", "\n".join(lines) + "\n")
     plot(rows, list(sweep.grid) or sorted({k for r in rows for k in r["setting"]}), sweep_dir)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from moviechat.data.annotations import frame_at
-from moviechat.data.collator import SEPARATOR, Collator, Sample, extract_answer
+from moviechat.data.collator import Collator, Sample, extract_answer
+from moviechat.models.llm import stop_token_ids
 from moviechat.data.stores import DataError, SkipCounter, default_meta, validate_features
 from moviechat.memory import StreamingMemory, uniform_frame_indices
 
@@ -35,8 +36,7 @@ class Answerer:
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
         self.max_new_tokens = max_new_tokens
         self.collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", with_answers=False)
-        ids = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
-        self.stop_ids = [i for i in (tokenizer.eos_token_id, ids[0] if len(ids) == 1 else None) if i is not None]
+        self.stop_ids = stop_token_ids(tokenizer)
 
     @classmethod
     def load(cls, path: str | Path, max_new_tokens: int = 32) -> "Answerer":

@@ -29,10 +29,10 @@ from moviechat.cache import FrameTokenCache, weights_digest
 from moviechat.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 from moviechat.config import Config, TrainConfig, as_dict, save_config, write_text_atomic
 from moviechat.data import Collator, DataError, build_datasets
-from moviechat.data.collator import SEPARATOR, build_prompt, extract_answer
+from moviechat.data.collator import extract_answer
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
 from moviechat.metrics import JsonlLogger, normalize_answer, normalized_match
-from moviechat.models.llm import build_tokenizer
+from moviechat.models.llm import run_tokenizer, stop_token_ids
 from moviechat.registry import MODELS
 
 import moviechat.models  # noqa: F401  (registers the model builders)
@@ -142,7 +142,7 @@ class Trainer:
         self.scheduler = scheduler
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.collate = Collator(self.tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind)
-        self.stop_ids = [i for i in (self.tokenizer.eos_token_id, self._single_token(SEPARATOR)) if i is not None]
+        self.stop_ids = stop_token_ids(self.tokenizer)
         self.cache = self._token_cache()
         self.prior = self._prior_answers()
         self.state = TrainState()
@@ -163,8 +163,7 @@ class Trainer:
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(saved, local_files_only=True)
-        corpus = [build_prompt(self.cfg.model.system_prompt, ""), SEPARATOR] + self.source.texts()
-        return build_tokenizer(self.cfg.model.llm, corpus)
+        return run_tokenizer(self.cfg.model.llm, self.cfg.model.system_prompt, self.source.texts())
 
     def _prior_answers(self) -> dict[str, str]:
         """The most frequent training answer of each question type: the baseline accuracy to beat."""
@@ -173,10 +172,6 @@ class Trainer:
             for qa in self.source.qas[key]:
                 by_type.setdefault(qa.qtype, Counter())[normalize_answer(qa.answer)] += 1
         return {qtype: counts.most_common(1)[0][0] for qtype, counts in by_type.items()}
-
-    def _single_token(self, text: str) -> Optional[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[0] if len(ids) == 1 else None
 
     def _token_cache(self) -> Optional[FrameTokenCache]:
         if self.cfg.data.feature_kind != "eva" or not self.cfg.model.freeze.image_qformer:

@@ -20,10 +20,9 @@ def tiny_cfg():
 
 
 def tiny_tokenizer(cfg):
-    from moviechat.data.collator import build_prompt
-    from moviechat.models.llm import build_tokenizer
+    from moviechat.models.llm import run_tokenizer
 
-    return build_tokenizer(cfg.model.llm, [build_prompt(cfg.model.system_prompt, "q"), "###"] + TINY_CORPUS)
+    return run_tokenizer(cfg.model.llm, cfg.model.system_prompt, TINY_CORPUS)
 
 
 @pytest.fixture

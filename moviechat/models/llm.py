@@ -47,6 +47,21 @@ def build_tokenizer(cfg: LLMConfig, corpus: Iterable[str] = ()):
     return tokenizer
 
 
+def run_tokenizer(cfg: LLMConfig, system_prompt: str, texts: Iterable[str]):
+    """The tokenizer of a run: the LLM's own, or a word tokenizer over the prompt template and ``texts``."""
+    from moviechat.data.collator import SEPARATOR, build_prompt
+
+    return build_tokenizer(cfg, [build_prompt(system_prompt, ""), SEPARATOR, *texts])
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Where greedy answers stop: EOS, and the ``###`` separator when it is a single token."""
+    from moviechat.data.collator import SEPARATOR
+
+    separator = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+    return [i for i in (tokenizer.eos_token_id, separator[0] if len(separator) == 1 else None) if i is not None]
+
+
 def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
     """The causal LM in ``cfg.dtype``, its embeddings covering ``vocab_size`` tokens (with ``<ImageHere>``)."""
     dtype = DTYPES[cfg.dtype]
@@ -58,7 +73,7 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
             num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
             max_position_embeddings=2048, tie_word_embeddings=False,
         )
-        llm = LlamaForCausalLM(config).to(dtype)
+        llm = LlamaForCausalLM._from_config(config, dtype=dtype)  # built in dtype: no fp32 copy of a 7B model
     if llm.get_input_embeddings().weight.shape[0] < vocab_size:
         llm.resize_token_embeddings(vocab_size)
     return llm
