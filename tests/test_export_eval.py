@@ -173,3 +173,13 @@ def test_judge_failures_are_retried_then_counted(tmp_path):
 ])
 def test_parse_judgement(reply, expected):
     assert evaluation.parse_judgement(reply) == expected
+
+
+def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path, capsys):
+    from test_pipelines import write_video
+
+    write_video(tmp_path / "clip.mp4", frames=16, fps=8)
+    assert inference.main([str(lora_run), "--video-file", str(tmp_path / "clip.mp4"), "--fps", "4",
+                           "--question", "what color is on screen now", "--time", "1.0", "--max-new-tokens", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mode"] == "breakpoint" and result["frame"] == 4  # 1.0 s at 4 fps
