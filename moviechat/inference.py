@@ -5,6 +5,7 @@
     python -m moviechat.inference RUN --video-file clip.mp4 --fps 1 --question "..."           # via EVA
     python -m moviechat.inference RUN --questions q.jsonl --features-dir DIR --out preds.jsonl  # batch
     python -m moviechat.inference RUN --questions q.jsonl --shards 'data/*.tar' --out preds.jsonl
+    python -m moviechat.inference RUN --annotations ANN_DIR --shards 'data/*.tar' --out preds.jsonl [--limit N]
 
 RUN is a run folder or checkpoint (``train.py``) or an ``hf`` export folder. A questions file has one JSON
 per line: ``{"video": KEY or path, "question": ..., "time": seconds (breakpoint; omit for global), "id": ...}``;
@@ -122,9 +123,21 @@ class FeatureLookup:
         raise DataError(f"no features for video {video!r} (looked in --features-dir / --shards)")
 
 
-def answer_file(answerer: Answerer, questions: Path, lookup: FeatureLookup, out: Path) -> int:
-    """Answer every line of a questions JSONL; write predictions JSONL. Returns the number answered."""
-    rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+def questions_from_annotations(folder: str | Path, limit: Optional[int] = None) -> list[dict]:
+    """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds)."""
+    from moviechat.data.annotations import load_annotations
+
+    rows = [{"video": key, "question": qa.question, "time": qa.seconds}
+            for key, qas in sorted(load_annotations(folder).items()) for qa in qas]
+    return rows[:limit] if limit else rows
+
+
+def answer_file(answerer: Answerer, questions: Path | list[dict], lookup: FeatureLookup, out: Path) -> int:
+    """Answer every question (a JSONL file or rows); write predictions JSONL. Returns the number answered."""
+    if isinstance(questions, Path):
+        rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+    else:
+        rows = questions
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for i, row in enumerate(rows):
@@ -146,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video-file", help="a video file: decoded and encoded with the EVA ViT of the run's config")
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--questions", help="JSONL of questions (batch mode)")
+    p.add_argument("--annotations", help="batch mode: every question of a MovieChat-1K style annotations folder")
+    p.add_argument("--limit", type=int, help="with --annotations: at most this many questions")
     p.add_argument("--features-dir")
     p.add_argument("--shards")
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
@@ -153,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     args = p.parse_args(argv)
     answerer = Answerer.load(args.run, args.max_new_tokens)
-    if args.questions:
-        n = answer_file(answerer, Path(args.questions), FeatureLookup(args.features_dir, args.shards, args.kind), Path(args.out))
+    if args.questions or args.annotations:
+        questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
+        n = answer_file(answerer, questions, FeatureLookup(args.features_dir, args.shards, args.kind), Path(args.out))
         print(f"answered {n} questions -> {args.out}")
         return 0
     if not args.question or not (args.features or args.video_file):

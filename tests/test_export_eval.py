@@ -183,3 +183,11 @@ def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path,
                            "--question", "what color is on screen now", "--time", "1.0", "--max-new-tokens", "2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["mode"] == "breakpoint" and result["frame"] == 4  # 1.0 s at 4 fps
+
+
+def test_questions_come_from_an_annotations_folder(tmp_path):
+    ann, _ = hand_made(tmp_path)
+    rows = inference.questions_from_annotations(ann)
+    assert rows == [{"video": "v1", "question": "Where is he?", "time": None},
+                    {"video": "v1", "question": "What is he holding?", "time": 10.0}]
+    assert len(inference.questions_from_annotations(ann, limit=1)) == 1
