@@ -14,8 +14,9 @@ merge; the long-term memory is planned per video (its merges depend on each othe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from collections import OrderedDict
+from dataclasses import astuple, dataclass
+from typing import Hashable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -389,15 +390,49 @@ def apply_plan(tokens: Tensor, plan: MemoryPlan) -> Tensor:
     return torch.sparse.mm(weights, tokens.reshape(t, -1)).reshape(plan.num_slots, *tokens.shape[1:])
 
 
+class PlanCache:
+    """Memory plans by (video key, mode, time, frames, settings): valid while a video's frames never change
+    (cached frame tokens); then later epochs and evaluations only apply the plan."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self.plans: OrderedDict[Hashable, MemoryPlan] = OrderedDict()
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.plans.clear()
+
+
 def build_memories(
     videos: Sequence[Tensor],
     cfg: MemoryConfig,
     modes: Optional[Sequence[Mode]] = None,
     times: Optional[Sequence[Optional[int]]] = None,
+    keys: Optional[Sequence[Hashable]] = None,
+    cache: Optional[PlanCache] = None,
 ) -> list[Tensor]:
-    """Memory of each video (tokens [T_v, Q, D] each), planned in one batch: list of [M_v, Q, D]."""
-    plans = plan_memories([frame_means(v) for v in videos], cfg, modes, times)
-    return [apply_plan(v, p) for v, p in zip(videos, plans)]
+    """Memory of each video (tokens [T_v, Q, D] each), planned in one batch: list of [M_v, Q, D].
+
+    With ``keys`` (one per video, naming frames that never change) and a ``cache``, plans are reused.
+    """
+    modes = list(modes) if modes is not None else ["global"] * len(videos)
+    times = list(times) if times is not None else [None] * len(videos)
+    if cache is None or keys is None:
+        plans = plan_memories([frame_means(v) for v in videos], cfg, modes, times)
+        return [apply_plan(v, p) for v, p in zip(videos, plans)]
+    settings = astuple(cfg)
+    full = [(k, m, t, v.shape[0], settings) for k, m, t, v in zip(keys, modes, times, videos)]
+    todo = [i for i, k in enumerate(full) if k not in cache.plans]
+    cache.hits += len(full) - len(todo)
+    cache.misses += len(todo)
+    if todo:
+        new = plan_memories([frame_means(videos[i]) for i in todo], cfg, [modes[i] for i in todo], [times[i] for i in todo])
+        for i, plan in zip(todo, new):
+            cache.plans[full[i]] = plan
+        while len(cache.plans) > cache.max_entries:
+            cache.plans.popitem(last=False)
+    return [apply_plan(v, cache.plans[k]) for v, k in zip(videos, full)]
 
 
 def build_memory(tokens: Tensor, cfg: MemoryConfig, mode: Mode = "global", t: Optional[int] = None) -> Tensor:

@@ -231,3 +231,23 @@ def test_impossible_memory_settings_name_the_key(kwargs, key):
 def test_bad_breakpoint_time_names_the_frame():
     with pytest.raises(ValueError, match="t=10 must be in"):
         build_memory(random_tokens(10, 0), MemoryConfig(), "breakpoint", 10)
+
+
+def test_plan_cache_reuses_plans_and_gives_the_same_memory_and_gradients():
+    from moviechat.memory import PlanCache
+
+    cfg = MemoryConfig(short_memory_length=4, short_memory_merge=2, long_memory_length=5, n_position=3)
+    videos = [random_tokens(n, n).requires_grad_() for n in (20, 33)]
+    modes, times = ["global", "breakpoint"], [None, 30]
+    expected = build_memories(videos, cfg, modes, times)
+    cache = PlanCache()
+    for _ in range(2):
+        got = build_memories(videos, cfg, modes, times, keys=["a", "b"], cache=cache)
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e)
+    assert (cache.misses, cache.hits) == (2, 2)
+    sum(m.sum() for m in got).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in videos)
+    other = MemoryConfig(short_memory_length=4, short_memory_merge=1, long_memory_length=5, n_position=3)
+    build_memories(videos, other, modes, times, keys=["a", "b"], cache=cache)
+    assert cache.misses == 4  # other settings never read a stale plan

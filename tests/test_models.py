@@ -205,3 +205,16 @@ def test_full_size_model_builds_on_the_meta_device(tokenizer):
     assert counts["projection"] == 768 * 4096 + 4096
     assert 90e6 < counts["image_qformer"] < 120e6  # BERT-base query path with cross-attention every 2 layers
     assert sum(p.numel() for p in model.llm.parameters()) > 6e9
+
+
+def test_frozen_parts_stay_in_eval_mode_when_training(tiny_model):
+    tiny_model.train()
+    assert not tiny_model.image_qformer.training and not tiny_model.llm.training  # no dropout in frozen parts
+    assert tiny_model.video_qformer.training and tiny_model.projection.training
+
+
+def test_memory_plans_are_cached_for_fixed_frame_tokens(tiny_model, tiny_cfg, tokenizer):
+    batch = make_batch(tiny_cfg, tokenizer)
+    first = tiny_model(batch)["loss"]
+    assert tiny_model.plan_cache.misses == 2 and tiny_model.plan_cache.hits == 0
+    assert torch.equal(tiny_model(batch)["loss"], first) and tiny_model.plan_cache.hits == 2

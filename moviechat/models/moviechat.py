@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from moviechat.memory import MemoryConfig, build_memories, position_table
+from moviechat.memory import MemoryConfig, PlanCache, build_memories, position_table
 from moviechat.models.qformer import QFormer
 from moviechat.models.vision import EvaVisionEncoder
 
@@ -46,6 +46,7 @@ class MovieChatModel(nn.Module):
         self.memory_cfg = memory_cfg
         self.image_token_id = image_token_id
         self.memory_seconds = 0.0  # time spent building memories (the trainer reports its share of a step)
+        self.plan_cache = PlanCache()
         memory_cfg.validate(position_rows=frame_position_embedding.num_embeddings)
 
     # ----------------------------------------------------------------------------------- encoders
@@ -88,12 +89,29 @@ class MovieChatModel(nn.Module):
         """Build each sample's memory (global or breakpoint) and encode it: [B, video queries, LLM hidden]."""
         tokens = self.frame_tokens(batch)
         start = time.perf_counter()
-        memories = build_memories(tokens, self.memory_cfg, batch["modes"], batch["times"])
+        memories = build_memories(tokens, self.memory_cfg, batch["modes"], batch["times"], self._plan_keys(batch),
+                                  self.plan_cache)
         self.memory_seconds += time.perf_counter() - start
         longest = max(m.shape[0] for m in memories)
         padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
         mask = torch.stack([torch.arange(longest, device=padded.device) < m.shape[0] for m in memories])
         return self.encode_memory(padded, mask)
+
+    def _plan_keys(self, batch: dict[str, Any]) -> Optional[list]:
+        """Keys under which memory plans can be reused: only when a video's frame tokens never change."""
+        fixed = batch["feature_kind"] == "tokens" or not any(p.requires_grad for p in self.image_qformer.parameters())
+        if not fixed or "video_ids" not in batch:
+            return None
+        return list(zip(batch.get("sources", [""] * len(batch["video_ids"])), batch["video_ids"]))
+
+    def train(self, mode: bool = True) -> "MovieChatModel":
+        """Train mode, except for wholly frozen parts, which stay in eval mode (no dropout), as in BLIP-2."""
+        super().train(mode)
+        for name in PARTS:
+            part = getattr(self, name)
+            if part is not None and mode and not any(p.requires_grad for p in part.parameters()):
+                part.eval()
+        return self
 
     # ------------------------------------------------------------------------------------ the LLM
 
@@ -156,6 +174,7 @@ class MovieChatModel(nn.Module):
                 continue
             for pname, p in module.named_parameters():
                 p.requires_grad = not freeze or (name == "llm" and "lora_" in pname)
+        self.train(self.training)  # frozen parts to eval mode
 
     def parameter_summary(self) -> str:
         """A table of trainable and frozen parameter counts per part."""
