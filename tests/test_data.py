@@ -209,3 +209,20 @@ def test_collator_truncates_to_max_txt_len_and_rejects_a_prompt_that_cannot_fit(
     assert (short["labels"] != -100).sum() == (full["labels"] != -100).sum() - 3
     with pytest.raises(ValueError, match="exceeds model.max_txt_len=5"):
         Collator(tokenizer, "", 5, "tokens")([sample])
+
+
+def test_breakpoint_fraction_sets_the_mix_of_training_questions(tmp_path):
+    from moviechat.data.dataset import mode_keep_probabilities
+
+    vids = videos(40)
+    qas = {v.key: [QA("g", "a", "global")] * 3 + [QA("b", "a", "breakpoint", 1.0)] for v in vids}  # 25% breakpoint
+    keys = set(qas)
+    store = ShardStore(write_shards(vids, str(tmp_path / "x-%03d.tar"), max_per_shard=8))
+    for target in (0.0, 0.5, 0.8, 1.0):
+        keep = mode_keep_probabilities(qas, keys, target)
+        ds = VideoQADataset(store, qas, keys, feature_kind="tokens", token_shape=(Q, D), num_frames=None, seed=0,
+                            mode_keep=keep)
+        modes = [s.mode for s in ds]
+        assert abs(modes.count("breakpoint") / len(modes) - target) < 0.12, (target, len(modes))
+    with pytest.raises(DataError, match="all global"):
+        mode_keep_probabilities({"v": [QA("g", "a", "global")]}, {"v"}, 0.5)

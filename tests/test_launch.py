@@ -82,3 +82,13 @@ def test_inspect_memory_draws_a_timeline(tmp_path):
                          "--setting", "memory.long_memory_policy=fifo", "--out", str(out), f"run.output_dir={tmp_path}",
                          "data.synthetic.num_videos=20"]) == 0
     assert out.stat().st_size > 5000
+
+
+def test_sweep_as_slurm_jobs_dry_run(tmp_path, capsys):
+    sweep = load("sweep")
+    path = write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]")
+    assert sweep.main(["--sweep", path, "--slurm", "--dry-run", "--gpus", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("#SBATCH --gpus-per-node=4") == 2
+    assert "run.name=long_memory_length-4" in out and "run.name=long_memory_length-16" in out
+    assert "[sweep] no finished settings yet" in out

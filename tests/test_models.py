@@ -218,3 +218,28 @@ def test_memory_plans_are_cached_for_fixed_frame_tokens(tiny_model, tiny_cfg, to
     first = tiny_model(batch)["loss"]
     assert tiny_model.plan_cache.misses == 2 and tiny_model.plan_cache.hits == 0
     assert torch.equal(tiny_model(batch)["loss"], first) and tiny_model.plan_cache.hits == 2
+
+
+def test_frame_token_cache_is_keyed_by_qformer_weights_and_reused_from_disk(tiny_model, tmp_path):
+    from moviechat.cache import FrameTokenCache, weights_digest
+
+    digest = weights_digest(tiny_model.image_qformer)
+    feats = torch.randn(6, 5, 48)
+    calls = []
+
+    def encode(f):
+        calls.append(1)
+        return tiny_model.encode_frames(f)
+
+    cache = FrameTokenCache(digest, max_mb=16, folder=str(tmp_path))
+    first = cache.get("shard-0.tar", "v1", feats, encode)
+    assert torch.equal(cache.get("shard-0.tar", "v1", feats, encode), first) and len(calls) == 1
+    again = FrameTokenCache(digest, max_mb=16, folder=str(tmp_path))  # a new run, same Q-Former
+    assert torch.equal(again.get("shard-0.tar", "v1", feats, encode), first) and len(calls) == 1
+    torch.testing.assert_close(first.float(), tiny_model.encode_frames(feats), rtol=1e-3, atol=1e-3)
+    with torch.no_grad():
+        tiny_model.image_qformer.query_tokens.add_(1.0)
+    changed = FrameTokenCache(weights_digest(tiny_model.image_qformer), max_mb=16, folder=str(tmp_path))
+    assert changed.digest != digest
+    changed.get("shard-0.tar", "v1", feats, encode)
+    assert len(calls) == 2  # a changed Q-Former never reads stale tokens
