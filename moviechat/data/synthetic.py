@@ -31,6 +31,7 @@ from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.stores import VideoFeatures, default_meta, write_shards
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+VIDEOS_PER_SHARD = 16  # part of the set's identity: it fixes the order in which shards are read
 
 
 @dataclass
@@ -105,12 +106,14 @@ def synthetic_dir(cfg: SyntheticConfig, tokens: int, dim: int, output_dir: str) 
     """Where a synthetic set lives: ``cfg.dir``, or a folder named by a hash of everything it depends on."""
     if cfg.dir:
         return Path(cfg.dir)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "dir"} | {"tokens": tokens, "dim": dim}
+    settings = {k: v for k, v in asdict(cfg).items() if k != "dir"} | {"tokens": tokens, "dim": dim,
+                                                                        "videos_per_shard": VIDEOS_PER_SHARD}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(output_dir) / "data" / f"synthetic-{digest}"
 
 
-def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path, videos_per_shard: int = 16) -> Path:
+def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path,
+                        videos_per_shard: int = VIDEOS_PER_SHARD) -> Path:
     """Write shards (``shards/``) and MovieChat-1K style annotations (``annotations/``) into ``out``.
 
     Written to a temporary folder and renamed into place, so a reader never sees half a set; when the
