@@ -33,10 +33,11 @@ def probe_batch(cfg, tokenizer) -> dict:
 
 
 @torch.no_grad()
-def probe_logits(model, batch) -> torch.Tensor:
+def probe_logits(model, batch, llm=None) -> torch.Tensor:
+    """The LLM's logits on a probe batch; ``llm`` stands in for ``model.llm`` (e.g. its merged copy)."""
     video = model.video_embeddings(batch)
     embeds, mask, _ = model.splice(batch["input_ids"], batch["attention_mask"], video)
-    return model.llm(inputs_embeds=embeds, attention_mask=mask).logits.float()
+    return (llm or model.llm)(inputs_embeds=embeds, attention_mask=mask).logits.float()
 
 
 def _check(expected: torch.Tensor, got: torch.Tensor, what: str) -> None:
@@ -56,21 +57,21 @@ def export_moviechat(cfg, tokenizer, model, out: Path, merge_lora: bool) -> Path
     """``{"model": state}`` in the original names: the trained parts; a trained LLM (fully, or by LoRA merged
     in with ``merge_lora``) is stored as ``llama_model.*``."""
     state = model.trainable_state_dict()
+    llm = model.llm
     if has_lora(model):
         if not merge_lora:
             raise ValueError("the model has LoRA adapters, which the original code cannot load: pass --merge-lora "
                              "(the LLM is merged and stored as llama_model.*) or export --format lora")
+        llm = merged_llm(model)  # one merged copy serves the export and its check; the model is left as it is
         state = {k: v for k, v in state.items() if not k.startswith("llm.")}
-        state.update({f"llm.{k}": v for k, v in merged_llm(model).state_dict().items()})
+        state.update({f"llm.{k}": v for k, v in llm.state_dict().items()})
     _save_torch({"model": to_original_names(state)}, out)
     fresh = build_from_config(cfg, tokenizer).eval()
-    if merge_lora and has_lora(model):
+    if has_lora(model):
         fresh.llm = fresh.llm.merge_and_unload()
     load_weights(fresh, out, require=VIDEO_PARTS)
-    reference = copy.copy(model)
-    reference.llm = merged_llm(model)
     batch = probe_batch(cfg, tokenizer)
-    _check(probe_logits(reference, batch), probe_logits(fresh, batch), "moviechat export")
+    _check(probe_logits(model, batch, llm), probe_logits(fresh, batch), "moviechat export")
     return out
 
 

@@ -191,3 +191,10 @@ def test_questions_come_from_an_annotations_folder(tmp_path):
     assert rows == [{"video": "v1", "question": "Where is he?", "time": None},
                     {"video": "v1", "question": "What is he holding?", "time": 10.0}]
     assert len(inference.questions_from_annotations(ann, limit=1)) == 1
+
+
+def test_moviechat_export_leaves_the_model_as_it_was(lora_run, tmp_path):
+    cfg, tokenizer, model, _ = load_run(lora_run)
+    llm = model.llm
+    export.export_moviechat(cfg, tokenizer, model, tmp_path / "m.pth", merge_lora=True)
+    assert model.llm is llm and export.has_lora(model)  # still the adapted LLM, not its merged copy

@@ -70,7 +70,6 @@ class LoadReport:
     path: str
     source_format: str
     loaded: int = 0
-    missing: list[str] = field(default_factory=list)  # model keys of the required parts not in the file
     unexpected: list[str] = field(default_factory=list)  # file keys the model has no place for
     ignored: list[str] = field(default_factory=list)  # text-only / unused keys skipped on purpose
 
@@ -117,11 +116,10 @@ def load_weights(model: nn.Module, path: str | Path, require: Sequence[str] = ()
     if missing:
         raise ValueError(f"{path}: required weights missing for {sorted({k.split('.')[0] for k in missing})}: "
                          f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    unexpected = unknown + [k for k in state if k not in own]
-    result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    assert not result.unexpected_keys
-    return LoadReport(str(path), fmt, loaded=len(state) - len(unexpected) + len(unknown), missing=[],
-                      unexpected=unexpected, ignored=ignored)
+    loadable = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(loadable, strict=False)
+    return LoadReport(str(path), fmt, loaded=len(loadable), unexpected=unknown + [k for k in state if k not in own],
+                      ignored=ignored)
 
 
 def save_weights(state: dict[str, Tensor], path: str | Path) -> None:
