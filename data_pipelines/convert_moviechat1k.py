@@ -96,17 +96,9 @@ def _qformer(cfg_path: str | None):
     if not cfg_path:
         raise SystemExit("--frame-tokens needs --cfg (the image Q-Former's sizes and model.qformer_checkpoint)")
     from moviechat.config import load_config
-    from moviechat.models.checkpoint import load_weights
-    from moviechat.models.qformer import build_qformer
+    from moviechat.features import load_image_qformer
 
-    cfg = load_config(cfg_path)
-    holder = torch.nn.Module()
-    holder.image_qformer = build_qformer(cfg.model.image_qformer)
-    if cfg.model.qformer_checkpoint:
-        print(load_weights(holder, cfg.model.qformer_checkpoint, require=("image_qformer",)))
-    else:
-        print("warning: model.qformer_checkpoint is not set: the image Q-Former is randomly initialised")
-    return holder.image_qformer.eval()
+    return load_image_qformer(load_config(cfg_path))
 
 
 if __name__ == "__main__":

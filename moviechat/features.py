@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import nn
 
 from moviechat.config import Config
 from moviechat.models.checkpoint import load_weights
-from moviechat.models.qformer import build_qformer
+from moviechat.models.qformer import QFormer, build_qformer
 from moviechat.models.vision import build_vision, preprocess_frames
 
 
 class FeatureEncoder(nn.Module):
     """EVA ViT + ln_vision (and the image Q-Former for frame tokens), named as in MovieChatModel."""
 
-    def __init__(self, cfg: Config, frame_tokens: bool):
+    def __init__(self, cfg: Config, image_qformer: Optional[QFormer] = None):
         super().__init__()
         self.vision = build_vision(cfg.model.vision)
-        self.image_qformer = build_qformer(cfg.model.image_qformer) if frame_tokens else None
+        self.image_qformer = image_qformer
         self.img_size = cfg.model.vision.img_size
 
     @torch.no_grad()
@@ -32,16 +34,22 @@ class FeatureEncoder(nn.Module):
         return torch.cat(out)
 
 
+def load_image_qformer(cfg: Config) -> QFormer:
+    """The frozen image Q-Former with the weights of ``model.qformer_checkpoint`` (LAVIS names), in eval mode."""
+    holder = nn.Module()  # gives the Q-Former the ``image_qformer.`` prefix that checkpoints use
+    holder.image_qformer = build_qformer(cfg.model.image_qformer)
+    if cfg.model.qformer_checkpoint:
+        print(load_weights(holder, cfg.model.qformer_checkpoint, require=("image_qformer",)))
+    else:
+        print("warning: model.qformer_checkpoint is not set: the image Q-Former is randomly initialised")
+    return holder.image_qformer.eval()
+
+
 def load_encoder(cfg: Config, frame_tokens: bool, device: torch.device) -> FeatureEncoder:
     """The encoder with the config's weights (``model.vision.weights``, ``model.qformer_checkpoint``)."""
-    encoder = FeatureEncoder(cfg, frame_tokens).eval()
+    encoder = FeatureEncoder(cfg, load_image_qformer(cfg) if frame_tokens else None).eval()
     if cfg.model.vision.weights:
         print(load_weights(encoder, cfg.model.vision.weights, require=("vision",), vision_depth=cfg.model.vision.depth))
     else:
         print("warning: model.vision.weights is not set: the ViT is randomly initialised")
-    if frame_tokens:
-        if cfg.model.qformer_checkpoint:
-            print(load_weights(encoder, cfg.model.qformer_checkpoint, require=("image_qformer",)))
-        else:
-            print("warning: model.qformer_checkpoint is not set: the image Q-Former is randomly initialised")
     return encoder.to(device)

@@ -13,7 +13,6 @@ merge; the long-term memory is planned per video (its merges depend on each othe
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
 from typing import Hashable, Literal, Optional, Sequence

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from moviechat.data.annotations import QA, annotation_json, frame_at, load_annotations, parse_moviechat1k, split_by_video
+from moviechat.data.annotations import QA, annotation_json, frame_at, parse_moviechat1k, split_by_video
 from moviechat.data.builders import build_datasets
 from moviechat.data.collator import Collator, Sample
 from moviechat.data.dataset import VideoQADataset

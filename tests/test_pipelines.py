@@ -1,6 +1,5 @@
 import importlib.util
 import json
-import random
 
 import av
 import numpy as np
@@ -102,6 +101,11 @@ def test_convert_moviechat1k_concatenates_parts_and_reports_missing(tmp_path, ti
     assert np.array_equal(video.feats, np.concatenate(parts))
     assert video.meta["timestamps"][1] == pytest.approx(480 / 12 / 24.0)  # 12 frames over 480 original at 24 fps
     assert sorted(p.name for p in (tmp_path / "out" / "annotations").iterdir()) == ["1.json"]
+    assert convert.main(["--annotations", str(ann), "--features", str(feats), "--out", str(tmp_path / "tok"),
+                         "--frame-tokens", "--cfg", str(TINY)]) == 0
+    (tokens,) = ShardStore([str(tmp_path / "tok" / "shards" / "mc1k-00000.tar")]).videos(0, 1, 0, SkipCounter())
+    q = tiny_cfg.model.image_qformer
+    assert tokens.feats.shape == (12, q.num_query_tokens, q.hidden_size) and tokens.meta["kind"] == "tokens"
     tiny_cfg.data.name, tiny_cfg.data.feature_kind, tiny_cfg.data.val_fraction = "moviechat1k", "eva", 0.5
     tiny_cfg.data.shards = str(tmp_path / "out" / "shards" / "mc1k-*.tar")
     tiny_cfg.data.annotations = str(tmp_path / "out" / "annotations")
