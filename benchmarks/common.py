@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moviechat.config import load_config  # noqa: E402
-from moviechat.data import Collator, build_datasets  # noqa: E402
-from moviechat.models import build_moviechat  # noqa: E402
-from moviechat.models.llm import run_tokenizer  # noqa: E402
+from moviechat.config import load_config
+from moviechat.data import Collator, build_datasets
+from moviechat.models import build_moviechat
+from moviechat.models.llm import run_tokenizer
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_synthetic.yaml"
 

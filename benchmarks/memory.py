@@ -10,16 +10,12 @@ produce the same memory, and prints the memory's size against the number of fram
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from memory_reference import ref_memory  # noqa: E402
-
-from moviechat.memory import MemoryConfig, StreamingMemory, build_memory  # noqa: E402
+from moviechat.memory import MemoryConfig, StreamingMemory, build_memory
+from moviechat.memory.reference import ref_memory
 
 
 def synthetic_video(frames: int, q: int = 32, d: int = 768, scene_len: int = 200, seed: int = 0) -> torch.Tensor:

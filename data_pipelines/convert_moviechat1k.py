@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moviechat.data.annotations import parse_moviechat1k  # noqa: E402
-from moviechat.data.stores import DataError, VideoFeatures, write_shards  # noqa: E402
+from moviechat.data.annotations import parse_moviechat1k
+from moviechat.data.stores import DataError, VideoFeatures, write_shards
+from moviechat.models.qformer import encode_in_chunks
 
 
 def natural_key(path: Path) -> list:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             kind = "eva"
             if qformer is not None:
                 with torch.no_grad():
-                    feats = torch.cat([qformer(torch.from_numpy(c).float()) for c in np.array_split(feats, max(1, len(feats) // 256))]).half().numpy()
+                    feats = encode_in_chunks(qformer, torch.from_numpy(feats)).half().numpy()
                 kind = "tokens"
             yield VideoFeatures(key, feats, {"kind": kind, "fps": fps, "duration": num_frame / fps, "timestamps": stamps}, key)
 

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moviechat.config import load_config  # noqa: E402
-from moviechat.data.stores import DataError, VideoFeatures, write_shards  # noqa: E402
-from moviechat.data.video import read_frames  # noqa: E402
-from moviechat.features import load_encoder  # noqa: E402
+from moviechat.config import load_config
+from moviechat.data.stores import DataError, VideoFeatures, write_shards
+from moviechat.data.video import read_frames
+from moviechat.features import load_encoder
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 

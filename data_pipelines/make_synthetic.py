@@ -14,9 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moviechat.config import load_config  # noqa: E402
-from moviechat.data.synthetic import write_synthetic_set  # noqa: E402
+from moviechat.config import load_config
+from moviechat.data.synthetic import write_synthetic_set
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from moviechat.config import load_config  # noqa: E402
-from moviechat.data import build_datasets  # noqa: E402
-from moviechat.data.annotations import frame_at  # noqa: E402
-from moviechat.data.stores import SkipCounter  # noqa: E402
-from moviechat.memory import frame_means, plan_memories, uniform_frame_indices  # noqa: E402
+from moviechat.config import load_config
+from moviechat.data import build_datasets
+from moviechat.data.sampling import frame_at, sample_frames
+from moviechat.data.stores import SkipCounter
+from moviechat.memory import frame_means, plan_memories
 
 
 def find_video(cfg, key: str | None):
@@ -81,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.2 * len(settings)), squeeze=False)
     for row, setting in enumerate(settings):
         cfg = load_config(args.cfg, args.overrides + shlex.split(setting))
-        chosen = uniform_frame_indices(len(video.feats), cfg.memory.num_frames).numpy()
-        stamps = np.asarray(video.meta["timestamps"])[chosen]
+        chosen, stamps = sample_frames(video.meta["timestamps"], cfg.memory.num_frames)
+        stamps = np.asarray(stamps)
         means = frame_means(torch.from_numpy(video.feats[chosen]).float())
         t_seconds = args.t if args.t is not None else float(stamps[len(stamps) // 2])
         t = frame_at(t_seconds, stamps, video.key, video.source, video.meta.get("duration"))

@@ -7,13 +7,14 @@ reads stale tokens. In memory (LRU, bounded in MiB) and optionally on disk, shar
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+
+from moviechat.atomic import torch_save_atomic
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -55,10 +56,7 @@ class FrameTokenCache:
             with torch.no_grad():
                 tokens = encode(features).to("cpu", torch.float16)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save(tokens, tmp)
-                tmp.replace(path)
+                torch_save_atomic(tokens, path)
         self._remember(key, tokens)
         return tokens
 

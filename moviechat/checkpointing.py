@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from moviechat.config import write_text_atomic
+from moviechat.atomic import write_text_atomic
 from moviechat.distributed import barrier
 
 PARTIAL = ".partial-"

@@ -9,7 +9,6 @@ impossible combinations raise :class:`ConfigError` naming the file and the dotte
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from moviechat.atomic import write_text_atomic
 from moviechat.memory import MemoryConfig
 
 
@@ -74,7 +74,6 @@ class LLMConfig:
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
     intermediate_size: int = 128
-    vocab_size: int = 512
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -325,20 +324,6 @@ def to_yaml(cfg: Config) -> str:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (a reader never sees half a file)."""
     write_text_atomic(Path(path), to_yaml(cfg))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:

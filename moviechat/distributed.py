@@ -41,16 +41,35 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+CHECK_ENV = "MOVIECHAT_CHECK_COLLECTIVES"  # =1: ranks compare each reduction's length before it runs
+
+
+class CollectiveMismatch(RuntimeError):
+    """Ranks called the same reduction with vectors of different lengths (a hang on NCCL, a crash on gloo)."""
+
+
+def all_reduce_sum(values: list[float], device: torch.device, what: str = "reduction") -> list[float]:
+    """Element-wise sum over ranks. Every rank must pass as many values, in the same order; with
+    ``MOVIECHAT_CHECK_COLLECTIVES=1`` the lengths are compared first and a mismatch names ``what``."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():
+        if os.environ.get(CHECK_ENV) == "1":
+            _check_lengths(len(values), device, what)
         torch.distributed.all_reduce(t)
     return t.tolist()
 
 
+def _check_lengths(length: int, device: torch.device, what: str) -> None:
+    lengths = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(lengths, torch.tensor([length], device=device))
+    seen = [int(x) for x in lengths]
+    if len(set(seen)) > 1:
+        raise CollectiveMismatch(f"{what}: ranks reduce vectors of different lengths {seen} (rank r at index r)")
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is True on any (e.g. a SIGTERM that reached one rank)."""
-    return all_reduce_sum([float(flag)], device)[0] > 0
+    return all_reduce_sum([float(flag)], device, what="stop request")[0] > 0
 
 
 def barrier() -> None:

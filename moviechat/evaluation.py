@@ -1,4 +1,9 @@
-"""MovieChat-1K style evaluation of predictions against annotations; global and breakpoint separately.
+"""Evaluation: held-out accuracy during training, and MovieChat-1K style scoring of prediction files.
+
+:class:`HeldOutEvaluator` (the trainer calls it): held-out loss and accuracy by generation, overall, per
+mode and per question type, beside the prior baseline, reduced over ranks with fixed metric names.
+
+Scoring of predictions against annotations, global and breakpoint separately:
 
     python -m moviechat.evaluation --predictions preds.jsonl --annotations ANN_DIR --out results/ \
         [--judge-url http://host:port/v1 --judge-model NAME [--judge-key-env OPENAI_API_KEY]]
@@ -14,103 +19,20 @@ Writes ``per_question.jsonl``, ``summary.json``, ``summary.md`` and ``lmms_eval_
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
 import json
+import math
 import os
-import re
 import sys
-import time
-import urllib.error
-import urllib.request
+from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
-from moviechat.config import write_text_atomic
+from moviechat.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
 from moviechat.data.stores import DataError
+from moviechat.judge import JudgeClient, parse_judgement
 from moviechat.metrics import exact_match, normalize_answer, normalized_match, token_f1
-
-JUDGE_SYSTEM = (
-    "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "
-    "question-answer pairs. Compare the predicted answer with the correct answer and determine if they match "
-    "meaningfully. Consider synonyms or paraphrases as valid matches."
-)
-JUDGE_USER = (
-    "Please evaluate the following video-based question-answer pair:\n\nQuestion: {question}\nCorrect Answer: {answer}\n"
-    "Predicted Answer: {prediction}\n\nProvide your evaluation only as a yes/no and score where the score is an integer "
-    "value between 0 and 5, with 5 indicating the highest meaningful match. Reply with a Python dictionary string with "
-    "keys 'pred' ('yes' or 'no') and 'score' (an integer), for example {{'pred': 'yes', 'score': 4}}, and nothing else."
-)
-
-
-def parse_judgement(text: str) -> Optional[dict[str, Any]]:
-    """``{'pred': 'yes'|'no', 'score': 0..5}`` from a judge's reply, or None when it is malformed."""
-    match = re.search(r"\{.*?\}", text or "", flags=re.S)
-    if not match:
-        return None
-    try:
-        value = ast.literal_eval(match.group(0))
-    except (ValueError, SyntaxError):
-        return None
-    if not isinstance(value, dict) or str(value.get("pred", "")).lower() not in ("yes", "no"):
-        return None
-    try:
-        score = float(value.get("score"))
-    except (TypeError, ValueError):
-        return None
-    if not 0 <= score <= 5:
-        return None
-    return {"pred": str(value["pred"]).lower(), "score": score}
-
-
-class JudgeClient:
-    """A judge behind any OpenAI-compatible ``/chat/completions`` endpoint, with a JSONL cache."""
-
-    def __init__(self, base_url: str, model: str, cache: Path, api_key: Optional[str] = None, retries: int = 3,
-                 timeout: float = 60.0, backoff: float = 1.0):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key = model, api_key
-        self.retries, self.timeout, self.backoff = retries, timeout, backoff
-        self.cache_path = cache
-        self.cache: dict[str, str] = {}
-        if cache.is_file():
-            for line in cache.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.cache[row["key"]] = row["reply"]
-        self.requests = 0
-        self.failures = 0
-
-    def key(self, question: str, answer: str, prediction: str) -> str:
-        return hashlib.sha256(json.dumps([self.model, question, answer, prediction]).encode()).hexdigest()
-
-    def reply(self, question: str, answer: str, prediction: str) -> Optional[str]:
-        """The judge's raw reply (cached), or None when every attempt failed."""
-        key = self.key(question, answer, prediction)
-        if key in self.cache:
-            return self.cache[key]
-        payload = {"model": self.model, "temperature": 0, "max_tokens": 64, "messages": [
-            {"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_USER.format(question=question, answer=answer, prediction=prediction)}]}
-        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
-        for attempt in range(self.retries):
-            self.requests += 1
-            try:
-                request = urllib.request.Request(self.url, json.dumps(payload).encode(), headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    text = json.loads(response.read())["choices"][0]["message"]["content"]
-                self.cache[key] = text
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache_path, "a") as f:
-                    f.write(json.dumps({"key": key, "model": self.model, "reply": text}) + "\n")
-                return text
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, ValueError):
-                if attempt + 1 < self.retries:
-                    time.sleep(self.backoff * 2**attempt)
-        self.failures += 1
-        return None
-
+from moviechat.prompt import extract_answer
 
 def references(annotations: str | Path) -> dict[tuple, str]:
     """Reference answers by (video, mode, normalised question, breakpoint second rounded to 0.01)."""
@@ -141,10 +63,10 @@ def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[Ju
             row.update(judge_reply=raw, judge_pred=verdict and verdict["pred"], judge_score=verdict and verdict["score"],
                        judge_status="ok" if verdict else ("failed" if raw is None else "malformed"))
         rows.append(row)
-    return rows, summarize(rows, unmatched, judge)
+    return rows, score_summary(rows, unmatched, judge)
 
 
-def summarize(rows: list[dict], unmatched: int, judge: Optional[JudgeClient]) -> dict[str, Any]:
+def score_summary(rows: list[dict], unmatched: int, judge: Optional[JudgeClient]) -> dict[str, Any]:
     summary: dict[str, Any] = {"unmatched_predictions": unmatched, "judge_model": judge.model if judge else None}
     for mode in ("global", "breakpoint", "all"):
         sel = [r for r in rows if mode == "all" or r["mode"] == mode]
@@ -182,6 +104,81 @@ def write_results(rows: list[dict], summary: dict[str, Any], out: Path) -> None:
         lines = [json.dumps({"video_name": f"{r['video']}.mp4", "question": r["question"], "answer": r["answer"],
                              "time": r["time"], "pred": r["prediction"]}) + "\n" for r in rows if r["mode"] == mode]
         write_text_atomic(out / f"lmms_eval_{mode}.jsonl", "".join(lines))
+
+
+# ------------------------------------------------------------------------------- held-out evaluation
+
+
+def prior_answers(qas_by_video: dict[str, list], keys: Iterable[str]) -> dict[str, str]:
+    """The most frequent training answer of each question type: the baseline accuracy to beat."""
+    by_type: dict[str, Counter] = {}
+    for key in keys:
+        for qa in qas_by_video[key]:
+            by_type.setdefault(qa.qtype, Counter())[normalize_answer(qa.answer)] += 1
+    return {qtype: counts.most_common(1)[0][0] for qtype, counts in by_type.items()}
+
+
+def accuracy_groups(qas_by_video: dict[str, list]) -> list[str]:
+    """Every accuracy group a data set can report, known before training: the same list on every rank,
+    whatever questions a rank's evaluation happens to hold."""
+    types = sorted({qa.qtype for qas in qas_by_video.values() for qa in qas if qa.qtype})
+    return ["all", "global", "breakpoint", "prior"] + [f"type_{t}" for t in types]
+
+
+class HeldOutEvaluator:
+    """Held-out loss (teacher forcing) and QA accuracy (greedy generation) of the model being trained.
+
+    ``batches(limit, with_answers)`` yields this rank's held-out batches on the model's device; ``limit``
+    is per rank. Every rank reduces one vector of fixed length and order (loss sums, then correct and
+    total per group of :func:`accuracy_groups`), so ranks that saw different question types, or different
+    numbers of questions, agree; a group no rank saw is left out of the record rather than shown as 0%.
+    """
+
+    def __init__(self, engine, batches: Callable[[Optional[int], bool], Iterator[dict[str, Any]]], tokenizer,
+                 groups: list[str], prior: dict[str, str], stop_ids: list[int], reduce: Callable[..., list[float]],
+                 world_size: int = 1):
+        self.engine, self.batches, self.tokenizer = engine, batches, tokenizer
+        self.groups, self.prior, self.stop_ids = groups, prior, stop_ids
+        self.reduce, self.world_size = reduce, world_size
+
+    def __call__(self, step: int, loss_samples: int, generate_samples: int, max_new_tokens: int) -> dict[str, Any]:
+        per_rank = lambda n: math.ceil(n / self.world_size) if n else None  # noqa: E731
+        loss_sum, tokens = self._loss(per_rank(loss_samples))
+        counts = self._accuracy(per_rank(generate_samples), max_new_tokens) if generate_samples else {}
+        vector = [loss_sum, tokens] + [c for g in self.groups for c in counts.get(g, (0.0, 0.0))]
+        reduced = self.reduce(vector, what="held-out evaluation")
+        record: dict[str, Any] = {"step": step, "eval/loss": reduced[0] / max(reduced[1], 1)}
+        if not generate_samples:
+            return record
+        for i, group in enumerate(self.groups):
+            correct, total = reduced[2 + 2 * i], reduced[3 + 2 * i]
+            if total:
+                record["eval/acc" if group == "all" else f"eval/acc_{group}"] = correct / total
+                record[f"eval/n_{group}"] = int(total)
+        return record
+
+    def _loss(self, limit: Optional[int]) -> tuple[float, float]:
+        loss_sum, tokens = 0.0, 0.0
+        for batch in self.batches(limit, True):
+            out = self.engine(batch)
+            n = float(out["num_tokens"])
+            loss_sum += float(out["loss"]) * n
+            tokens += n
+        return loss_sum, tokens
+
+    def _accuracy(self, limit: Optional[int], max_new_tokens: int) -> dict[str, list[float]]:
+        counts = {g: [0.0, 0.0] for g in self.groups}
+        for batch in self.batches(limit, False):
+            generated = self.engine.module.generate(batch, max_new_tokens, self.stop_ids)
+            for ids, answer, mode, qtype in zip(generated, batch["answers"], batch["modes"], batch["qtypes"]):
+                hit = normalized_match(extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
+                for group in {"all", mode, f"type_{qtype}" if qtype else mode}:
+                    counts[group][0] += hit
+                    counts[group][1] += 1
+                counts["prior"][0] += normalized_match(self.prior.get(qtype, ""), answer)
+                counts["prior"][1] += 1
+        return counts
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from moviechat.config import save_config, to_yaml, write_text_atomic
-from moviechat.data.collator import Collator, Sample
-from moviechat.models.checkpoint import load_weights, to_original_names
+from moviechat.atomic import atomic_path, torch_save_atomic, write_text_atomic
+from moviechat.config import save_config, to_yaml
+from moviechat.data import Collator, Sample
+from moviechat.models.weight_names import load_weights, to_original_names
 from moviechat.runs import build_from_config, load_run
 
 FORMATS = ("moviechat", "hf", "lora", "merged")
@@ -30,14 +31,6 @@ def probe_batch(cfg, tokenizer) -> dict:
     samples = [Sample("probe", torch.randn(40, q.num_query_tokens, q.hidden_size, generator=g), "what is shown", "a probe",
                       mode, t) for mode, t in (("global", None), ("breakpoint", 25))]
     return Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens")(samples)
-
-
-@torch.no_grad()
-def probe_logits(model, batch, llm=None) -> torch.Tensor:
-    """The LLM's logits on a probe batch; ``llm`` stands in for ``model.llm`` (e.g. its merged copy)."""
-    video = model.video_embeddings(batch)
-    embeds, mask, _ = model.splice(batch["input_ids"], batch["attention_mask"], video)
-    return (llm or model.llm)(inputs_embeds=embeds, attention_mask=mask).logits.float()
 
 
 def _check(expected: torch.Tensor, got: torch.Tensor, what: str) -> None:
@@ -65,13 +58,13 @@ def export_moviechat(cfg, tokenizer, model, out: Path, merge_lora: bool) -> Path
         llm = merged_llm(model)  # one merged copy serves the export and its check; the model is left as it is
         state = {k: v for k, v in state.items() if not k.startswith("llm.")}
         state.update({f"llm.{k}": v for k, v in llm.state_dict().items()})
-    _save_torch({"model": to_original_names(state)}, out)
+    torch_save_atomic({"model": to_original_names(state)}, out)
     fresh = build_from_config(cfg, tokenizer).eval()
     if has_lora(model):
         fresh.llm = fresh.llm.merge_and_unload()
     load_weights(fresh, out, require=VIDEO_PARTS)
     batch = probe_batch(cfg, tokenizer)
-    _check(probe_logits(model, batch, llm), probe_logits(fresh, batch), "moviechat export")
+    _check(model.logits(batch, llm), fresh.logits(batch), "moviechat export")
     return out
 
 
@@ -81,14 +74,14 @@ def export_hf(cfg, tokenizer, model, out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors.tmp"), metadata={"format": "pt"})
-    (out / "model.safetensors.tmp").replace(out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     save_config(cfg, out / "config.yaml")
     tokenizer.save_pretrained(out / "tokenizer")
     write_text_atomic(out / "README.md", model_card(cfg, model))
     _, _, again = load_hf(out)
     batch = probe_batch(cfg, tokenizer)
-    _check(probe_logits(model, batch), probe_logits(again, batch), "hf export")
+    _check(model.logits(batch), again.logits(batch), "hf export")
     return out
 
 
@@ -154,13 +147,6 @@ def export_merged(cfg, tokenizer, model, out: Path) -> Path:
     with torch.no_grad():
         _check(model.llm(input_ids=ids).logits, again(input_ids=ids).logits, "merged export")
     return out
-
-
-def _save_torch(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def export(path: str | Path, fmt: str, out: str | Path | None = None, merge_lora: bool = False) -> Path:

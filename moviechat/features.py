@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from moviechat.config import Config
-from moviechat.models.checkpoint import load_weights
+from moviechat.models.weight_names import load_weights
 from moviechat.models.qformer import QFormer, build_qformer
 from moviechat.models.vision import build_vision, preprocess_frames
 

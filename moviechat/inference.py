@@ -23,11 +23,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from moviechat.data.annotations import frame_at
-from moviechat.data.collator import Collator, Sample, extract_answer
-from moviechat.models.llm import stop_token_ids
-from moviechat.data.stores import DataError, SkipCounter, default_meta, validate_features
-from moviechat.memory import StreamingMemory, uniform_frame_indices
+from moviechat.data.sampling import frame_at, sample_frames
+from moviechat.data.stores import DataError, SkipCounter, read_npy_video, validate_features
+from moviechat.memory import StreamingMemory
+from moviechat.prompt import extract_answer, prompt_ids, stop_token_ids
 
 
 class Answerer:
@@ -36,7 +35,6 @@ class Answerer:
     def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32):
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
         self.max_new_tokens = max_new_tokens
-        self.collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", with_answers=False)
         self.stop_ids = stop_token_ids(tokenizer)
 
     @classmethod
@@ -52,16 +50,12 @@ class Answerer:
             cfg, tokenizer, model, _ = load_run(path)
         return cls(cfg, tokenizer, model, max_new_tokens)
 
-    def frame_tokens(self, feats: np.ndarray, kind: str) -> torch.Tensor:
-        frames = torch.from_numpy(np.ascontiguousarray(feats)).float()
-        return self.model.encode_frames(frames) if kind == "eva" else frames
-
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
         """Answer one question on one video's features (global mode, or breakpoint at ``seconds``)."""
-        chosen = uniform_frame_indices(len(feats), self.cfg.memory.num_frames).numpy()
-        tokens = self.frame_tokens(feats[chosen], meta["kind"])
-        stamps = [meta["timestamps"][i] for i in chosen]
+        chosen, stamps = sample_frames(meta["timestamps"], self.cfg.memory.num_frames)
+        frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float()
+        tokens = self.model.encode_frames(frames) if meta["kind"] == "eva" else frames
         stream = StreamingMemory(self.cfg.memory)
         if seconds is None:
             stream.push(tokens)
@@ -71,22 +65,17 @@ class Answerer:
             t = frame_at(seconds, stamps, key, meta.get("video", key), meta.get("duration"))
             stream.push(tokens[:t])
             memory, mode = stream.breakpoint_memory(tokens[t]), "breakpoint"
-        video = self.model.encode_memory(memory[None])
-        batch = self.collate([Sample(key, tokens[:1], question, "", mode, t)])
-        ids = self.model.generate_from_video(video, batch["input_ids"], batch["attention_mask"], self.max_new_tokens,
-                                             self.stop_ids)
+        prompt = prompt_ids(self.tokenizer, self.cfg.model.system_prompt, question)
+        ids = self.model.answer(memory, prompt, self.max_new_tokens, self.stop_ids)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return {"mode": mode, "frame": t, "prediction": extract_answer(text)}
 
 
 def load_features(path: str | Path, kind_default: str) -> tuple[np.ndarray, dict]:
     """A ``<key>.npy`` (with an optional ``<key>.json`` of metadata beside it)."""
-    path = Path(path)
-    feats = np.load(path, allow_pickle=False)
-    side = path.with_suffix(".json")
-    meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), kind_default)
-    validate_features(feats, meta, path.stem, str(path))
-    return feats, meta
+    video = read_npy_video(path, kind_default)
+    validate_features(video.feats, video.meta, video.key, video.source)
+    return video.feats, video.meta
 
 
 def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple[np.ndarray, dict]:

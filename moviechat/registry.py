@@ -1,4 +1,4 @@
-"""Name -> builder registries for models, datasets and processors (used only at the edges).
+"""Name -> builder registries for models and datasets (used only at the edges).
 
 A registry stores builder functions, never instances, paths or constants. A typo fails with the list of
 known names. ``Registry.scoped()`` restores the entries afterwards so tests do not leak registrations.
@@ -60,4 +60,3 @@ class Registry:
 
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
-PROCESSORS = Registry("processor")

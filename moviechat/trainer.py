@@ -1,39 +1,36 @@
-"""DeepSpeed training of MovieChat with the streaming memory built inside every step (DESIGN.md section 7).
+"""DeepSpeed training of MovieChat: the loop, its data stream, logging, evaluation calls and checkpoints.
 
-The loop reads top to bottom in :meth:`Trainer.train`: micro-step (memory + forward), backward, step,
+The loop reads top to bottom in :meth:`Trainer.train`: batch -> ``engine(batch)`` (the model builds every
+sample's streaming memory inside its forward, see ``MovieChatModel.encode_video``) -> backward -> step ->
 log, evaluate, checkpoint. The same code runs on CPU (gloo) and GPU nodes (nccl).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import random
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from moviechat.cache import FrameTokenCache, weights_digest
+from moviechat.atomic import write_text_atomic
 from moviechat.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
-from moviechat.config import Config, TrainConfig, as_dict, save_config, write_text_atomic
+from moviechat.config import Config, as_dict, save_config
 from moviechat.data import Collator, DataError, build_datasets
-from moviechat.data.collator import extract_answer
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
-from moviechat.metrics import JsonlLogger, normalize_answer, normalized_match
-from moviechat.models.llm import run_tokenizer, stop_token_ids
+from moviechat.evaluation import HeldOutEvaluator, accuracy_groups, prior_answers
+from moviechat.metrics import JsonlLogger
+from moviechat.models.llm import run_tokenizer
+from moviechat.optim import build_optimizer, describe_groups, lr_lambda
+from moviechat.prompt import stop_token_ids
 from moviechat.registry import MODELS
+from moviechat.runtime import deepspeed_config, environment, rng_state, seed_everything, set_rng_state
 
 import moviechat.models  # noqa: F401  (registers the model builders)
 
@@ -44,81 +41,8 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    positions: dict[int, int] = field(default_factory=dict)  # data slot -> samples consumed this epoch
-    skipped: dict[int, int] = field(default_factory=dict)  # data slot -> samples skipped (on_error=skip)
-
-
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up, then constant or cosine down to ``min_lr_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def deepspeed_config(cfg: Config) -> dict[str, Any]:
-    """The DeepSpeed JSON named by ``deepspeed.config`` with the config's overrides applied."""
-    path = Path(cfg.deepspeed.config)
-    if not path.is_file():
-        path = Path(__file__).resolve().parents[1] / cfg.deepspeed.config
-    if not path.is_file():
-        raise FileNotFoundError(f"deepspeed.config={cfg.deepspeed.config!r} not found")
-    ds = json.loads(path.read_text())
-    if cfg.deepspeed.zero_stage is not None:
-        ds.setdefault("zero_optimization", {})["stage"] = cfg.deepspeed.zero_stage
-    if cfg.deepspeed.micro_batch_size is not None:
-        ds["train_micro_batch_size_per_gpu"] = cfg.deepspeed.micro_batch_size
-    if cfg.deepspeed.gradient_accumulation_steps is not None:
-        ds["gradient_accumulation_steps"] = cfg.deepspeed.gradient_accumulation_steps
-    ds.pop("train_batch_size", None)  # derived: micro batch x accumulation x world size
-    ds["zero_allow_untested_optimizer"] = True  # our torch AdamW: no fused-op build on CPU
-    return ds
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def environment(world_size: int) -> dict[str, Any]:
-    import deepspeed
-    import peft
-    import timm
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {
-        "python": sys.version.split()[0], "platform": platform.platform(), "host": platform.node(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
-        "peft": peft.__version__, "timm": timm.__version__, "cuda": torch.cuda.is_available(),
-        "world_size": world_size, "git_commit": commit, "argv": sys.argv,
-    }
+    positions: dict[int, int] = field(default_factory=dict)  # data stream -> samples consumed this epoch
+    skipped: dict[int, int] = field(default_factory=dict)  # data stream -> samples skipped (on_error=skip)
 
 
 class Trainer:
@@ -132,19 +56,21 @@ class Trainer:
         self.source, self.train_data, self.val_data = build_datasets(cfg, self.rank, self.world_size)
         self.tokenizer = self._tokenizer()
         self.model = MODELS.build(cfg.model.name, cfg.model, cfg.memory, self.tokenizer, verbose=self.rank == 0)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                                      weight_decay=cfg.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train))
+        if cfg.data.feature_kind == "eva":
+            self.model.enable_token_cache(cfg.train.token_cache_mb, cfg.train.token_cache_dir)
+        optimizer = build_optimizer(self.model, cfg.train)
+        if self.rank == 0:
+            print(f"optimizer groups: {describe_groups(optimizer)}")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train))
         self.ds_config = deepspeed_config(cfg)
-        self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    model_parameters=params, config=self.ds_config)
-        self.scheduler = scheduler
+        self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=self.scheduler,
+                                                    config=self.ds_config)
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.collate = Collator(self.tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind)
-        self.stop_ids = stop_token_ids(self.tokenizer)
-        self.cache = self._token_cache()
-        self.prior = self._prior_answers()
+        self.evaluator = HeldOutEvaluator(
+            self.engine, self._eval_batches, self.tokenizer, accuracy_groups(self.source.qas),
+            prior_answers(self.source.qas, self.source.train_keys), stop_token_ids(self.tokenizer),
+            lambda values, what: all_reduce_sum(values, self.device, what), self.world_size)
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
         if resume:
@@ -164,20 +90,6 @@ class Trainer:
 
             return AutoTokenizer.from_pretrained(saved, local_files_only=True)
         return run_tokenizer(self.cfg.model.llm, self.cfg.model.system_prompt, self.source.texts())
-
-    def _prior_answers(self) -> dict[str, str]:
-        """The most frequent training answer of each question type: the baseline accuracy to beat."""
-        by_type: dict[str, Counter] = {}
-        for key in self.source.train_keys:
-            for qa in self.source.qas[key]:
-                by_type.setdefault(qa.qtype, Counter())[normalize_answer(qa.answer)] += 1
-        return {qtype: counts.most_common(1)[0][0] for qtype, counts in by_type.items()}
-
-    def _token_cache(self) -> Optional[FrameTokenCache]:
-        if self.cfg.data.feature_kind != "eva" or not self.cfg.model.freeze.image_qformer:
-            return None
-        return FrameTokenCache(weights_digest(self.model.image_qformer), self.cfg.train.token_cache_mb,
-                               self.cfg.train.token_cache_dir)
 
     def _wandb(self):
         if self.cfg.run.wandb == "disabled":
@@ -218,9 +130,9 @@ class Trainer:
             produced = False
             for batch in self._loader(self.train_data, self.collate, self.micro_batch, self.cfg.data.num_workers):
                 produced = True
-                for (slot, index), skipped in zip(batch["positions"], batch["skipped"]):
-                    self.state.positions[slot] = max(self.state.positions.get(slot, 0), index + 1)
-                    self.state.skipped[slot] = max(self.state.skipped.get(slot, 0), skipped)
+                for (stream, index), skipped in zip(batch["positions"], batch["skipped"]):
+                    self.state.positions[stream] = max(self.state.positions.get(stream, 0), index + 1)
+                    self.state.skipped[stream] = max(self.state.skipped.get(stream, 0), skipped)
                 yield batch
             if not produced and not self.state.positions:
                 raise DataError(f"rank {self.rank} has no training samples (fewer shards than ranks x workers?)")
@@ -234,18 +146,23 @@ class Trainer:
             print(f"[rank {self.rank}] {when}: {total} sample(s) skipped (data.on_error=skip); "
                   f"reasons: {dict(self.train_data.skips.counts) or 'see worker logs'}")
 
-    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Move a batch to the device; EVA features become cached frame tokens when the Q-Former is frozen."""
-        batch = dict(batch)
-        for key in ("input_ids", "attention_mask", "labels"):
-            batch[key] = batch[key].to(self.device)
-        if self.cache is not None and batch["feature_kind"] == "eva":
-            encode = lambda f: self.model.encode_frames(f.to(self.device))  # noqa: E731
-            batch["frames"] = [self.cache.get(s, v, f, encode) for s, v, f in
-                               zip(batch["sources"], batch["video_ids"], batch["frames"])]
-            batch["feature_kind"] = "tokens"
-        batch["frames"] = [f.to(self.device) for f in batch["frames"]]
-        return batch
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The text tensors on the device; the model moves frames itself (it may read them from its cache)."""
+        return {**batch, **{k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "labels")}}
+
+    def _eval_batches(self, limit: Optional[int], with_answers: bool) -> Iterator[dict[str, Any]]:
+        """This rank's held-out batches, at most ``limit`` samples."""
+        self.val_data.set_epoch(0)
+        self.val_data.set_resume({})
+        collate = Collator(self.tokenizer, self.cfg.model.system_prompt, self.cfg.model.max_txt_len,
+                           self.cfg.data.feature_kind, with_answers=with_answers)
+        seen = 0
+        for batch in self._loader(self.val_data, collate, self.micro_batch, 0):
+            if limit is not None and seen >= limit:
+                return
+            take = len(batch["frames"]) if limit is None else min(len(batch["frames"]), limit - seen)
+            seen += take
+            yield self.to_device(_head(batch, take))
 
     # ----------------------------------------------------------------------------------- the loop
 
@@ -260,17 +177,16 @@ class Trainer:
         try:
             while self.state.step < cfg.max_steps:
                 start = time.perf_counter()
-                batch = self.prepare(next(batches))
-                self.model.memory_seconds = 0.0
-                loss = self.engine(batch)["loss"]
-                self.engine.backward(loss)
+                batch = self.to_device(next(batches))
+                out = self.engine(batch)  # frame tokens -> streaming memory -> video tokens -> LM loss
+                self.engine.backward(out["loss"])
                 boundary = self.engine.is_gradient_accumulation_boundary()
                 self.engine.step()
-                window["loss"] += loss.detach().item()
+                window["loss"] += out["loss"].detach().item()
                 window["micro"] += 1
                 window["samples"] += len(batch["frames"])
                 window["time"] += time.perf_counter() - start
-                window["memory"] += self.model.memory_seconds
+                window["memory"] += out["memory_seconds"]
                 if not boundary:
                     continue
                 self.state.step += 1
@@ -300,7 +216,8 @@ class Trainer:
 
     def _log_train(self, window: dict[str, float], bar) -> None:
         loss_sum, micro, samples, seconds, memory = all_reduce_sum(
-            [window["loss"], window["micro"], window["samples"], window["time"], window["memory"]], self.device)
+            [window["loss"], window["micro"], window["samples"], window["time"], window["memory"]], self.device,
+            what="train logging")
         record = {
             "step": self.state.step, "epoch": self.state.epoch, "loss": loss_sum / max(micro, 1),
             "lr": self.scheduler.get_last_lr()[0], "grad_norm": _float(self.engine.get_global_grad_norm()),
@@ -316,67 +233,18 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
-    # ------------------------------------------------------------------------------------- evaluation
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Held-out loss and QA accuracy by generation (overall, global, breakpoint, per question type)."""
+        """Held-out loss and accuracy (``moviechat.evaluation.HeldOutEvaluator``), logged and returned."""
         cfg = self.cfg.train
         self.engine.eval()
-        self.val_data.set_epoch(0)
-        self.val_data.set_resume({})
-        per_rank = lambda n: math.ceil(n / self.world_size) if n else None  # noqa: E731
-        sums = self._eval_loss(per_rank(cfg.eval_samples))
-        counts = self._eval_accuracy(per_rank(cfg.eval_generate)) if cfg.eval_generate else {}
-        names = sorted(counts)
-        reduced = all_reduce_sum(sums + [counts[n][i] for n in names for i in (0, 1)], self.device)
-        record: dict[str, Any] = {"step": self.state.step, "eval/loss": reduced[0] / max(reduced[1], 1)}
-        for i, name in enumerate(names):
-            correct, total = reduced[2 + 2 * i], reduced[3 + 2 * i]
-            record[f"eval/acc_{name}" if name != "all" else "eval/acc"] = correct / max(total, 1)
-            record[f"eval/n_{name}"] = int(total)
+        record = self.evaluator(self.state.step, cfg.eval_samples, cfg.eval_generate, cfg.max_new_tokens)
+        self.engine.train()
         self._log(record)
         if self.rank == 0:
             shown = {k: round(v, 4) for k, v in record.items() if k.startswith(("eval/loss", "eval/acc"))}
             tqdm.write(f"step {self.state.step}: {shown}")
-        self.engine.train()
         return record
-
-    def _eval_batches(self, limit: Optional[int], with_answers: bool) -> Iterator[dict[str, Any]]:
-        collate = Collator(self.tokenizer, self.cfg.model.system_prompt, self.cfg.model.max_txt_len,
-                           self.cfg.data.feature_kind, with_answers=with_answers)
-        seen = 0
-        for batch in self._loader(self.val_data, collate, self.micro_batch, 0):
-            if limit is not None and seen >= limit:
-                return
-            take = len(batch["frames"]) if limit is None else min(len(batch["frames"]), limit - seen)
-            seen += take
-            yield self.prepare(_head(batch, take))
-
-    def _eval_loss(self, limit: Optional[int]) -> list[float]:
-        loss_sum, tokens = 0.0, 0.0
-        for batch in self._eval_batches(limit, with_answers=True):
-            out = self.engine(batch)
-            n = float(out["num_tokens"])
-            loss_sum += float(out["loss"]) * n
-            tokens += n
-        return [loss_sum, tokens]
-
-    def _eval_accuracy(self, limit: Optional[int]) -> dict[str, list[float]]:
-        counts: dict[str, list[float]] = {"all": [0.0, 0.0], "global": [0.0, 0.0], "breakpoint": [0.0, 0.0],
-                                          "prior": [0.0, 0.0]}
-        for batch in self._eval_batches(limit, with_answers=False):
-            generated = self.engine.module.generate(batch, self.cfg.train.max_new_tokens, self.stop_ids)
-            for ids, answer, mode, qtype in zip(generated, batch["answers"], batch["modes"], batch["qtypes"]):
-                hit = normalized_match(extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
-                prior_hit = normalized_match(self.prior.get(qtype, ""), answer)
-                for name, value in ((n, hit) for n in {"all", mode, f"type_{qtype}" if qtype else mode}):
-                    counts.setdefault(name, [0.0, 0.0])
-                    counts[name][0] += value
-                    counts[name][1] += 1
-                counts["prior"][0] += prior_hit
-                counts["prior"][1] += 1
-        return counts
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -391,8 +259,9 @@ class Trainer:
     def _finish(self) -> None:
         self._report_skips("end of training")
         if self.rank == 0:
-            if self.cache is not None:
-                print(f"frame-token cache: {self.cache.hits} hits, {self.cache.misses} misses")
+            cache = self.model.token_cache
+            if cache is not None:
+                print(f"frame-token cache: {cache.hits} hits, {cache.misses} misses")
             print(f"run folder:  {self.run_dir}\nmetrics:     {self.run_dir / 'metrics.jsonl'}\n"
                   f"checkpoints: {self.run_dir / 'checkpoints'}")
         if self.logger is not None:

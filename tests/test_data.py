@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from moviechat.data.annotations import QA, annotation_json, frame_at, parse_moviechat1k, split_by_video
+from moviechat.data.annotations import QA, annotation_json, parse_moviechat1k, split_by_video
+from moviechat.data.sampling import frame_at
 from moviechat.data.builders import build_datasets
-from moviechat.data.collator import Collator, Sample
+from moviechat.data import Collator, Sample
 from moviechat.data.dataset import VideoQADataset
 from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, VideoFeatures, default_meta, write_folder, write_shards
 from moviechat.data.synthetic import generate_video, prototypes

@@ -49,10 +49,12 @@ grid:
 
 def test_sweep_expands_a_grid_and_rejects_bad_settings(tmp_path):
     sweep = load("sweep")
-    cfg = sweep.load_sweep(write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]\n  memory.long_memory_policy: [merge, fifo]"))
-    settings = sweep.expand(cfg)
+    from moviechat import sweeps
+
+    cfg = sweeps.load_sweep(write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]\n  memory.long_memory_policy: [merge, fifo]"))
+    settings = sweeps.expand(cfg)
     assert settings == [{"memory.long_memory_length": a, "memory.long_memory_policy": b} for a in (4, 16) for b in ("merge", "fifo")]
-    assert sweep.slug(settings[1]) == "long_memory_length-4_long_memory_policy-fifo"
+    assert sweeps.slug(settings[1]) == "long_memory_length-4_long_memory_policy-fifo"
     assert sweep.main(["--sweep", write_sweep(tmp_path, "  memory.long_memory_length: [1, 16]")]) == 2
 
 
@@ -84,11 +86,11 @@ def test_inspect_memory_draws_a_timeline(tmp_path):
     assert out.stat().st_size > 5000
 
 
-def test_sweep_as_slurm_jobs_dry_run(tmp_path, capsys):
+def test_sweep_as_slurm_jobs_dry_run(tmp_path, capfd):
     sweep = load("sweep")
     path = write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]")
     assert sweep.main(["--sweep", path, "--slurm", "--dry-run", "--gpus", "4"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert out.count("#SBATCH --gpus-per-node=4") == 2
     assert "run.name=long_memory_length-4" in out and "run.name=long_memory_length-16" in out
     assert "[sweep] no finished settings yet" in out

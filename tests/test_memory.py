@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from memory_reference import Item, ref_consolidate, ref_memory, similarity
+from moviechat.memory.reference import Item, ref_consolidate, ref_memory, similarity
 from moviechat.memory import (
     MemoryConfig,
     StreamingMemory,
@@ -13,8 +13,8 @@ from moviechat.memory import (
     frame_means,
     plan_memories,
     position_table,
-    uniform_frame_indices,
 )
+from moviechat.data.sampling import uniform_frame_indices
 
 Q, D = 4, 8
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from moviechat.config import load_config
-from moviechat.data.collator import Collator, Sample
+from moviechat.data import Collator, Sample
 from moviechat.models import build_moviechat
-from moviechat.models.checkpoint import from_original_names, load_weights, save_weights, to_original_names
+from moviechat.models.weight_names import from_original_names, load_weights, save_weights, to_original_names
 from moviechat.models.qformer import qformer_from_original
 from moviechat.models.vision import build_vision, vision_from_lavis, vision_to_lavis
 from moviechat.registry import MODELS
@@ -36,10 +36,10 @@ def test_forward_gives_a_finite_loss_on_mixed_global_and_breakpoint_batch(tiny_m
 def test_batched_video_embeddings_equal_one_sample_at_a_time(tiny_model, tiny_cfg, tokenizer):
     tiny_model.eval()  # no dropout; padded memory frames must be masked out
     batch = make_batch(tiny_cfg, tokenizer)
-    together = tiny_model.video_embeddings(batch)
+    together = tiny_model.encode_video(batch)[0]
     for i in range(2):
         single = {k: (v[i : i + 1] if isinstance(v, (list, torch.Tensor)) else v) for k, v in batch.items()}
-        torch.testing.assert_close(tiny_model.video_embeddings(single)[0], together[i], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tiny_model.encode_video(single)[0][0], together[i], rtol=1e-4, atol=1e-5)
 
 
 def test_only_trainable_parts_get_gradients(tiny_model, tiny_cfg, tokenizer):

@@ -7,7 +7,6 @@ original video, so seconds = time / fps).
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 from dataclasses import dataclass
@@ -103,10 +102,3 @@ def split_by_video(keys: Iterable[str], val_fraction: float, seed: int) -> tuple
         h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
         (val if h < val_fraction else train).add(key)
     return train, val
-
-
-def frame_at(seconds: float, timestamps: Sequence[float], key: str, source: str, duration: Optional[float] = None) -> int:
-    """Index of the nearest sampled frame at or before ``seconds`` (DESIGN.md section 6)."""
-    if duration is not None and seconds > duration:
-        raise DataError(f"{source}: video {key!r}: breakpoint at {seconds:.2f}s is past the video's end ({duration:.2f}s)")
-    return max(bisect.bisect_right(list(timestamps), seconds) - 1, 0)

@@ -1,52 +1,14 @@
-"""Prompt template, tokenization and batching (DESIGN.md section 7).
-
-The original's conversation: ``{system}###Human: <Video><ImageHere></Video> {question}###Assistant:``
-then `` {answer}###``; BOS starts the sequence; the loss covers the answer tokens only.
-"""
+"""Samples -> the batch dict the model reads: prompt (moviechat.prompt) and answer tokens, labels, padding."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
-from torch import Tensor
 
-from moviechat.models.llm import IMAGE_TOKEN
-
-IGNORE_INDEX = -100
-SEPARATOR = "###"
-
-
-@dataclass
-class Sample:
-    """One question about one video, with its frames already sampled (``time`` indexes ``frames``)."""
-
-    video_id: str
-    frames: Tensor  # EVA features [T, 257, 1408] or frame tokens [T, 32, 768]
-    question: str
-    answer: str
-    mode: str = "global"  # or "breakpoint"
-    time: Optional[int] = None
-    qtype: str = ""  # question type, for per-type accuracy
-    source: str = ""  # the shard or file the features came from
-    position: tuple[int, int] = (0, 0)  # (data slot, index in the slot's stream): where to resume
-    skipped: int = 0  # samples the producing slot had skipped so far (data.on_error=skip)
-
-
-def build_prompt(system: str, question: str) -> str:
-    return f"{system}{SEPARATOR}Human: <Video>{IMAGE_TOKEN}</Video> {question}{SEPARATOR}Assistant:"
-
-
-def answer_text(answer: str) -> str:
-    return f" {answer}{SEPARATOR}"
-
-
-def extract_answer(generated: str) -> str:
-    """The answer part of generated text: up to the first separator, stripped."""
-    return generated.split(SEPARATOR)[0].strip()
-
+from moviechat.data.dataset import Sample
+from moviechat.prompt import IGNORE_INDEX, answer_text, prompt_ids
 
 class Collator:
     """Samples -> the batch dict :class:`~moviechat.models.moviechat.MovieChatModel` reads.
@@ -69,7 +31,7 @@ class Collator:
 
     def encode(self, sample: Sample) -> tuple[list[int], list[int]]:
         """Token ids and labels of one sample, truncated to ``max_txt_len`` text tokens."""
-        prompt = [self.tokenizer.bos_token_id, *self._ids(build_prompt(self.system_prompt, sample.question))]
+        prompt = prompt_ids(self.tokenizer, self.system_prompt, sample.question, self._ids)
         if len(prompt) > self.max_txt_len:
             raise ValueError(f"video {sample.video_id}: prompt of {len(prompt)} tokens exceeds "
                              f"model.max_txt_len={self.max_txt_len}; question: {sample.question[:80]!r}")

@@ -1,8 +1,8 @@
 """Question samples streamed from a feature store, split over ranks and data-loader workers.
 
-Each (rank, worker) pair is a *slot* with its own deterministic stream (seeded by run seed and epoch), so
-every video is read by exactly one slot per epoch and a stream can be resumed by skipping the samples a
-slot already produced (``set_resume``). Each sample carries its ``(slot, index)`` position.
+Each (rank, worker) pair reads its own deterministic *stream* of samples (seeded by run seed and epoch), so
+every video is read by exactly one stream per epoch and a stream can be resumed by skipping the samples it
+already produced (``set_resume``). Each sample carries its ``(stream, index)`` position.
 """
 
 from __future__ import annotations
@@ -15,10 +15,27 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from moviechat.data.annotations import QA, frame_at
-from moviechat.data.collator import Sample
+from torch import Tensor
+
+from moviechat.data.annotations import QA
+from moviechat.data.sampling import frame_at, sample_frames
 from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, validate_features
-from moviechat.memory import uniform_frame_indices
+
+
+@dataclass
+class Sample:
+    """One question about one video, with its frames already sampled (``time`` indexes ``frames``)."""
+
+    video_id: str
+    frames: Tensor  # EVA features [T, 257, 1408] or frame tokens [T, 32, 768]
+    question: str
+    answer: str
+    mode: str = "global"  # or "breakpoint"
+    time: Optional[int] = None
+    qtype: str = ""  # question type, for per-type accuracy
+    source: str = ""  # the shard or file the features came from
+    position: tuple[int, int] = (0, 0)  # (data stream, index in that stream): where to resume
+    skipped: int = 0  # samples the producing stream had skipped so far (data.on_error=skip)
 
 
 @dataclass
@@ -61,7 +78,7 @@ class VideoQADataset(IterableDataset):
         self.epoch = epoch
 
     def set_resume(self, positions: dict[int, int]) -> None:
-        """Skip, per slot, the samples it already produced in the current epoch."""
+        """Skip, per stream, the samples it already produced in the current epoch."""
         self.resume = dict(positions)
 
     def __len__(self) -> int:
@@ -71,18 +88,18 @@ class VideoQADataset(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        slot, num_slots = self.rank * workers + worker, self.world_size * workers
+        stream, num_streams = self.rank * workers + worker, self.world_size * workers
         seed = self.seed * 1_000_003 + self.epoch
-        skip = self.resume.get(slot, 0)
-        samples = self._shuffled(self._samples(slot, num_slots, seed), random.Random(seed * 7919 + slot))
+        skip = self.resume.get(stream, 0)
+        samples = self._shuffled(self._samples(stream, num_streams, seed), random.Random(seed * 7919 + stream))
         for index, sample in enumerate(samples):
             if index >= skip:
-                sample.position = (slot, index)
+                sample.position = (stream, index)
                 sample.skipped = self.skips.total
                 yield sample
 
-    def _samples(self, slot: int, num_slots: int, seed: int) -> Iterator[Sample]:
-        for video in self.store.videos(slot, num_slots, seed, self.skips):
+    def _samples(self, stream: int, num_streams: int, seed: int) -> Iterator[Sample]:
+        for video in self.store.videos(stream, num_streams, seed, self.skips):
             if video.key not in self.keys:
                 continue
             try:
@@ -97,9 +114,8 @@ class VideoQADataset(IterableDataset):
     def video_samples(self, video: VideoFeatures, rng: random.Random) -> list[Sample]:
         """The validated, frame-sampled questions of one video."""
         validate_features(video.feats, video.meta, video.key, video.source, self.feature_kind, self.token_shape)
-        chosen = uniform_frame_indices(video.feats.shape[0], self.num_frames).numpy()
+        chosen, stamps = sample_frames(video.meta["timestamps"], self.num_frames)
         frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
-        stamps = [video.meta["timestamps"][i] for i in chosen]
         out = []
         for qa in self.qas[video.key]:
             if rng.random() >= self.mode_keep.get(qa.mode, 1.0):

@@ -9,9 +9,9 @@ is counted in :class:`SkipCounter` and left out.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import random
 import tarfile
 from collections import Counter
@@ -22,8 +22,10 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import webdataset as wds
 
+from moviechat.atomic import atomic_path
+
 FEATURE_KINDS = ("eva", "tokens")
-DTYPES = (np.float16, np.float32)
+FEATURE_DTYPES = (np.float16, np.float32)
 
 
 class DataError(ValueError):
@@ -43,12 +45,11 @@ class SkipCounter:
     """Reasons for skipped samples (``data.on_error=skip``), reported at the end of an epoch."""
 
     counts: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
 
     def add(self, reason: str, detail: str) -> None:
+        """Count one skip; its detail (file, key, error) goes to the log at once."""
         self.counts[reason] += 1
-        if len(self.examples) < 20:
-            self.examples.append(detail)
+        print(f"skipped ({reason}): {detail}", flush=True)
 
     @property
     def total(self) -> int:
@@ -73,7 +74,7 @@ def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expe
     if expect_shape is not None and tuple(feats.shape[1:]) != tuple(expect_shape):
         raise DataError(f"{where}: features of shape [T, {feats.shape[1]}, {feats.shape[2]}] do not match the "
                         f"model's [T, {expect_shape[0]}, {expect_shape[1]}] for kind {meta['kind']!r}")
-    if feats.dtype not in DTYPES:
+    if feats.dtype not in FEATURE_DTYPES:
         raise DataError(f"{where}: dtype {feats.dtype} must be float16 or float32")
     if not np.isfinite(feats).all():
         bad = int((~np.isfinite(feats)).any(axis=(1, 2)).sum())
@@ -94,26 +95,28 @@ def write_shards(videos: Iterable[VideoFeatures], pattern: str, max_per_shard: i
     Each shard is written under a temporary name and renamed when complete, then ``on_shard(path,
     videos)`` is called, so a crash never leaves a truncated shard under a real name.
     """
-    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     paths: list[str] = []
-    writer, batch = None, []
+    batch: list[VideoFeatures] = []
+    with contextlib.ExitStack() as open_shard:
+        writer = None
 
-    def close() -> None:
-        writer.close()
-        os.replace(paths[-1] + ".tmp", paths[-1])
-        if on_shard is not None:
-            on_shard(paths[-1], batch)
+        def close() -> None:
+            writer.close()
+            open_shard.close()  # renames the finished shard to its real name
+            if on_shard is not None:
+                on_shard(paths[-1], batch)
 
-    for video in videos:
-        if writer is None or len(batch) == max_per_shard:
-            if writer is not None:
-                close()
-            paths.append(pattern % len(paths))
-            writer, batch = wds.TarWriter(paths[-1] + ".tmp"), []
-        writer.write({"__key__": video.key, "feats.npy": _npy_bytes(video.feats), "json": json.dumps(video.meta).encode()})
-        batch.append(VideoFeatures(video.key, video.feats[:0], video.meta, video.source))  # keep no features
-    if writer is not None:
-        close()
+        for video in videos:
+            if writer is None or len(batch) == max_per_shard:
+                if writer is not None:
+                    close()
+                paths.append(pattern % len(paths))
+                writer, batch = wds.TarWriter(str(open_shard.enter_context(atomic_path(paths[-1])))), []
+            writer.write({"__key__": video.key, "feats.npy": _npy_bytes(video.feats),
+                          "json": json.dumps(video.meta).encode()})
+            batch.append(VideoFeatures(video.key, video.feats[:0], video.meta, video.source))  # keep no features
+        if writer is not None:
+            close()
     return paths
 
 
@@ -134,9 +137,9 @@ def write_folder(videos: Sequence[VideoFeatures], folder: str | Path) -> None:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def assign(items: Sequence, slot: int, num_slots: int) -> list:
-    """The items of one (rank, worker) slot: every ``num_slots``-th, so slots never overlap."""
-    return list(items[slot::num_slots])
+def assign(items: Sequence, stream: int, num_streams: int) -> list:
+    """The items of one (rank, worker) stream: every ``num_streams``-th, so streams never overlap."""
+    return list(items[stream::num_streams])
 
 
 class ShardStore:
@@ -164,11 +167,11 @@ class ShardStore:
                     raise DataError(f"{shard}: unreadable or truncated shard: {e}") from None
         return keys
 
-    def videos(self, slot: int, num_slots: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
-        """This slot's videos; shard order and a sample shuffle buffer are seeded (``seed``)."""
+    def videos(self, stream: int, num_streams: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
+        """This stream's videos; shard order and a sample shuffle buffer are seeded (``seed``)."""
         shards = list(self.shards)
         random.Random(seed).shuffle(shards)
-        mine = assign(shards, slot, num_slots)
+        mine = assign(shards, stream, num_streams)
         if not mine:
             return
 
@@ -178,8 +181,8 @@ class ShardStore:
             skips.add("unreadable shard", repr(exn))
             return True
 
-        stream = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=handler)
-        for raw in stream:
+        dataset = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=handler)
+        for raw in dataset:
             video = self._decode(raw, skips)
             if video is not None:
                 yield video
@@ -205,7 +208,7 @@ class ShardStore:
 
 
 class FolderStore:
-    """Videos from ``<key>.npy`` (+ optional ``<key>.json``) files in a folder; files split over slots."""
+    """Videos from ``<key>.npy`` (+ optional ``<key>.json``) files in a folder; files split over streams."""
 
     def __init__(self, folder: str | Path, kind: str, on_error: str = "raise", fps: float = 1.0):
         self.folder = Path(folder)
@@ -218,17 +221,25 @@ class FolderStore:
     def keys(self) -> dict[str, str]:
         return {p.stem: str(p) for p in sorted(self.folder.glob("*.npy"))}
 
-    def videos(self, slot: int, num_slots: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
+    def videos(self, stream: int, num_streams: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
         files = sorted(self.folder.glob("*.npy"))
         random.Random(seed).shuffle(files)
-        for path in assign(files, slot, num_slots):
+        for path in assign(files, stream, num_streams):
             try:
-                feats = np.load(path, allow_pickle=False)
-                side = path.with_suffix(".json")
-                meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), self.kind, self.fps)
-            except Exception as e:
+                yield read_npy_video(path, self.kind, self.fps)
+            except DataError as e:
                 if self.on_error != "skip":
-                    raise DataError(f"{path}: cannot read: {e}") from None
-                skips.add("unreadable file", f"{path}: {e}")
-                continue
-            yield VideoFeatures(path.stem, feats, meta, str(path))
+                    raise
+                skips.add("unreadable file", str(e))
+
+
+def read_npy_video(path: str | Path, kind: str, fps: float = 1.0, mmap: bool = False) -> VideoFeatures:
+    """``<key>.npy`` and its ``<key>.json`` metadata (or, without one, frames at ``fps`` of ``kind``)."""
+    path = Path(path)
+    try:
+        feats = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        side = path.with_suffix(".json")
+        meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), kind, fps)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    return VideoFeatures(path.stem, feats, meta, str(path))

@@ -1,4 +1,4 @@
-"""Synthetic long-video QA over frame tokens (DESIGN.md section 6), seeded and reproducible.
+"""Synthetic long-video QA over frame tokens (docs/architecture.md, "Data"), seeded and reproducible.
 
 A video is a sequence of scenes; each scene shows one colour: its frames are the colour's prototype
 tokens [Q, D] plus noise. Questions need different parts of the memory:
@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from moviechat.atomic import atomic_path
 from moviechat.config import SyntheticConfig
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.stores import VideoFeatures, default_meta, write_shards
@@ -95,13 +93,6 @@ def generate_video(key: str, seed: int, protos: np.ndarray, min_frames: int, max
     return SyntheticVideo(feats, make_questions(rng, scenes, breakpoints), scenes)
 
 
-def words() -> list[str]:
-    """Every word the synthetic questions and answers use (for a tiny model's word tokenizer)."""
-    return list(COLORS) + [str(i) for i in range(100)] + [
-        "what color is the first last scene how many scenes are there which came or on screen now was previous"
-    ]
-
-
 def synthetic_dir(cfg: SyntheticConfig, tokens: int, dim: int, output_dir: str) -> Path:
     """Where a synthetic set lives: ``cfg.dir``, or a folder named by a hash of everything it depends on."""
     if cfg.dir:
@@ -121,23 +112,18 @@ def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path,
     """
     if (out / "DONE").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        protos = prototypes(cfg.num_colors, tokens, dim, cfg.seed)
-        videos = [generate_video(f"syn{i:05d}", cfg.seed * 100_003 + i, protos, cfg.min_frames, cfg.max_frames,
-                                 cfg.min_scene, cfg.max_scene, cfg.noise, cfg.breakpoints) for i in range(cfg.num_videos)]
-        write_shards((v.features for v in videos), str(tmp / "shards" / "syn-%05d.tar"), videos_per_shard)
-        (tmp / "annotations").mkdir()
-        for v in videos:
-            ann = annotation_json(v.features.key, v.qas, fps=1.0, num_frame=v.features.feats.shape[0])
-            (tmp / "annotations" / f"{v.features.key}.json").write_text(json.dumps(ann))
-        (tmp / "DONE").write_text("ok\n")
-        os.rename(tmp, out)
+        with atomic_path(out) as tmp:
+            protos = prototypes(cfg.num_colors, tokens, dim, cfg.seed)
+            videos = [generate_video(f"syn{i:05d}", cfg.seed * 100_003 + i, protos, cfg.min_frames, cfg.max_frames,
+                                     cfg.min_scene, cfg.max_scene, cfg.noise, cfg.breakpoints) for i in range(cfg.num_videos)]
+            write_shards((v.features for v in videos), str(tmp / "shards" / "syn-%05d.tar"), videos_per_shard)
+            (tmp / "annotations").mkdir()
+            for v in videos:
+                ann = annotation_json(v.features.key, v.qas, fps=1.0, num_frame=v.features.feats.shape[0])
+                (tmp / "annotations" / f"{v.features.key}.json").write_text(json.dumps(ann))
+            (tmp / "DONE").write_text("ok\n")
     except OSError:
-        if not (out / "DONE").is_file():
+        if not (out / "DONE").is_file():  # another rank renamed its copy first: use that one
             raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

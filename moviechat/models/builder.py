@@ -6,11 +6,12 @@ from torch import nn
 
 from moviechat.config import ModelConfig
 from moviechat.memory import MemoryConfig
-from moviechat.models.checkpoint import load_weights
-from moviechat.models.llm import IMAGE_TOKEN, apply_lora, build_llm
+from moviechat.models.weight_names import load_weights
+from moviechat.models.llm import apply_lora, build_llm
 from moviechat.models.moviechat import MovieChatModel
 from moviechat.models.qformer import build_qformer
 from moviechat.models.vision import build_vision
+from moviechat.prompt import IMAGE_TOKEN
 from moviechat.registry import MODELS
 
 

@@ -12,9 +12,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from moviechat.config import LLMConfig, LoraConfig
+from moviechat.prompt import IMAGE_TOKEN, SEPARATOR, build_prompt
 
-IMAGE_TOKEN = "<ImageHere>"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 
 
@@ -49,22 +49,12 @@ def build_tokenizer(cfg: LLMConfig, corpus: Iterable[str] = ()):
 
 def run_tokenizer(cfg: LLMConfig, system_prompt: str, texts: Iterable[str]):
     """The tokenizer of a run: the LLM's own, or a word tokenizer over the prompt template and ``texts``."""
-    from moviechat.data.collator import SEPARATOR, build_prompt
-
     return build_tokenizer(cfg, [build_prompt(system_prompt, ""), SEPARATOR, *texts])
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Where greedy answers stop: EOS, and the ``###`` separator when it is a single token."""
-    from moviechat.data.collator import SEPARATOR
-
-    separator = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
-    return [i for i in (tokenizer.eos_token_id, separator[0] if len(separator) == 1 else None) if i is not None]
 
 
 def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
     """The causal LM in ``cfg.dtype``, its embeddings covering ``vocab_size`` tokens (with ``<ImageHere>``)."""
-    dtype = DTYPES[cfg.dtype]
+    dtype = TORCH_DTYPES[cfg.dtype]
     if cfg.path:
         llm = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, local_files_only=True)
     else:

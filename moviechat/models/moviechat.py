@@ -1,11 +1,18 @@
-"""MovieChat: frame tokens -> streaming memory -> video Q-Former -> projection -> LLM (DESIGN.md section 3).
+"""MovieChat: features -> frame tokens -> streaming memory -> video tokens -> LLM loss or answer.
+
+The whole path lives here, in the order it runs (docs/architecture.md, "Data walk"):
+:meth:`MovieChatModel.frame_tokens` (EVA features through the frozen image Q-Former, cached while it is
+frozen) -> :meth:`MovieChatModel.build_memories` (the streaming memory of each sample, global or at a
+breakpoint) -> :meth:`MovieChatModel.encode_memory` (position table, video Q-Former, projection) ->
+:meth:`MovieChatModel.forward` (loss) or :meth:`MovieChatModel.generate` / :meth:`MovieChatModel.answer`.
 
 A batch (built by ``moviechat.data``'s collator) is a dict with
   ``frames``       list of per-video tensors: EVA features [T, 257, 1408] or frame tokens [T, 32, 768]
   ``feature_kind`` "eva" or "tokens" (which of the two ``frames`` holds)
   ``modes``/``times`` per sample: "global", or "breakpoint" with the question's frame index in ``frames``
+  ``video_ids``/``sources`` per sample: which video, from which file (keys of the caches)
   ``input_ids``, ``attention_mask``, ``labels`` [B, L]: the prompt with one ``<ImageHere>`` per sample and,
-  for training, the answer; labels are -100 everywhere but the answer tokens.
+  for training, the answer; labels are IGNORE_INDEX everywhere but the answer tokens.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from moviechat.cache import FrameTokenCache, weights_digest
 from moviechat.memory import MemoryConfig, PlanCache, build_memories, position_table
-from moviechat.models.qformer import QFormer
+from moviechat.models.qformer import QFormer, encode_in_chunks
 from moviechat.models.vision import EvaVisionEncoder
+from moviechat.prompt import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 PARTS = ("vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
 
 
@@ -45,11 +53,27 @@ class MovieChatModel(nn.Module):
         self.llm = llm
         self.memory_cfg = memory_cfg
         self.image_token_id = image_token_id
-        self.memory_seconds = 0.0  # time spent building memories (the trainer reports its share of a step)
         self.plan_cache = PlanCache()
+        self.token_cache: Optional[FrameTokenCache] = None
         memory_cfg.validate(position_rows=frame_position_embedding.num_embeddings)
 
-    # ----------------------------------------------------------------------------------- encoders
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
+    # ------------------------------------------------------------------------ features -> frame tokens
+
+    @property
+    def frame_tokens_fixed(self) -> bool:
+        """The one rule for caching: a video's frame tokens (and so its memory plans) never change while
+        the image Q-Former is wholly frozen."""
+        return not any(p.requires_grad for p in self.image_qformer.parameters())
+
+    def enable_token_cache(self, max_mb: int, folder: Optional[str] = None) -> bool:
+        """Cache EVA features -> frame tokens per video (in memory, and on disk in ``folder``), keyed by the
+        image Q-Former's weights; only while those weights are fixed. Returns whether it is enabled."""
+        self.token_cache = FrameTokenCache(weights_digest(self.image_qformer), max_mb, folder) if self.frame_tokens_fixed else None
+        return self.token_cache is not None
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         """Normalised pixels [T, 3, H, W] -> EVA features [T, 257, 1408] (needs the vision encoder)."""
@@ -57,10 +81,37 @@ class MovieChatModel(nn.Module):
             raise ValueError("this model was built without a vision encoder (model.vision.enabled=false)")
         return self.vision(pixels)
 
-    def encode_frames(self, eva_features: Tensor, chunk: int = 256) -> Tensor:
+    def encode_frames(self, eva_features: Tensor) -> Tensor:
         """EVA features [T, N, E] -> frame tokens [T, queries, H] through the image Q-Former."""
-        dtype = self.image_qformer.query_tokens.dtype
-        return torch.cat([self.image_qformer(x.to(dtype)) for x in eva_features.split(chunk)])
+        return encode_in_chunks(self.image_qformer, eva_features)
+
+    def frame_tokens(self, batch: dict[str, Any]) -> list[Tensor]:
+        """Per-video frame tokens of a batch, on the model's device (EVA features are encoded, or read
+        from the token cache)."""
+        kind, dtype = batch["feature_kind"], self.image_qformer.query_tokens.dtype
+        if kind == "tokens":
+            return [f.to(self.device, dtype) for f in batch["frames"]]
+        if kind != "eva":
+            raise ValueError(f"batch feature_kind={kind!r} must be 'eva' or 'tokens'")
+        if self.token_cache is None:
+            return [self.encode_frames(f) for f in batch["frames"]]
+        return [self.token_cache.get(s, v, f, self.encode_frames).to(self.device, dtype)
+                for s, v, f in zip(batch["sources"], batch["video_ids"], batch["frames"])]
+
+    # --------------------------------------------------------------------- frame tokens -> memory
+
+    def build_memories(self, batch: dict[str, Any], tokens: list[Tensor]) -> list[Tensor]:
+        """Each sample's streaming memory [M_i, Q, H] (global, or at its breakpoint), as it runs at inference.
+
+        Memory plans are reused from ``plan_cache`` while the frame tokens are fixed (same rule as the
+        token cache); gradients reach the frame tokens either way.
+        """
+        fixed = batch["feature_kind"] == "tokens" or self.frame_tokens_fixed
+        keys = list(zip(batch.get("sources", [""] * len(tokens)), batch["video_ids"])) if fixed and "video_ids" in batch else None
+        return build_memories(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
+                              self.plan_cache if keys else None)
+
+    # ------------------------------------------------------------------- memory -> video tokens
 
     def encode_memory(self, memory: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Memory [B, M, Q, H] (mask [B, M]) -> video tokens [B, video queries, LLM hidden].
@@ -76,33 +127,76 @@ class MovieChatModel(nn.Module):
         video = self.video_qformer(x, mask.repeat_interleave(q, dim=1))
         return self.projection(video)
 
-    def frame_tokens(self, batch: dict[str, Any]) -> list[Tensor]:
-        """Per-video frame tokens of a batch (encoding EVA features when the batch holds those)."""
-        kind = batch["feature_kind"]
-        if kind == "tokens":
-            return [f.to(self.image_qformer.query_tokens.dtype) for f in batch["frames"]]
-        if kind == "eva":
-            return [self.encode_frames(f) for f in batch["frames"]]
-        raise ValueError(f"batch feature_kind={kind!r} must be 'eva' or 'tokens'")
-
-    def video_embeddings(self, batch: dict[str, Any]) -> Tensor:
-        """Build each sample's memory (global or breakpoint) and encode it: [B, video queries, LLM hidden]."""
+    def encode_video(self, batch: dict[str, Any]) -> tuple[Tensor, float]:
+        """(video tokens [B, video queries, LLM hidden], seconds spent building the memories)."""
         tokens = self.frame_tokens(batch)
         start = time.perf_counter()
-        memories = build_memories(tokens, self.memory_cfg, batch["modes"], batch["times"], self._plan_keys(batch),
-                                  self.plan_cache)
-        self.memory_seconds += time.perf_counter() - start
+        memories = self.build_memories(batch, tokens)
+        seconds = time.perf_counter() - start
         longest = max(m.shape[0] for m in memories)
         padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
         mask = torch.stack([torch.arange(longest, device=padded.device) < m.shape[0] for m in memories])
-        return self.encode_memory(padded, mask)
+        return self.encode_memory(padded, mask), seconds
 
-    def _plan_keys(self, batch: dict[str, Any]) -> Optional[list]:
-        """Keys under which memory plans can be reused: only when a video's frame tokens never change."""
-        fixed = batch["feature_kind"] == "tokens" or not any(p.requires_grad for p in self.image_qformer.parameters())
-        if not fixed or "video_ids" not in batch:
-            return None
-        return list(zip(batch.get("sources", [""] * len(batch["video_ids"])), batch["video_ids"]))
+    # ------------------------------------------------------------------------- video tokens -> LLM
+
+    def splice(self, input_ids: Tensor, attention_mask: Tensor, video: Tensor, labels: Optional[Tensor] = None):
+        """Replace each row's ``<ImageHere>`` by its video tokens; returns embeds, mask and labels."""
+        text = self.llm.get_input_embeddings()(input_ids)
+        video = video.to(text.dtype)
+        rows_e, rows_m, rows_l = [], [], []
+        for i in range(input_ids.shape[0]):
+            where = (input_ids[i] == self.image_token_id).nonzero().flatten()
+            if where.numel() != 1:
+                raise ValueError(f"sample {i} has {where.numel()} <ImageHere> tokens; exactly one is needed")
+            p, nv = int(where), video.shape[1]
+            rows_e.append(torch.cat([text[i, :p], video[i], text[i, p + 1:]]))
+            rows_m.append(torch.cat([attention_mask[i, :p], attention_mask.new_ones(nv), attention_mask[i, p + 1:]]))
+            if labels is not None:
+                rows_l.append(torch.cat([labels[i, :p], labels.new_full((nv,), IGNORE_INDEX), labels[i, p + 1:]]))
+        return torch.stack(rows_e), torch.stack(rows_m), (torch.stack(rows_l) if labels is not None else None)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """LM loss on the answer tokens: ``{"loss", "num_tokens", "memory_seconds"}``."""
+        video, memory_seconds = self.encode_video(batch)
+        embeds, mask, labels = self.splice(batch["input_ids"], batch["attention_mask"], video, batch["labels"])
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        return {"loss": out.loss, "num_tokens": (labels != IGNORE_INDEX).sum(), "memory_seconds": memory_seconds}
+
+    @torch.no_grad()
+    def logits(self, batch: dict[str, Any], llm: Optional[nn.Module] = None) -> Tensor:
+        """The LLM's logits on a batch's prompts; ``llm`` stands in for ``self.llm`` (e.g. a merged copy)."""
+        video, _ = self.encode_video(batch)
+        embeds, mask, _ = self.splice(batch["input_ids"], batch["attention_mask"], video)
+        return (llm or self.llm)(inputs_embeds=embeds, attention_mask=mask).logits.float()
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop_ids: Sequence[int] = ()) -> list[Tensor]:
+        """Greedy answers for a batch of prompts (memory built per sample): new token ids per sample."""
+        video, _ = self.encode_video(batch)
+        return [self._generate(video[i : i + 1], batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1],
+                               max_new_tokens, stop_ids) for i in range(video.shape[0])]
+
+    @torch.no_grad()
+    def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = 32,
+               stop_ids: Sequence[int] = ()) -> Tensor:
+        """Greedy answer to one prompt (token ids with one ``<ImageHere>``) on a memory [M, Q, H] that was
+        built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory`: the new token ids."""
+        video = self.encode_memory(memory[None].to(self.device))
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        return self._generate(video, ids, torch.ones_like(ids), max_new_tokens, stop_ids)
+
+    def _generate(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
+                  stop_ids: Sequence[int]) -> Tensor:
+        length = int(attention_mask[0].sum())  # right padding only: the prompt is the first `length` ids
+        embeds, mask, _ = self.splice(input_ids[:, :length], attention_mask[:, :length], video)
+        out = self.llm.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=list(stop_ids) or None, pad_token_id=(list(stop_ids) or [0])[0],
+        )
+        return out[0]
+
+    # ---------------------------------------------------------------------------------- parameters
 
     def train(self, mode: bool = True) -> "MovieChatModel":
         """Train mode, except for wholly frozen parts, which stay in eval mode (no dropout), as in BLIP-2."""
@@ -112,54 +206,6 @@ class MovieChatModel(nn.Module):
             if part is not None and mode and not any(p.requires_grad for p in part.parameters()):
                 part.eval()
         return self
-
-    # ------------------------------------------------------------------------------------ the LLM
-
-    def splice(self, input_ids: Tensor, attention_mask: Tensor, video: Tensor, labels: Optional[Tensor] = None):
-        """Replace each row's ``<ImageHere>`` by its video tokens; returns embeds, mask and labels."""
-        embed = self.llm.get_input_embeddings()
-        text = embed(input_ids)
-        video = video.to(text.dtype)
-        rows_e, rows_m, rows_l = [], [], []
-        for i in range(input_ids.shape[0]):
-            where = (input_ids[i] == self.image_token_id).nonzero().flatten()
-            if where.numel() != 1:
-                raise ValueError(f"sample {i} has {where.numel()} <ImageHere> tokens; exactly one is needed")
-            p = int(where)
-            nv = video.shape[1]
-            rows_e.append(torch.cat([text[i, :p], video[i], text[i, p + 1:]]))
-            rows_m.append(torch.cat([attention_mask[i, :p], attention_mask.new_ones(nv), attention_mask[i, p + 1:]]))
-            if labels is not None:
-                rows_l.append(torch.cat([labels[i, :p], labels.new_full((nv,), IGNORE_INDEX), labels[i, p + 1:]]))
-        return torch.stack(rows_e), torch.stack(rows_m), (torch.stack(rows_l) if labels is not None else None)
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """LM loss on the answer tokens: ``{"loss", "num_tokens"}``."""
-        video = self.video_embeddings(batch)
-        embeds, mask, labels = self.splice(batch["input_ids"], batch["attention_mask"], video, batch["labels"])
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-        return {"loss": out.loss, "num_tokens": (labels != IGNORE_INDEX).sum()}
-
-    @torch.no_grad()
-    def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop_ids: Sequence[int] = ()) -> list[Tensor]:
-        """Greedy answers for a batch (memory built per sample): new token ids per sample."""
-        video = self.video_embeddings(batch)
-        return [self.generate_from_video(video[i : i + 1], batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1],
-                                         max_new_tokens, stop_ids) for i in range(video.shape[0])]
-
-    @torch.no_grad()
-    def generate_from_video(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int = 32,
-                            stop_ids: Sequence[int] = ()) -> Tensor:
-        """Greedy answer to one prompt [1, L] given its video tokens [1, queries, H]: the new token ids."""
-        length = int(attention_mask[0].sum())  # no padding inside the prompt
-        embeds, mask, _ = self.splice(input_ids[:, :length], attention_mask[:, :length], video)
-        out = self.llm.generate(
-            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=list(stop_ids) or None, pad_token_id=(list(stop_ids) or [0])[0],
-        )
-        return out[0]
-
-    # ---------------------------------------------------------------------------------- parameters
 
     def part(self, name: str) -> Optional[nn.Module]:
         if name not in PARTS:

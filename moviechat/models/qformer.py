@@ -40,6 +40,13 @@ class QFormer(nn.Module):
         return out.last_hidden_state
 
 
+def encode_in_chunks(qformer: QFormer, features: Tensor, chunk: int = 256) -> Tensor:
+    """Per-frame features [T, N, E] -> query outputs [T, queries, hidden], ``chunk`` frames at a time
+    (a long video's frames do not fit one batch), in the Q-Former's dtype and on its device."""
+    param = qformer.query_tokens
+    return torch.cat([qformer(x.to(param.device, param.dtype)) for x in features.split(chunk)])
+
+
 def build_qformer(cfg: QFormerConfig) -> QFormer:
     return QFormer(cfg.num_query_tokens, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
                    cfg.intermediate_size, cfg.cross_attention_frequency, cfg.encoder_hidden_size, cfg.dropout)

@@ -1,4 +1,5 @@
-"""A plain, per-frame reference of the streaming memory, written straight from DESIGN.md section 4.
+"""A plain, per-frame reference of the streaming memory, written straight from the definition
+(docs/architecture.md, "Streaming memory").
 
 Every item carries the frames it was made from with their weights, so tests can compare which source
 frames each memory slot covers as well as its values. Slow on purpose: full similarity recomputation
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from moviechat.memory import MemoryConfig
+from moviechat.memory.config import MemoryConfig
 
 
 class Item:

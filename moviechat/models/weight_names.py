@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from moviechat.atomic import torch_save_atomic
 from moviechat.models.qformer import qformer_from_original, qformer_to_original
 from moviechat.models.vision import vision_from_lavis, vision_to_lavis
 
@@ -123,9 +124,5 @@ def load_weights(model: nn.Module, path: str | Path, require: Sequence[str] = ()
 
 
 def save_weights(state: dict[str, Tensor], path: str | Path) -> None:
-    """Write ``{"format", "model"}`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": OUR_FORMAT, "model": {k: v.detach().cpu() for k, v in state.items()}}, tmp)
-    tmp.replace(path)
+    """Write ``{"format", "model"}`` atomically."""
+    torch_save_atomic({"format": OUR_FORMAT, "model": {k: v.detach().cpu() for k, v in state.items()}}, path)

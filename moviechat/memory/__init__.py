@@ -1,0 +1,20 @@
+"""Streaming memory of MovieChat: short-term buffer, consolidation, long-term memory, position table.
+
+Rooms: ``config`` (settings and validation), ``consolidation`` (merge planning and applying),
+``planner`` (the memory of whole videos as plans, used in training), ``streaming`` (the stateful memory
+of inference), ``layout`` (position table and breakpoint truncation, shared by both), ``reference`` (a
+plain per-frame loop written from the definition, for tests and benchmarks). The semantics are in
+docs/architecture.md, "Streaming memory".
+"""
+
+from moviechat.memory.config import LONG_MEMORY_POLICIES, MemoryConfig, Mode
+from moviechat.memory.consolidation import consolidate, frame_means, plan_consolidation
+from moviechat.memory.layout import breakpoint_truncation, position_table
+from moviechat.memory.planner import MemoryPlan, PlanCache, apply_plan, build_memories, build_memory, plan_memories
+from moviechat.memory.streaming import StreamingMemory
+
+__all__ = [
+    "LONG_MEMORY_POLICIES", "MemoryConfig", "Mode", "consolidate", "frame_means", "plan_consolidation",
+    "breakpoint_truncation", "position_table", "MemoryPlan", "PlanCache", "apply_plan", "build_memories",
+    "build_memory", "plan_memories", "StreamingMemory",
+]
