@@ -28,9 +28,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over the trainable parameters (a torch object: no fused-op build on CPU)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": params, "name": "all"}], lr=cfg.lr, betas=tuple(cfg.betas),
-                             weight_decay=cfg.weight_decay)
+    groups = [g for g in parameter_groups(model, cfg.weight_decay) if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> str:
