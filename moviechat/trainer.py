@@ -54,6 +54,11 @@ class Trainer:
 
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         self.source, self.train_data, self.val_data = build_datasets(cfg, self.rank, self.world_size)
+        streams = self.world_size * max(cfg.data.num_workers, 1)
+        if self.source.store.units < streams:  # decided alike on every rank: all stop, none waits for the others
+            raise DataError(f"{self.source.store.units} shard(s)/file(s) cannot feed {streams} data streams "
+                            f"({self.world_size} rank(s) x {max(cfg.data.num_workers, 1)} loader worker(s)): "
+                            f"every stream needs at least one; write smaller shards or use fewer ranks/workers")
         self.tokenizer = self._tokenizer()
         self.model = MODELS.build(cfg.model.name, cfg.model, cfg.memory, self.tokenizer, verbose=self.rank == 0)
         if cfg.data.feature_kind == "eva":

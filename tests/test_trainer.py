@@ -108,3 +108,20 @@ def test_two_process_zero2_matches_one_process_with_the_same_global_batch(tmp_pa
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert one[step] == pytest.approx(two[step], rel=1e-4), (step, one, two)
+
+
+def test_two_process_run_with_a_small_generation_eval_finishes(tmp_path):
+    """The reported crash: 8 held-out questions on 2 ranks, whose slices hold different question types."""
+    run_train(tmp_path, "run.name=small", "train.max_steps=2", "train.eval_every=0", "train.eval_generate=8",
+              "train.eval_samples=8", nproc=2)
+    evals = [r for r in read_jsonl(tmp_path / "small" / "metrics.jsonl") if "eval/loss" in r]
+    assert len(evals) == 1 and evals[0]["eval/n_all"] == 8
+    assert sum(v for k, v in evals[0].items() if k.startswith("eval/n_type_")) == 8  # each question counted once
+
+
+def test_more_data_streams_than_shards_fails_on_every_rank_before_training(tmp_path):
+    """60 videos make 4 shards; 5 loader workers would leave a stream empty (a rank waiting forever)."""
+    proc = subprocess.run(train_cmd(tmp_path, "run.name=streams", "data.num_workers=5"), cwd=tmp_path,
+                          env=os.environ | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "4 shard(s)/file(s) cannot feed 5 data streams" in proc.stderr

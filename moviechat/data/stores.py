@@ -154,6 +154,11 @@ class ShardStore:
         self.shards = list(shards)
         self.on_error = on_error
 
+    @property
+    def units(self) -> int:
+        """How many pieces the store splits over data streams (shards)."""
+        return len(self.shards)
+
     def keys(self) -> dict[str, str]:
         """Every video key and its shard, from the tar headers (a truncated shard is reported here)."""
         keys: dict[str, str] = {}
@@ -217,6 +222,11 @@ class FolderStore:
         self.kind = kind  # for files without a .json beside them
         self.on_error = on_error
         self.fps = fps
+
+    @property
+    def units(self) -> int:
+        """How many pieces the store splits over data streams (files)."""
+        return len(list(self.folder.glob("*.npy")))
 
     def keys(self) -> dict[str, str]:
         return {p.stem: str(p) for p in sorted(self.folder.glob("*.npy"))}
