@@ -22,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 from moviechat.config import load_config
 from moviechat.data import build_datasets
-from moviechat.data.sampling import frame_at, sample_frames
+from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import SkipCounter
 from moviechat.memory import frame_means, plan_memories
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.2 * len(settings)), squeeze=False)
     for row, setting in enumerate(settings):
         cfg = load_config(args.cfg, args.overrides + shlex.split(setting))
-        chosen, stamps = sample_frames(video.meta["timestamps"], cfg.memory.num_frames)
+        chosen, stamps = FrameSampling.of(cfg.memory)(video.meta["timestamps"])
         stamps = np.asarray(stamps)
         means = frame_means(torch.from_numpy(video.feats[chosen]).float())
         t_seconds = args.t if args.t is not None else float(stamps[len(stamps) // 2])

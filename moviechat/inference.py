@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from moviechat.data.sampling import frame_at, sample_frames
+from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, SkipCounter, read_npy_video, validate_features
 from moviechat.memory import StreamingMemory
 from moviechat.prompt import extract_answer, prompt_ids, stop_token_ids
@@ -53,7 +53,7 @@ class Answerer:
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
         """Answer one question on one video's features (global mode, or breakpoint at ``seconds``)."""
-        chosen, stamps = sample_frames(meta["timestamps"], self.cfg.memory.num_frames)
+        chosen, stamps = FrameSampling.of(self.cfg.memory)(meta["timestamps"])
         frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float()
         tokens = self.model.encode_frames(frames) if meta["kind"] == "eva" else frames
         stream = StreamingMemory(self.cfg.memory)
@@ -64,9 +64,10 @@ class Answerer:
         else:
             t = frame_at(seconds, stamps, key, meta.get("video", key), meta.get("duration"))
             stream.push(tokens[:t])
-            memory, mode = stream.breakpoint_memory(tokens[t]), "breakpoint"
+            fragment_end = (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
+            memory, mode = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:fragment_end]), "breakpoint"
         prompt = prompt_ids(self.tokenizer, self.cfg.model.system_prompt, question)
-        ids = self.model.answer(memory, prompt, self.max_new_tokens, self.stop_ids)
+        ids = self.model.answer(memory, prompt, self.max_new_tokens, self.stop_ids, stream.n_position)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return {"mode": mode, "frame": t, "prediction": extract_answer(text)}
 

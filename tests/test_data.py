@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from moviechat.data.annotations import QA, annotation_json, parse_moviechat1k, split_by_video
-from moviechat.data.sampling import frame_at
+from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.builders import build_datasets
 from moviechat.data import Collator, Sample
 from moviechat.data.dataset import VideoQADataset
@@ -28,7 +28,7 @@ def qas_for(vids) -> dict[str, list[QA]]:
 
 
 def dataset(store, vids, **kw) -> VideoQADataset:
-    args = dict(feature_kind="tokens", token_shape=(Q, D), num_frames=None, seed=1, shuffle_buffer=4)
+    args = dict(feature_kind="tokens", token_shape=(Q, D), sampling=FrameSampling(), seed=1, shuffle_buffer=4)
     return VideoQADataset(store, qas_for(vids), {v.key for v in vids}, **(args | kw))
 
 
@@ -80,7 +80,7 @@ def test_breakpoint_time_maps_to_the_sampled_frame_at_or_before():
         frame_at(9.0, stamps, "k", "src", duration=8.0)
     vid = VideoFeatures("k", np.zeros((40, Q, D), np.float16), default_meta(40, "tokens", fps=2.0), "src")
     ds = VideoQADataset(None, {"k": [QA("q", "a", "breakpoint", 7.4)]}, {"k"}, feature_kind="tokens",
-                        token_shape=(Q, D), num_frames=10, seed=0)
+                        token_shape=(Q, D), sampling=FrameSampling(10), seed=0)
     (sample,) = ds.video_samples(vid, __import__("random").Random(0))
     assert sample.frames.shape[0] == 10  # frames 0, 4, 9, 13, 17, 22, 26, 30, 35, 39 at 2 fps
     assert sample.time == 3  # 7.4 s = frame 14.8 -> sampled frame 13 (6.5 s) is the last at or before
@@ -221,7 +221,7 @@ def test_breakpoint_fraction_sets_the_mix_of_training_questions(tmp_path):
     store = ShardStore(write_shards(vids, str(tmp_path / "x-%03d.tar"), max_per_shard=8))
     for target in (0.0, 0.5, 0.8, 1.0):
         keep = mode_keep_probabilities(qas, keys, target)
-        ds = VideoQADataset(store, qas, keys, feature_kind="tokens", token_shape=(Q, D), num_frames=None, seed=0,
+        ds = VideoQADataset(store, qas, keys, feature_kind="tokens", token_shape=(Q, D), sampling=FrameSampling(), seed=0,
                             mode_keep=keep)
         modes = [s.mode for s in ds]
         assert abs(modes.count("breakpoint") / len(modes) - target) < 0.12, (target, len(modes))

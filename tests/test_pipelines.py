@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO, TINY
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.dataset import VideoQADataset
+from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, ShardStore, SkipCounter
 from moviechat.data.video import read_frames
 
@@ -66,7 +67,7 @@ def test_extract_features_writes_shards_the_dataset_reads_and_resumes(tmp_path, 
     assert sorted(read) == ["clip_a", "clip_b"]
     assert read["clip_a"].feats.shape[1:] == (tokens, v.embed_dim) and read["clip_a"].feats.dtype == np.float16
     qas = {k: [QA("what is shown", "noise", "breakpoint", 1.0)] for k in read}
-    ds = VideoQADataset(store, qas, set(read), feature_kind="eva", token_shape=(tokens, v.embed_dim), num_frames=None, seed=0)
+    ds = VideoQADataset(store, qas, set(read), feature_kind="eva", token_shape=(tokens, v.embed_dim), sampling=FrameSampling(), seed=0)
     samples = list(ds)
     assert len(samples) == 2 and all(s.time == 2 for s in samples)  # 1.0 s at 2 fps: the third frame
     # Re-running skips what is done (the broken file is tried again and fails again).

@@ -10,6 +10,7 @@ from braceexpand import braceexpand
 from moviechat.config import Config, DataConfig
 from moviechat.data.annotations import load_annotations, split_by_video
 from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
+from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, FolderStore, ShardStore
 from moviechat.data.synthetic import synthetic_dir, write_synthetic_set
 from moviechat.registry import DATASETS
@@ -73,7 +74,7 @@ def token_shape(cfg: Config) -> tuple[int, int]:
 def build_datasets(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[VideoQASource, VideoQADataset, VideoQADataset]:
     """The named source and its train / val datasets for this rank."""
     source = DATASETS.build(cfg.data.name, cfg)
-    common = dict(feature_kind=cfg.data.feature_kind, token_shape=token_shape(cfg), num_frames=cfg.memory.num_frames,
+    common = dict(feature_kind=cfg.data.feature_kind, token_shape=token_shape(cfg), sampling=FrameSampling.of(cfg.memory),
                   seed=cfg.run.seed, rank=rank, world_size=world_size, on_error=cfg.data.on_error)
     keep = mode_keep_probabilities(source.qas, source.train_keys, cfg.train.breakpoint_fraction)
     train = VideoQADataset(source.store, source.qas, source.train_keys, shuffle_buffer=cfg.data.shuffle_buffer,

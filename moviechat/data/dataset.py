@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torch import Tensor
 
 from moviechat.data.annotations import QA
-from moviechat.data.sampling import frame_at, sample_frames
+from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, validate_features
 
 
@@ -55,7 +55,7 @@ class VideoQASource:
 
 class VideoQADataset(IterableDataset):
     def __init__(self, store, qas: dict[str, list[QA]], keys: set[str], *, feature_kind: str,
-                 token_shape: tuple[int, int], num_frames: Optional[int], seed: int, rank: int = 0,
+                 token_shape: tuple[int, int], sampling: FrameSampling, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise",
                  mode_keep: Optional[dict[str, float]] = None):
         self.store = store
@@ -63,7 +63,7 @@ class VideoQADataset(IterableDataset):
         self.keys = keys
         self.feature_kind = feature_kind
         self.token_shape = tuple(token_shape)
-        self.num_frames = num_frames
+        self.sampling = sampling
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -114,7 +114,7 @@ class VideoQADataset(IterableDataset):
     def video_samples(self, video: VideoFeatures, rng: random.Random) -> list[Sample]:
         """The validated, frame-sampled questions of one video."""
         validate_features(video.feats, video.meta, video.key, video.source, self.feature_kind, self.token_shape)
-        chosen, stamps = sample_frames(video.meta["timestamps"], self.num_frames)
+        chosen, stamps = self.sampling(video.meta["timestamps"])
         frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
         out = []
         for qa in self.qas[video.key]:

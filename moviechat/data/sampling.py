@@ -7,6 +7,7 @@ sample a video the same way (docs/architecture.md, "Data walk").
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,9 +24,23 @@ def uniform_frame_indices(total: int, num_frames: Optional[int]) -> np.ndarray:
     return torch.linspace(0, total - 1, num_frames, dtype=torch.float64).round().long().numpy()
 
 
-def sample_frames(timestamps: Sequence[float], num_frames: Optional[int]) -> tuple[np.ndarray, list[float]]:
-    """(indices of the sampled frames, their timestamps) of a video whose frames are at ``timestamps``."""
-    chosen = uniform_frame_indices(len(timestamps), num_frames)
+def fragment_frame_indices(total: int, fragments: int, fragment_frames: int) -> np.ndarray:
+    """MovieChat's sampling: the video cut into ``fragments`` equal parts, ``fragment_frames`` frames taken
+    uniformly from each (frame ``int(k * part / fragment_frames)`` of a part; short parts repeat frames)."""
+    bounds = np.floor(np.arange(fragments + 1) * total / fragments).astype(np.int64)
+    start, length = bounds[:-1, None], (bounds[1:] - bounds[:-1])[:, None]
+    offset = np.floor(np.arange(fragment_frames)[None] * length / fragment_frames).astype(np.int64)
+    return np.minimum(start + offset, total - 1).reshape(-1)
+
+
+def sample_frames(timestamps: Sequence[float], num_frames: Optional[int], fragments: Optional[int] = None,
+                  fragment_frames: Optional[int] = None) -> tuple[np.ndarray, list[float]]:
+    """(indices of the sampled frames, their timestamps) of a video whose frames are at ``timestamps``:
+    ``fragments`` x ``fragment_frames`` as MovieChat samples, else ``num_frames`` uniformly (None: all)."""
+    if fragments is not None:
+        chosen = fragment_frame_indices(len(timestamps), fragments, fragment_frames)
+    else:
+        chosen = uniform_frame_indices(len(timestamps), num_frames)
     return chosen, [float(timestamps[i]) for i in chosen]
 
 
@@ -34,3 +49,25 @@ def frame_at(seconds: float, timestamps: Sequence[float], key: str, source: str,
     if duration is not None and seconds > duration:
         raise DataError(f"{source}: video {key!r}: breakpoint at {seconds:.2f}s is past the video's end ({duration:.2f}s)")
     return max(bisect.bisect_right(list(timestamps), seconds) - 1, 0)
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """How a video's frames are sampled (from ``memory.num_frames`` / ``memory.fragments`` x
+    ``memory.fragment_frames``); the dataset, inference and ``inspect_memory`` all sample through it."""
+
+    num_frames: Optional[int] = None
+    fragments: Optional[int] = None
+    fragment_frames: int = 1
+
+    @classmethod
+    def of(cls, memory) -> "FrameSampling":
+        return cls(memory.num_frames, memory.fragments, memory.fragment)
+
+    def __call__(self, timestamps: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+        return sample_frames(timestamps, self.num_frames, self.fragments, self.fragment_frames)
+
+    def describe(self) -> str:
+        if self.fragments is not None:
+            return f"{self.fragments} fragments x {self.fragment_frames} frames"
+        return "all frames" if self.num_frames is None else f"{self.num_frames} frames, uniformly"

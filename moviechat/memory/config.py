@@ -7,6 +7,9 @@ from typing import Literal, Optional
 
 Mode = Literal["global", "breakpoint"]
 LONG_MEMORY_POLICIES = ("merge", "fifo")
+PRESETS = ("streaming", "original", "moviechat_plus")
+LOAD_LIMIT = 16  # the released code loads at most a fragment's first 16 frames (encode_short_memory_frame's n_frame)
+PLUS_MAX_N = 32  # MovieChat+ caps its position table at 32 x 32
 
 
 @dataclass
@@ -21,6 +24,8 @@ class MemoryConfig:
     n_position: int = 16  # n: the position table has n*n entries
     alpha: float = 0.01  # mixing weight of the hierarchical position table
     num_frames: Optional[int] = None  # frames sampled uniformly from each video; None keeps all
+    fragments: Optional[int] = None  # or: this many equal parts, fragment_frames sampled from each (the original's)
+    preset: str = "streaming"  # streaming (ours) | original (MovieChat's released inference) | moviechat_plus
 
     def __post_init__(self) -> None:
         self.validate()
@@ -29,6 +34,12 @@ class MemoryConfig:
     def fragment(self) -> int:
         """Frames per fragment: ``fragment_frames``, or K when it is unset (so a K override carries over)."""
         return self.fragment_frames if self.fragment_frames is not None else self.short_memory_length
+
+    def merge_target(self, frames: int) -> int:
+        """Frames a fragment of ``frames`` frames is consolidated to."""
+        if self.preset == "moviechat_plus":  # its question filter's mean softmax is 1/T: more than 4 frames -> 1
+            return 1 if frames > 4 else 3
+        return self.short_memory_merge
 
     @property
     def capacity(self) -> int:
@@ -58,7 +69,35 @@ class MemoryConfig:
             raise ValueError(f"memory.alpha={self.alpha} must be in [0, 1)")
         if self.num_frames is not None and self.num_frames < 1:
             raise ValueError(f"memory.num_frames={self.num_frames} must be >= 1 or null (all frames)")
+        if self.fragments is not None and self.fragments < 1:
+            raise ValueError(f"memory.fragments={self.fragments} must be >= 1 or null")
+        if self.fragments is not None and self.num_frames is not None:
+            raise ValueError(f"set one of memory.fragments={self.fragments} and memory.num_frames={self.num_frames}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"memory.preset={self.preset!r} must be one of {PRESETS}")
+        self._validate_original_fits(position_rows)
         if position_rows is not None and n > position_rows:
             raise ValueError(
                 f"memory.n_position={n} must be <= the rows of the frame position embedding ({position_rows})"
             )
+
+    def sampled_frames(self) -> Optional[int]:
+        """Frames sampled per video, when the config fixes it (``num_frames`` or ``fragments`` x f)."""
+        return self.fragments * self.fragment if self.fragments is not None else self.num_frames
+
+    def _validate_original_fits(self, position_rows: Optional[int]) -> None:
+        """The released code never merges its long-term memory back: it must fit the position table."""
+        if self.preset == "moviechat_plus" and position_rows is not None and position_rows < PLUS_MAX_N:
+            raise ValueError(f"memory.preset=moviechat_plus sizes its position table up to {PLUS_MAX_N}x{PLUS_MAX_N}: "
+                             f"model.frame_position_rows={position_rows} must be >= {PLUS_MAX_N}")
+        total = self.sampled_frames()
+        if self.preset != "original" or total is None:
+            return
+        fragments = -(-total // self.fragment)
+        longest = fragments * min(self.short_memory_merge, self.fragment, LOAD_LIMIT, self.short_memory_length)
+        if longest > self.capacity:
+            raise ValueError(
+                f"memory.preset=original keeps every fragment's {self.short_memory_merge} frame(s): {fragments} fragments "
+                f"(memory.fragments / memory.num_frames over memory.fragment_frames={self.fragment}) make "
+                f"{longest} long-term frames > memory.n_position**2={self.capacity}; the original would index past "
+                f"its position table")

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from moviechat.memory.config import MemoryConfig, Mode
-from moviechat.memory.consolidation import frame_means, plan_consolidation
+from moviechat.memory import presets
+from moviechat.memory.consolidation import MergeResult, frame_means, plan_consolidation
 from moviechat.memory.layout import breakpoint_truncation
 
 
@@ -33,6 +34,7 @@ class MemoryPlan:
     weight: Tensor
     num_slots: int
     num_long: int
+    n_position: int  # the memory is read with an n x n position table
 
     def sources(self) -> list[list[int]]:
         """The source frames of each slot, in order (for inspection and tests)."""
@@ -42,34 +44,54 @@ class MemoryPlan:
         return [sorted(x) for x in out]
 
 
-def _plan_fragments(means: Sequence[np.ndarray], ends: Sequence[int], cfg: MemoryConfig):
+def _plan_fragments(means: Sequence[np.ndarray], buffers: Sequence[tuple], cfg: MemoryConfig):
     """Consolidate every fragment of every video in one batched call.
 
-    Video ``v`` contributes the fragments of its frames ``[0, ends[v])``. Only the last K frames of a
-    fragment survive its FIFO buffer. Returns each buffer position's frame index in its video ([F, W],
-    -1 for padding), the consolidation result, and the number of fragments per video.
+    ``buffers[v]`` is video v's (first, stop, merge_to) per fragment (``presets.fragment_buffers``).
+    Returns each buffer position's frame index in its video ([F, W], -1 for padding), the consolidation
+    result, and the number of fragments per video.
     """
-    width = min(cfg.fragment, cfg.short_memory_length)
-    starts = [np.arange(0, e, cfg.fragment) for e in ends]
-    start = np.concatenate(starts)
-    stop = np.minimum(start + cfg.fragment, np.repeat(ends, [len(x) for x in starts]))
-    first = np.maximum(start, stop - cfg.short_memory_length)
+    first = np.concatenate([b[0] for b in buffers])
+    stop = np.concatenate([b[1] for b in buffers])
+    merge_to = np.concatenate([b[2] for b in buffers])
+    width = max(int((stop - first).max()) if len(first) else 1, 1)
     valid = np.arange(width)[None] < (stop - first)[:, None]
     local = np.where(valid, first[:, None] + np.arange(width)[None], -1)
     offsets = np.cumsum([0] + [m.shape[0] for m in means[:-1]])
-    per_video = [len(x) for x in starts]
+    per_video = [len(b[0]) for b in buffers]
     base = np.repeat(offsets, per_video)
     flat = np.concatenate(list(means)) if len(means) > 1 else means[0]
-    buffers = flat[np.maximum(base[:, None] + local, 0)]
-    return local, plan_consolidation(buffers, cfg.short_memory_merge, valid), per_video
+    frames = flat[np.maximum(base[:, None] + local, 0)]
+    return local, _consolidate_by_target(frames, valid, merge_to, cfg.short_memory_merge), per_video
 
 
-def _plan_long_memory(col_means: np.ndarray, counts: list[int], cfg: MemoryConfig) -> tuple[np.ndarray, np.ndarray, int]:
+def _consolidate_by_target(buffers: np.ndarray, valid: np.ndarray, merge_to: np.ndarray, default: int) -> MergeResult:
+    """:func:`plan_consolidation` of buffers whose merge targets may differ (one call per target)."""
+    targets = np.unique(merge_to)
+    if len(targets) <= 1:
+        return plan_consolidation(buffers, int(targets[0]) if len(targets) else default, valid)
+    b, n, d = buffers.shape
+    width = int(targets.max())
+    out = MergeResult(np.full((b, n), -1), np.zeros((b, n)), np.zeros((b, width, d)), np.zeros(b, dtype=np.int64))
+    for target in targets:
+        rows = merge_to == target
+        part = plan_consolidation(buffers[rows], int(target), valid[rows])
+        out.slot[rows], out.factor[rows], out.count[rows] = part.slot, part.factor, part.count
+        out.means[rows, : int(target)] = part.means
+    return out
+
+
+def _plan_long_memory(col_means: np.ndarray, counts: list[int], cfg: MemoryConfig,
+                      mode: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Stream consolidated fragments (their output "columns") into the long-term memory of one video.
 
     Returns, per column, its long-memory item (-1 when dropped) and weight, and the number of items.
     """
     n_cols = col_means.shape[0]
+    if cfg.preset != "streaming":  # never merged back; a preset may drop the oldest before reading
+        first = presets.long_memory_start(n_cols, mode, cfg)
+        item = np.arange(n_cols) - first
+        return np.where(item >= 0, item, -1), np.ones(n_cols), n_cols - first
     cap = cfg.long_memory_length
     if cfg.long_memory_policy == "fifo" or n_cols <= cap:
         # Dropping the oldest after every append keeps exactly the newest L columns.
@@ -143,40 +165,33 @@ def plan_memories(
     """
     modes = list(modes) if modes is not None else ["global"] * len(means)
     times = list(times) if times is not None else [None] * len(means)
-    ends = [_long_memory_end(mu.shape[0], mode, t, cfg, v) for v, (mu, mode, t) in enumerate(zip(means, modes, times))]
+    for v, (mu, mode, t) in enumerate(zip(means, modes, times)):
+        presets.check_time(mu.shape[0], mode, t, v)
     if not means:
         return []
-    local, frag, per_video = _plan_fragments([m.cpu().numpy() for m in means], ends, cfg)
+    buffers = [presets.fragment_buffers(mu.shape[0], mode, t, cfg) for mu, mode, t in zip(means, modes, times)]
+    local, frag, per_video = _plan_fragments([m.cpu().numpy() for m in means], buffers, cfg)
     slot, factor, frag_means, count = frag.slot, frag.factor, frag.means, frag.count
     plans, row = [], 0
-    for mu, mode, t, n_frag in zip(means, modes, times, per_video):
+    for mu, mode, t, n_frag, (first, stop, _) in zip(means, modes, times, per_video, buffers):
         rows = slice(row, row + n_frag)
         row += n_frag
         frame, slots, weight, n_long = _long_plan_of_video(local[rows], slot[rows], factor[rows], frag_means[rows],
-                                                          count[rows], cfg)
+                                                          count[rows], cfg, mode)
+        n_position = presets.table_size(n_long, cfg)
         n_slots = n_long
         if mode == "breakpoint":
-            frame, slots, weight, n_long, n_slots = _add_short_term(frame, slots, weight, n_long, int(t), cfg)
+            last = (int(first[-1]), int(stop[-1])) if n_frag else None
+            short = presets.short_term_frames(int(t), cfg, last)
+            frame, slots, weight, n_long, n_slots = _add_short_term(frame, slots, weight, n_long, short, int(t),
+                                                                    n_position ** 2)
         dev = mu.device
         plans.append(MemoryPlan(torch.from_numpy(frame).to(dev), torch.from_numpy(slots).to(dev),
-                                torch.from_numpy(weight).to(dev), n_slots, n_long))
+                                torch.from_numpy(weight).to(dev), n_slots, n_long, n_position))
     return plans
 
 
-def _long_memory_end(num_frames: int, mode: str, t: Optional[int], cfg: MemoryConfig, video: int) -> int:
-    """Frames [0, end) that feed the long-term memory: all of them, or the fragments before t's fragment."""
-    if num_frames < 1:
-        raise ValueError(f"video {video} has no frames")
-    if mode == "global":
-        return num_frames
-    if mode != "breakpoint":
-        raise ValueError(f"video {video}: mode={mode!r} must be 'global' or 'breakpoint'")
-    if t is None or not 0 <= t < num_frames:
-        raise ValueError(f"video {video}: breakpoint frame t={t} must be in [0, {num_frames}) (frames in the video)")
-    return (t // cfg.fragment) * cfg.fragment
-
-
-def _long_plan_of_video(local, slot, factor, out_means, count, cfg: MemoryConfig):
+def _long_plan_of_video(local, slot, factor, out_means, count, cfg: MemoryConfig, mode: str):
     """Compose the fragment consolidations of one video (NumPy arrays) with its long-term memory plan.
 
     Returns (frame, slot, weight) per kept source frame and the number of long-term slots.
@@ -184,7 +199,7 @@ def _long_plan_of_video(local, slot, factor, out_means, count, cfg: MemoryConfig
     counts = count.tolist()
     col_offset = np.cumsum([0] + counts[:-1]).astype(np.int64)
     keep_col = np.arange(out_means.shape[1])[None] < count[:, None]
-    item, col_weight, n_items = _plan_long_memory(out_means[keep_col], counts, cfg)
+    item, col_weight, n_items = _plan_long_memory(out_means[keep_col], counts, cfg, mode)
     frames = slot >= 0
     column = (col_offset[:, None] + slot)[frames]
     frame_item = item[column]
@@ -192,11 +207,9 @@ def _long_plan_of_video(local, slot, factor, out_means, count, cfg: MemoryConfig
     return local[frames][kept], frame_item[kept], (factor[frames] * col_weight[column])[kept], n_items
 
 
-def _add_short_term(frame, slot, weight, n_long: int, t: int, cfg: MemoryConfig):
-    """Append the short-term buffer before ``t`` and frame ``t``; truncate to P (short part first)."""
-    start = (t // cfg.fragment) * cfg.fragment
-    short = np.arange(max(start, t - cfg.short_memory_length), t)
-    drop_long, drop_short = breakpoint_truncation(n_long, len(short), cfg.capacity)
+def _add_short_term(frame, slot, weight, n_long: int, short: np.ndarray, t: int, capacity: int):
+    """Append the short-term frames and frame ``t``; truncate to ``capacity`` (short part first)."""
+    drop_long, drop_short = breakpoint_truncation(n_long, len(short), capacity)
     extra = np.append(short[drop_short:], t)
     keep = slot >= drop_long
     n_long -= drop_long
@@ -233,23 +246,22 @@ class PlanCache:
         self.plans.clear()
 
 
-def build_memories(
+def memory_plans(
     videos: Sequence[Tensor],
     cfg: MemoryConfig,
     modes: Optional[Sequence[Mode]] = None,
     times: Optional[Sequence[Optional[int]]] = None,
     keys: Optional[Sequence[Hashable]] = None,
     cache: Optional[PlanCache] = None,
-) -> list[Tensor]:
-    """Memory of each video (tokens [T_v, Q, D] each), planned in one batch: list of [M_v, Q, D].
+) -> list[MemoryPlan]:
+    """The memory plan of each video (tokens [T_v, Q, D] each), planned in one batch.
 
     With ``keys`` (one per video, naming frames that never change) and a ``cache``, plans are reused.
     """
     modes = list(modes) if modes is not None else ["global"] * len(videos)
     times = list(times) if times is not None else [None] * len(videos)
     if cache is None or keys is None:
-        plans = plan_memories([frame_means(v) for v in videos], cfg, modes, times)
-        return [apply_plan(v, p) for v, p in zip(videos, plans)]
+        return plan_memories([frame_means(v) for v in videos], cfg, modes, times)
     settings = astuple(cfg)
     full = [(k, m, t, v.shape[0], settings) for k, m, t, v in zip(keys, modes, times, videos)]
     todo = [i for i, k in enumerate(full) if k not in cache.plans]
@@ -261,9 +273,22 @@ def build_memories(
             cache.plans[full[i]] = plan
         while len(cache.plans) > cache.max_entries:
             cache.plans.popitem(last=False)
-    return [apply_plan(v, cache.plans[k]) for v, k in zip(videos, full)]
+    return [cache.plans[k] for k in full]
+
+
+def build_memories(
+    videos: Sequence[Tensor],
+    cfg: MemoryConfig,
+    modes: Optional[Sequence[Mode]] = None,
+    times: Optional[Sequence[Optional[int]]] = None,
+    keys: Optional[Sequence[Hashable]] = None,
+    cache: Optional[PlanCache] = None,
+) -> list[Tensor]:
+    """Memory of each video (tokens [T_v, Q, D] each): list of [M_v, Q, D] (see :func:`memory_plans`)."""
+    plans = memory_plans(videos, cfg, modes, times, keys, cache)
+    return [apply_plan(v, p) for v, p in zip(videos, plans)]
 
 
 def build_memory(tokens: Tensor, cfg: MemoryConfig, mode: Mode = "global", t: Optional[int] = None) -> Tensor:
-    """Memory of one video: tokens [T, Q, D] -> [M, Q, D] with M <= n_position**2."""
+    """Memory of one video: tokens [T, Q, D] -> [M, Q, D], at most the position table's entries."""
     return build_memories([tokens], cfg, [mode], [t])[0]

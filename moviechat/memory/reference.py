@@ -8,6 +8,8 @@ after every merge, as the original MovieChat code does.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from moviechat.memory.config import MemoryConfig
@@ -81,3 +83,38 @@ def ref_memory(
         else:
             long.pop(0)
     return long + short + [Item.frame(tokens, t, track=exact)]
+
+
+def ref_released_memory(tokens: torch.Tensor, cfg: MemoryConfig, mode: str = "global", t: int | None = None) -> list[Item]:
+    """The memory of MovieChat's released inference (``original``) and of MovieChat+ (``moviechat_plus``),
+    written as their code runs: per fragment, an empty FIFO of K loads the fragment's first 16 frames (all
+    of them for a breakpoint's last processed fragment), its copy is the short-term part, and it is merged
+    to m (MovieChat+: 1 for more than 4 frames, else 3) and appended to a long-term memory that is never
+    merged back. A breakpoint processes the fragments before t's (at least the first) and reads long-term +
+    the copy + frame t, truncated to the n x n table (MovieChat+: n = ceil(sqrt(long-term)), at most 32)."""
+    f, k, total = cfg.fragment, cfg.short_memory_length, tokens.shape[0]
+    n_fragments = -(-total // f) if mode == "global" else max(t // f, 1)
+    plus = cfg.preset == "moviechat_plus"
+    long: list[Item] = []
+    copy: list[Item] = []
+    for j in range(n_fragments):
+        frames = list(range(j * f, min((j + 1) * f, total)))
+        n_frame = len(frames) if mode == "breakpoint" and j == n_fragments - 1 else 16
+        buffer: list[Item] = []
+        for i, index in enumerate(frames):
+            if i < n_frame:
+                if len(buffer) == k:
+                    buffer.pop(0)
+                buffer.append(Item.frame(tokens, index))
+        copy = list(buffer)
+        merge_to = (1 if len(frames) > 4 else 3) if plus else cfg.short_memory_merge
+        long += ref_consolidate(buffer, merge_to)
+    n = min(max(math.ceil(math.sqrt(len(long))), 1), 32) if plus else cfg.n_position
+    if mode == "global":
+        return long[max(0, len(long) - n * n):] if plus else long
+    while len(long) + len(copy) + 1 > n * n:
+        if copy:
+            copy.pop(0)
+        else:
+            long.pop(0)
+    return long + copy + [Item.frame(tokens, t)]

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from moviechat.memory.config import MemoryConfig
+from moviechat.memory import presets
+from moviechat.memory.config import LOAD_LIMIT, MemoryConfig
 from moviechat.memory.consolidation import consolidate
 from moviechat.memory.layout import breakpoint_truncation
 
@@ -15,20 +16,27 @@ from moviechat.memory.layout import breakpoint_truncation
 class StreamingMemory:
     """Push frames as they arrive; read the memory at any time.
 
-    Gives the same memory as :func:`build_memory` on the same frames: ``finish()`` then ``global_memory()``
-    for global mode; ``breakpoint_memory(frame_t)`` after pushing frames ``0..t-1`` for breakpoint mode.
+    Gives the same memory as :func:`build_memory` on the same frames, under every preset: ``finish()``
+    then ``global_memory()`` for global mode; ``breakpoint_memory(frame_t)`` after pushing frames
+    ``0..t-1`` for breakpoint mode (the ``original`` presets process the whole first fragment when t
+    falls in it: pass its frames from t on as ``upcoming``). After a read, ``n_position`` is the n of the
+    n x n position table that memory is read with.
     """
 
     def __init__(self, cfg: MemoryConfig) -> None:
         self.cfg = cfg
-        self.buffer: list[Tensor] = []
+        self.released = cfg.preset != "streaming"  # the presets of MovieChat's released code
+        self.buffer: list[Tensor] = []  # streaming: the FIFO of K; released: every frame of the open fragment
         self.in_fragment = 0
-        self.long: Optional[Tensor] = None
+        self.long: Optional[Tensor] = None  # streaming: the long-term memory
+        self.closed: list[Tensor] = []  # released: each closed fragment's consolidated frames
+        self.last_raw: Optional[Tensor] = None  # released: the frames of the last closed fragment
+        self.n_position = cfg.n_position
 
     def push(self, frames: Tensor) -> None:
         """Add frames [n, Q, D] (or one frame [Q, D]) in time order."""
         for frame in frames if frames.dim() == 3 else frames[None]:
-            if len(self.buffer) == self.cfg.short_memory_length:
+            if not self.released and len(self.buffer) == self.cfg.short_memory_length:
                 self.buffer.pop(0)
             self.buffer.append(frame)
             self.in_fragment += 1
@@ -41,26 +49,61 @@ class StreamingMemory:
             self._close_fragment()
 
     def _close_fragment(self) -> None:
-        buf = torch.stack(self.buffer)
-        merged = consolidate(buf[None], self.cfg.short_memory_merge)[0][: min(len(buf), self.cfg.short_memory_merge)]
-        self.long = merged if self.long is None else torch.cat([self.long, merged])
-        cap = self.cfg.long_memory_length
-        if self.long.shape[0] > cap:
-            if self.cfg.long_memory_policy == "fifo":
-                self.long = self.long[-cap:]
-            else:
-                self.long = consolidate(self.long[None], cap)[0]
+        if self.released:
+            raw = torch.stack(self.buffer)
+            self.closed.append(self._consolidate_fragment(raw, LOAD_LIMIT))
+            self.last_raw = raw
+        else:
+            buf = torch.stack(self.buffer)
+            merged = consolidate(buf[None], self.cfg.short_memory_merge)[0][: min(len(buf), self.cfg.short_memory_merge)]
+            self.long = merged if self.long is None else torch.cat([self.long, merged])
+            cap = self.cfg.long_memory_length
+            if self.long.shape[0] > cap:
+                if self.cfg.long_memory_policy == "fifo":
+                    self.long = self.long[-cap:]
+                else:
+                    self.long = consolidate(self.long[None], cap)[0]
         self.buffer, self.in_fragment = [], 0
+
+    def _held(self, raw: Tensor, limit: int) -> Tensor:
+        """What a released-code FIFO holds after loading a fragment's first ``limit`` frames."""
+        return raw[:limit][-self.cfg.short_memory_length:]
+
+    def _consolidate_fragment(self, raw: Tensor, limit: int) -> Tensor:
+        held = self._held(raw, limit)
+        merge_to = self.cfg.merge_target(len(raw))
+        return consolidate(held[None], merge_to)[0][: min(len(held), merge_to)]
 
     def global_memory(self) -> Tensor:
         """The long-term memory [M, Q, D] (call ``finish()`` first at the end of a video)."""
+        if self.released and self.closed:
+            long = torch.cat(self.closed)
+            self.n_position = presets.table_size(len(long), self.cfg)
+            return long[presets.long_memory_start(len(long), "global", self.cfg):]
         if self.long is None:
             raise ValueError("no fragment has been closed yet: push frames and call finish()")
         return self.long
 
-    def breakpoint_memory(self, frame: Tensor) -> Tensor:
-        """Long-term memory, then the short-term buffer, then ``frame`` [Q, D]; truncated to P frames."""
+    def breakpoint_memory(self, frame: Tensor, upcoming: Optional[Tensor] = None) -> Tensor:
+        """Long-term memory, then the short-term part, then ``frame`` [Q, D]; truncated to the table."""
+        if self.released:
+            return self._released_breakpoint(frame, upcoming)
         n_long = 0 if self.long is None else self.long.shape[0]
         drop_long, drop_short = breakpoint_truncation(n_long, len(self.buffer), self.cfg.capacity)
         long_part = [self.long[drop_long:]] if self.long is not None else []
         return torch.cat(long_part + [torch.stack(self.buffer[drop_short:] + [frame])])
+
+    def _released_breakpoint(self, frame: Tensor, upcoming: Optional[Tensor]) -> Tensor:
+        if self.closed:
+            earlier, raw = self.closed[:-1], self.last_raw
+        else:  # t falls in the first fragment, which the released code processes whole, past t
+            pending = self.buffer + (list(upcoming) if upcoming is not None else [])
+            if not pending:
+                raise ValueError("breakpoint in the first fragment: pass its frames from t on as `upcoming`")
+            earlier, raw = [], torch.stack(pending)
+        whole = self.cfg.fragment  # the last processed fragment is loaded whole, not just its first 16 frames
+        long = torch.cat(earlier + [self._consolidate_fragment(raw, whole)])
+        short = self._held(raw, whole)
+        self.n_position = presets.table_size(len(long), self.cfg)
+        drop_long, drop_short = breakpoint_truncation(len(long), len(short), self.n_position ** 2)
+        return torch.cat([long[drop_long:], short[drop_short:], frame[None]])

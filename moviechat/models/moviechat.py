@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from moviechat.cache import FrameTokenCache, weights_digest
-from moviechat.memory import MemoryConfig, PlanCache, build_memories, position_table
+from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_table
 from moviechat.models.qformer import QFormer, encode_in_chunks
 from moviechat.models.vision import EvaVisionEncoder
 from moviechat.prompt import IGNORE_INDEX
@@ -100,30 +100,45 @@ class MovieChatModel(nn.Module):
 
     # --------------------------------------------------------------------- frame tokens -> memory
 
-    def build_memories(self, batch: dict[str, Any], tokens: list[Tensor]) -> list[Tensor]:
-        """Each sample's streaming memory [M_i, Q, H] (global, or at its breakpoint), as it runs at inference.
+    def build_memories(self, batch: dict[str, Any], tokens: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+        """Each sample's streaming memory [M_i, Q, H] (global, or at its breakpoint), as it runs at inference,
+        and the n of the n x n position table it is read with.
 
         Memory plans are reused from ``plan_cache`` while the frame tokens are fixed (same rule as the
         token cache); gradients reach the frame tokens either way.
         """
         fixed = batch["feature_kind"] == "tokens" or self.frame_tokens_fixed
         keys = list(zip(batch.get("sources", [""] * len(tokens)), batch["video_ids"])) if fixed and "video_ids" in batch else None
-        return build_memories(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
-                              self.plan_cache if keys else None)
+        plans = memory_plans(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
+                             self.plan_cache if keys else None)
+        return [apply_plan(v, p) for v, p in zip(tokens, plans)], [p.n_position for p in plans]
 
     # ------------------------------------------------------------------- memory -> video tokens
 
-    def encode_memory(self, memory: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def position_tables(self, lengths: Sequence[int], n_positions: Sequence[int]) -> Tensor:
+        """Entries [B, max length, H] of each memory's n x n position table, computed from the current weights."""
+        weight, alpha = self.frame_position_embedding.weight, self.memory_cfg.alpha
+        tables = {n: position_table(weight, n, alpha) for n in set(n_positions)}
+        longest = max(lengths)
+        rows = []
+        for length, n in zip(lengths, n_positions):
+            if length > n * n:
+                raise ValueError(f"memory of {length} frames exceeds the position table's {n * n} entries")
+            rows.append(nn.functional.pad(tables[n][:longest], (0, 0, 0, max(0, longest - n * n))))
+        return torch.stack(rows)
+
+    def encode_memory(self, memory: Tensor, mask: Optional[Tensor] = None,
+                      n_positions: Optional[Sequence[int]] = None) -> Tensor:
         """Memory [B, M, Q, H] (mask [B, M]) -> video tokens [B, video queries, LLM hidden].
 
-        Memory frame k gets entry k of the position table, computed from the current weights.
+        Memory frame k gets entry k of its n x n position table (``n_positions`` per sample; default
+        ``memory.n_position``).
         """
         b, m, q, h = memory.shape
-        table = position_table(self.frame_position_embedding.weight, self.memory_cfg.n_position, self.memory_cfg.alpha)
-        if m > table.shape[0]:
-            raise ValueError(f"memory of {m} frames exceeds the position table's {table.shape[0]} entries")
-        x = (memory + table[:m][None, :, None, :].to(memory.dtype)).reshape(b, m * q, h)
         mask = torch.ones(b, m, dtype=torch.long, device=memory.device) if mask is None else mask.long()
+        n_positions = list(n_positions) if n_positions is not None else [self.memory_cfg.n_position] * b
+        table = self.position_tables(mask.sum(1).tolist(), n_positions)[:, :m]
+        x = (memory + table[:, :, None, :].to(memory.dtype)).reshape(b, m * q, h)
         video = self.video_qformer(x, mask.repeat_interleave(q, dim=1))
         return self.projection(video)
 
@@ -131,12 +146,12 @@ class MovieChatModel(nn.Module):
         """(video tokens [B, video queries, LLM hidden], seconds spent building the memories)."""
         tokens = self.frame_tokens(batch)
         start = time.perf_counter()
-        memories = self.build_memories(batch, tokens)
+        memories, n_positions = self.build_memories(batch, tokens)
         seconds = time.perf_counter() - start
         longest = max(m.shape[0] for m in memories)
         padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
         mask = torch.stack([torch.arange(longest, device=padded.device) < m.shape[0] for m in memories])
-        return self.encode_memory(padded, mask), seconds
+        return self.encode_memory(padded, mask, n_positions), seconds
 
     # ------------------------------------------------------------------------- video tokens -> LLM
 
@@ -179,10 +194,11 @@ class MovieChatModel(nn.Module):
 
     @torch.no_grad()
     def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = 32,
-               stop_ids: Sequence[int] = ()) -> Tensor:
+               stop_ids: Sequence[int] = (), n_position: Optional[int] = None) -> Tensor:
         """Greedy answer to one prompt (token ids with one ``<ImageHere>``) on a memory [M, Q, H] that was
-        built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory`: the new token ids."""
-        video = self.encode_memory(memory[None].to(self.device))
+        built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory` (``n_position``: its table size):
+        the new token ids."""
+        video = self.encode_memory(memory[None].to(self.device), None, None if n_position is None else [n_position])
         ids = torch.tensor([list(prompt_ids)], device=self.device)
         return self._generate(video, ids, torch.ones_like(ids), max_new_tokens, stop_ids)
 
