@@ -24,8 +24,7 @@ import torch
 from tqdm import tqdm
 
 from moviechat.data.annotations import parse_moviechat1k
-from moviechat.data.stores import DataError, VideoFeatures, write_shards
-from moviechat.models.qformer import encode_in_chunks
+from moviechat.data.stores import DataError, VideoFeatures, feature_meta, write_shards
 
 
 def natural_key(path: Path) -> list:
@@ -74,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             fps, num_frame = float(info["fps"]), int(info["num_frame"])
             stamps = [i * num_frame / len(feats) / fps for i in range(len(feats))]
             kind = "eva"
-            if qformer is not None:
+            if qformer is not None:  # ln_vision + image Q-Former: the release's features are before ln_vision
                 with torch.no_grad():
-                    feats = encode_in_chunks(qformer, torch.from_numpy(feats)).half().numpy()
+                    feats = qformer(torch.from_numpy(feats)).half().numpy()
                 kind = "tokens"
-            yield VideoFeatures(key, feats, {"kind": kind, "fps": fps, "duration": num_frame / fps, "timestamps": stamps}, key)
+            meta = feature_meta(kind, stamps, num_frame / fps, fps, "moviechat1k_train")
+            yield VideoFeatures(key, feats, meta, key)
 
     shards = write_shards(videos(), str(out / "shards" / "mc1k-%05d.tar"), args.shard_size)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -96,9 +96,9 @@ def _qformer(cfg_path: str | None):
     if not cfg_path:
         raise SystemExit("--frame-tokens needs --cfg (the image Q-Former's sizes and model.qformer_checkpoint)")
     from moviechat.config import load_config
-    from moviechat.features import load_image_qformer
+    from moviechat.features import load_frame_token_encoder
 
-    return load_image_qformer(load_config(cfg_path))
+    return load_frame_token_encoder(load_config(cfg_path))
 
 
 if __name__ == "__main__":

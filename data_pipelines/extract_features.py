@@ -3,8 +3,10 @@
     python data_pipelines/extract_features.py --cfg configs/experiments/X.yaml --videos DIR --out OUT \
         [--fps 1 | --num-frames 256] [--frame-tokens] [--batch-size 64] [--shard-size 16]
 
-Weights come from the config: ``model.vision.weights`` (EVA ViT-g, LAVIS names) and, for
-``--frame-tokens`` (frozen image Q-Former -> [T, 32, 768], 15x smaller), ``model.qformer_checkpoint``.
+EVA features are the ViT's block outputs before ``ln_vision`` (the MovieChat-1K release's convention).
+Weights come from the config: ``model.vision.weights`` (``eva_vit_g.pth`` as released, or a LAVIS BLIP-2
+.pth) and, for ``--frame-tokens`` (``ln_vision`` + frozen image Q-Former -> [T, 32, 768], 15x smaller),
+``model.qformer_checkpoint``. ``--preprocess`` (blip2 | moviechat1k_train) is recorded in the metadata.
 Resumable: videos listed in ``OUT/index.jsonl`` are skipped; each run writes new shards. Unreadable
 videos are listed in ``OUT/failures.jsonl`` and counted in the summary.
 """
@@ -21,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from moviechat.config import load_config
-from moviechat.data.stores import DataError, VideoFeatures, write_shards
+from moviechat.data.stores import DataError, VideoFeatures, feature_meta, write_shards
 from moviechat.data.video import read_frames
 from moviechat.features import load_encoder
+from moviechat.models.vision import PREPROCESSING
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float)
     p.add_argument("--num-frames", type=int)
     p.add_argument("--frame-tokens", action="store_true", help="write image Q-Former frame tokens instead of EVA features")
+    p.add_argument("--preprocess", choices=PREPROCESSING,
+                   help="pixel preprocessing (default: the config's model.vision.preprocess)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=16, help="videos per shard")
     p.add_argument("overrides", nargs="*")
@@ -53,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     done = done_keys(out)
     todo = [f for f in files if f.stem not in done]
     print(f"{len(files)} videos, {len(files) - len(todo)} already done, {len(todo)} to extract")
-    encoder = load_encoder(cfg, args.frame_tokens, device)
+    preprocess = args.preprocess or cfg.model.vision.preprocess
+    encoder = load_encoder(cfg, args.frame_tokens, device, preprocess)
     kind = "tokens" if args.frame_tokens else "eva"
     failures: list[dict] = []
     written: list[str] = []
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             feats = encoder(frames, args.batch_size, device).numpy()
             fps = len(stamps) / duration if duration else 0.0
-            meta = {"kind": kind, "fps": fps, "duration": duration, "timestamps": stamps, "video": str(f)}
+            meta = feature_meta(kind, stamps, duration, fps, preprocess, video=str(f))
             yield VideoFeatures(f.stem, feats, meta, str(f))
 
     pattern = str(out / f"part-{time.strftime('%Y%m%d%H%M%S')}-%05d.tar")

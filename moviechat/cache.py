@@ -1,7 +1,7 @@
 """Frame-token cache: with the image Q-Former frozen, EVA features -> frame tokens once per video.
 
-Keyed by the Q-Former's weights (a digest), the feature file and the video, so a changed Q-Former never
-reads stale tokens. In memory (LRU, bounded in MiB) and optionally on disk, shared by runs and sweeps.
+Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file and the
+video, so a changed Q-Former never reads stale tokens. In memory (LRU, bounded in MiB) and optionally on disk, shared by runs and sweeps.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from torch import Tensor, nn
 from moviechat.atomic import torch_save_atomic
 
 
-def weights_digest(module: nn.Module) -> str:
-    """A short hash of every tensor of ``module`` (names, shapes and values)."""
+def weights_digest(*modules: nn.Module) -> str:
+    """A short hash of every tensor of ``modules`` (names, shapes and values)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    items = [(f"{i}.{name}", t) for i, m in enumerate(modules) for name, t in m.state_dict().items()]
+    for name, tensor in sorted(items, key=lambda x: x[0]):
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

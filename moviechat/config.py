@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class VisionConfig:
-    """EVA ViT-g as BLIP-2 uses it (224 px, patch 14, last of 40 blocks dropped) + ``ln_vision``."""
+    """EVA ViT-g as BLIP-2 uses it (224 px, patch 14, last of 40 blocks dropped); its features are taken
+    before ``ln_vision``, which belongs to the model's image path (loaded from ``model.qformer_checkpoint``)."""
 
     img_size: int = 224
     patch_size: int = 14
@@ -37,8 +38,13 @@ class VisionConfig:
     depth: int = 39
     num_heads: int = 16
     mlp_ratio: float = 4.3637
-    weights: Optional[str] = None  # local EVA-CLIP / LAVIS BLIP-2 .pth with visual_encoder.* and ln_vision.*
+    weights: Optional[str] = None  # eva_vit_g.pth as released, or a LAVIS BLIP-2 .pth (visual_encoder.*)
     enabled: bool = False  # build the ViT inside the model (only to encode raw frames; training reads features)
+    preprocess: str = "blip2"  # blip2 (CLIP mean/std; MovieChat inference) | moviechat1k_train (no normalisation)
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in ("blip2", "moviechat1k_train"):
+            raise ConfigError(f"model.vision.preprocess={self.preprocess!r} must be 'blip2' or 'moviechat1k_train'")
 
 
 @dataclass
@@ -102,7 +108,7 @@ class ModelConfig:
     frame_position_rows: int = 32  # rows of the frame position embedding table
     llm: LLMConfig = field(default_factory=LLMConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
-    qformer_checkpoint: Optional[str] = None  # LAVIS BLIP-2 .pth (image Q-Former, query tokens, ln_vision)
+    qformer_checkpoint: Optional[str] = None  # LAVIS BLIP-2 .pth (ln_vision, image Q-Former, query tokens)
     checkpoint: Optional[str] = None  # Video-LLaMA / MovieChat .pth or one of ours
     max_txt_len: int = 160
     system_prompt: str = (

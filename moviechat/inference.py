@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import DataError, SkipCounter, read_npy_video, validate_features
+from moviechat.data.stores import DataError, SkipCounter, feature_meta, read_npy_video, validate_features
 from moviechat.memory import StreamingMemory
 from moviechat.prompt import extract_answer, prompt_ids, stop_token_ids
 
@@ -87,7 +87,7 @@ def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frames, stamps, duration = read_frames(path, fps=fps)
     feats = load_encoder(cfg, frame_tokens=False, device=device)(frames, 64, device).numpy()
-    return feats, {"kind": "eva", "fps": fps or 0, "duration": duration, "timestamps": stamps, "video": str(path)}
+    return feats, feature_meta("eva", stamps, duration, fps or 0, cfg.model.vision.preprocess, video=str(path))
 
 
 class FeatureLookup:

@@ -227,3 +227,20 @@ def test_breakpoint_fraction_sets_the_mix_of_training_questions(tmp_path):
         assert abs(modes.count("breakpoint") / len(modes) - target) < 0.12, (target, len(modes))
     with pytest.raises(DataError, match="all global"):
         mode_keep_probabilities({"v": [QA("g", "a", "global")]}, {"v"}, 0.5)
+
+
+def test_eva_features_of_an_unknown_convention_are_refused_with_how_to_re_extract(tmp_path):
+    """Shards written before the convention was recorded held features after ln_vision: never read them as
+    the release's (before ln_vision)."""
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((5, 3, 6)).astype(np.float16)
+    old = {"kind": "eva", "fps": 1.0, "duration": 5.0, "timestamps": [0.0, 1.0, 2.0, 3.0, 4.0]}
+    paths = write_shards([VideoFeatures("old", feats, old, "")], str(tmp_path / "old-%03d.tar"))
+    ds = dataset(ShardStore(paths), [VideoFeatures("old", feats, old, "")], feature_kind="eva", token_shape=(3, 6))
+    with pytest.raises(DataError, match=r"old-000.tar: video 'old': EVA features of unknown convention .*Re-extract them"):
+        list(ds)
+    new = default_meta(5, "eva")
+    assert new["eva_convention"] == "vit_blocks_before_ln_vision"
+    paths = write_shards([VideoFeatures("new", feats, new, "")], str(tmp_path / "new-%03d.tar"))
+    ds = dataset(ShardStore(paths), [VideoFeatures("new", feats, new, "")], feature_kind="eva", token_shape=(3, 6))
+    assert len(list(ds)) == 2

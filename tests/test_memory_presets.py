@@ -139,3 +139,29 @@ def test_fragment_sampling_spreads_frames_over_equal_parts():
     assert stamps[1] == 2.5
     chosen, _ = sample_frames([float(i) for i in range(6)], None, fragments=2, fragment_frames=4)
     assert chosen.tolist() == [0, 0, 1, 2, 3, 3, 4, 5]  # short videos repeat frames, as the original does
+
+
+@pytest.mark.parametrize("preset", ["original", "moviechat_plus"])
+def test_inference_with_a_preset_answers_as_the_batched_training_path(preset, tiny_cfg, tokenizer):
+    """Answerer (StreamingMemory) and MovieChatModel.generate (memory plans) give the same answer ids."""
+    from moviechat.data import Collator, Sample
+    from moviechat.data.stores import default_meta
+    from moviechat.inference import Answerer
+    from moviechat.models import build_moviechat
+    from moviechat.prompt import stop_token_ids
+
+    tiny_cfg.memory = MemoryConfig(short_memory_length=8, short_memory_merge=2, fragment_frames=8, n_position=16,
+                                   long_memory_length=16, preset=preset)
+    torch.manual_seed(0)
+    model = build_moviechat(tiny_cfg.model, tiny_cfg.memory, tokenizer, verbose=False).eval()
+    answerer = Answerer(tiny_cfg, tokenizer, model, max_new_tokens=4)
+    q = tiny_cfg.model.image_qformer
+    feats = torch.randn(37, q.num_query_tokens, q.hidden_size, generator=torch.Generator().manual_seed(1)).numpy()
+    meta = default_meta(37, "tokens")
+    collate = Collator(tokenizer, tiny_cfg.model.system_prompt, tiny_cfg.model.max_txt_len, "tokens", with_answers=False)
+    for mode, t in (("global", None), ("breakpoint", 3), ("breakpoint", 20)):
+        got = answerer.answer(feats, meta, "what color is the ball", None if t is None else float(t))
+        sample = Sample("v", torch.from_numpy(feats), "what color is the ball", "", mode, t)
+        ids = model.generate(collate([sample]), 4, stop_token_ids(tokenizer))[0]
+        assert got["prediction"] == tokenizer.decode(ids, skip_special_tokens=True).split("###")[0].strip()
+        assert got["frame"] == t

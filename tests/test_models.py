@@ -183,7 +183,7 @@ def test_vision_encoder_shapes_and_converter_round_trip(tiny_cfg):
     features = vision(pixels)
     assert features.shape == (3, (vcfg.img_size // vcfg.patch_size) ** 2 + 1, vcfg.embed_dim)
     lavis = vision_to_lavis(vision.state_dict())
-    assert "visual_encoder.blocks.0.attn.qkv.weight" in lavis and "ln_vision.weight" in lavis
+    assert "visual_encoder.blocks.0.attn.qkv.weight" in lavis and not any("ln_vision" in k for k in lavis)
     extra = {f"visual_encoder.blocks.{vcfg.depth}.attn.proj.weight": torch.zeros(1),  # EVA-g's dropped last block
              "visual_encoder.norm.weight": torch.zeros(1)}
     converted, ignored = vision_from_lavis(lavis | extra, vcfg.depth)
@@ -191,6 +191,73 @@ def test_vision_encoder_shapes_and_converter_round_trip(tiny_cfg):
     fresh = build_vision(vcfg).eval()
     fresh.load_state_dict(converted)
     torch.testing.assert_close(fresh(pixels), features)
+
+
+def test_eva_vit_g_pth_as_released_and_lavis_blip2_both_load_with_equal_features(tiny_cfg, tmp_path):
+    from moviechat.features import FeatureEncoder
+
+    vcfg = tiny_cfg.model.vision
+    torch.manual_seed(0)
+    vit_state = build_vision(vcfg).vit.state_dict()
+    last = {f"blocks.{vcfg.depth}.{k.split('.', 2)[2]}": v for k, v in vit_state.items() if k.startswith("blocks.0.")}
+    torch.save(vit_state | last, tmp_path / "eva_vit_g.pth")  # as released: the ViT's own names, one block more
+    lavis = {f"visual_encoder.{k}": v for k, v in vit_state.items()} | {"ln_vision.weight": torch.ones(vcfg.embed_dim)}
+    torch.save({"model": lavis}, tmp_path / "blip2.pth")
+    frames = torch.randint(0, 256, (2, 40, 40, 3), dtype=torch.uint8).numpy()
+    out = []
+    for name in ("eva_vit_g.pth", "blip2.pth"):
+        encoder = FeatureEncoder(tiny_cfg).eval()
+        report = load_weights(encoder, tmp_path / name, require=("vision",), vision_depth=vcfg.depth)
+        assert report.loaded == len(vit_state)
+        if name == "eva_vit_g.pth":
+            assert len(report.ignored) == len(last) and not report.unexpected  # the 40th block: ignored, counted
+        out.append(encoder(frames, 8, torch.device("cpu")))
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def test_original_checkpoints_turn_features_before_ln_vision_into_the_original_frame_and_video_tokens(tiny_cfg, tokenizer, tmp_path):
+    """BLIP-2 (ln_vision + Q-Former) and MovieChat finetune .pth files in original names; the reference is
+    the original's definition: ViT block outputs -> ln_vision -> image Q-Former -> ... -> llama_proj."""
+    torch.manual_seed(3)
+    donor = build_moviechat(tiny_cfg.model, tiny_cfg.memory, tokenizer, verbose=False)
+    with torch.no_grad():
+        donor.ln_vision.weight.normal_(1.0, 0.3)
+        donor.ln_vision.bias.normal_(0.0, 0.3)
+    original = to_original_names(donor.state_dict())
+    blip2 = {k: v for k, v in original.items() if k.startswith(("ln_vision.", "Qformer.", "query_tokens"))}
+    finetune = {k: v for k, v in original.items() if k.startswith(("video_", "llama_proj."))}
+    torch.save({"model": blip2}, tmp_path / "blip2_pretrained.pth")
+    torch.save({"model": finetune}, tmp_path / "finetune.pth")
+    cfg = tiny_cfg.model
+    cfg.qformer_checkpoint, cfg.checkpoint = str(tmp_path / "blip2_pretrained.pth"), str(tmp_path / "finetune.pth")
+    torch.manual_seed(4)
+    model = build_moviechat(cfg, tiny_cfg.memory, tokenizer, verbose=False).eval()
+    features = torch.randn(6, (cfg.vision.img_size // cfg.vision.patch_size) ** 2 + 1, cfg.vision.embed_dim) * 3 + 1
+    normed = torch.nn.functional.layer_norm(features, (cfg.vision.embed_dim,), blip2["ln_vision.weight"], blip2["ln_vision.bias"])
+    with torch.no_grad():
+        expected = donor.image_qformer.eval()(normed)
+        torch.testing.assert_close(model.encode_frames(features), expected, rtol=1e-5, atol=1e-5)
+        memory = expected[None, :4]
+        torch.testing.assert_close(model.encode_memory(memory), donor.eval().encode_memory(memory), rtol=1e-5, atol=1e-5)
+        # fed straight to the Q-Former (the old convention), the tokens are wrong: nothing would warn
+        assert (donor.image_qformer(features) - expected).abs().max() > 1e-2
+    back = to_original_names(model.state_dict())
+    assert torch.equal(back["ln_vision.weight"], blip2["ln_vision.weight"]) and "llama_proj.weight" in back
+    torch.save({"model": {k: v for k, v in blip2.items() if not k.startswith("ln_vision.")}}, tmp_path / "no_ln.pth")
+    cfg.qformer_checkpoint = str(tmp_path / "no_ln.pth")
+    with pytest.raises(ValueError, match=r"required weights missing for \['ln_vision'\]"):
+        build_moviechat(cfg, tiny_cfg.memory, tokenizer, verbose=False)
+
+
+def test_preprocessing_choices():
+    from moviechat.models.vision import preprocess_frames
+
+    frames = torch.full((1, 10, 10, 3), 255, dtype=torch.uint8)
+    assert torch.allclose(preprocess_frames(frames, 14, "moviechat1k_train"), torch.ones(1, 3, 14, 14))
+    blip2 = preprocess_frames(frames, 14, "blip2")
+    assert abs(float(blip2[0, 0, 0, 0]) - (1 - 0.48145466) / 0.26862954) < 1e-5
+    with pytest.raises(ValueError, match="preprocess='clip'"):
+        preprocess_frames(frames, 14, "clip")
 
 
 def test_full_size_model_builds_on_the_meta_device(tokenizer):

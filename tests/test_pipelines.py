@@ -66,6 +66,8 @@ def test_extract_features_writes_shards_the_dataset_reads_and_resumes(tmp_path, 
     read = {x.key: x for x in store.videos(0, 1, 0, SkipCounter())}
     assert sorted(read) == ["clip_a", "clip_b"]
     assert read["clip_a"].feats.shape[1:] == (tokens, v.embed_dim) and read["clip_a"].feats.dtype == np.float16
+    assert read["clip_a"].meta["eva_convention"] == "vit_blocks_before_ln_vision"
+    assert read["clip_a"].meta["preprocess"] == "blip2"  # the config's model.vision.preprocess
     qas = {k: [QA("what is shown", "noise", "breakpoint", 1.0)] for k in read}
     ds = VideoQADataset(store, qas, set(read), feature_kind="eva", token_shape=(tokens, v.embed_dim), sampling=FrameSampling(), seed=0)
     samples = list(ds)
@@ -76,10 +78,11 @@ def test_extract_features_writes_shards_the_dataset_reads_and_resumes(tmp_path, 
     assert len((out / "index.jsonl").read_text().splitlines()) == 2
     tok_out = tmp_path / "tokens"
     extract.main(["--cfg", str(TINY), "--videos", str(videos / "clip_a.mp4"), "--out", str(tok_out), "--num-frames", "3",
-                  "--frame-tokens"])
+                  "--frame-tokens", "--preprocess", "moviechat1k_train"])
     (video,) = ShardStore(sorted(str(p) for p in tok_out.glob("*.tar"))).videos(0, 1, 0, SkipCounter())
     q = tiny_cfg.model.image_qformer
     assert video.feats.shape == (3, q.num_query_tokens, q.hidden_size) and video.meta["kind"] == "tokens"
+    assert video.meta["preprocess"] == "moviechat1k_train"
 
 
 def test_convert_moviechat1k_concatenates_parts_and_reports_missing(tmp_path, tiny_cfg, capsys):

@@ -25,6 +25,10 @@ import webdataset as wds
 from moviechat.atomic import atomic_path
 
 FEATURE_KINDS = ("eva", "tokens")
+# What "EVA features" are here: the ViT's block outputs before ln_vision, as the MovieChat-1K release stores
+# them. Written into every store's metadata; EVA features without it (older shards, computed after
+# ln_vision) are refused rather than read as the wrong thing.
+EVA_CONVENTION = "vit_blocks_before_ln_vision"
 FEATURE_DTYPES = (np.float16, np.float32)
 
 
@@ -56,9 +60,20 @@ class SkipCounter:
         return sum(self.counts.values())
 
 
+def feature_meta(kind: str, timestamps: list[float], duration: float, fps: float, preprocess: Optional[str] = None,
+                 **extra) -> dict:
+    """The metadata every writer stores beside a video's features."""
+    meta = {"kind": kind, "fps": fps, "duration": duration, "timestamps": timestamps, **extra}
+    if kind == "eva":
+        meta["eva_convention"] = EVA_CONVENTION
+    if preprocess is not None:
+        meta["preprocess"] = preprocess
+    return meta
+
+
 def default_meta(num_frames: int, kind: str, fps: float = 1.0) -> dict:
-    """Metadata for frames sampled at ``fps`` from the start (what the writers store)."""
-    return {"kind": kind, "fps": fps, "duration": num_frames / fps, "timestamps": [i / fps for i in range(num_frames)]}
+    """Metadata for frames sampled at ``fps`` from the start; bare EVA arrays are taken as the release's."""
+    return feature_meta(kind, [i / fps for i in range(num_frames)], num_frames / fps, fps)
 
 
 def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expect_kind: Optional[str] = None,
@@ -69,6 +84,11 @@ def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expe
         raise DataError(f"{where}: metadata kind={meta.get('kind')!r} must be one of {FEATURE_KINDS}")
     if expect_kind is not None and meta["kind"] != expect_kind:
         raise DataError(f"{where}: features are {meta['kind']!r} but data.feature_kind={expect_kind!r}")
+    if meta["kind"] == "eva" and meta.get("eva_convention") != EVA_CONVENTION:
+        raise DataError(f"{where}: EVA features of unknown convention (eva_convention={meta.get('eva_convention')!r}); "
+                        f"this framework reads the ViT's block outputs before ln_vision ({EVA_CONVENTION!r}), as the "
+                        f"MovieChat-1K release stores them. Re-extract them with data_pipelines/extract_features.py "
+                        f"(or convert the release with data_pipelines/convert_moviechat1k.py)")
     if feats.ndim != 3 or feats.shape[0] < 1:
         raise DataError(f"{where}: features must be [T, N, D] with T >= 1, got shape {list(feats.shape)}")
     if expect_shape is not None and tuple(feats.shape[1:]) != tuple(expect_shape):

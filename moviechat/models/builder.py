@@ -25,6 +25,7 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
                          f"model.image_qformer.hidden_size={cfg.image_qformer.hidden_size} (it reads frame tokens)")
     llm = build_llm(cfg.llm, vocab_size=len(tokenizer))
     model = MovieChatModel(
+        ln_vision=nn.LayerNorm(cfg.vision.embed_dim),
         image_qformer=image_qformer,
         video_qformer=video_qformer,
         frame_position_embedding=nn.Embedding(cfg.frame_position_rows, cfg.video_qformer.hidden_size),
@@ -36,7 +37,7 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
     )
     # The video Q-Former, position embedding and projection have no other source than model.checkpoint.
     loads = [(cfg.vision.weights if cfg.vision.enabled else None, ("vision",)),
-             (cfg.qformer_checkpoint, ("image_qformer",)),
+             (cfg.qformer_checkpoint, ("image_qformer", "ln_vision")),
              (cfg.checkpoint, ("video_qformer", "frame_position_embedding", "projection"))]
     for path, require in loads:
         if path:
@@ -46,7 +47,8 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
     if cfg.llm.lora.enabled:
         model.llm = apply_lora(model.llm, cfg.llm.lora)
     model.set_frozen({
-        "vision": cfg.freeze.vision, "image_qformer": cfg.freeze.image_qformer, "video_qformer": cfg.freeze.video_qformer,
+        "vision": cfg.freeze.vision, "ln_vision": cfg.freeze.image_qformer, "image_qformer": cfg.freeze.image_qformer,
+        "video_qformer": cfg.freeze.video_qformer,
         "frame_position_embedding": cfg.freeze.position_embedding, "projection": cfg.freeze.projection,
         "llm": cfg.freeze.llm,
     })

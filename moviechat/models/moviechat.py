@@ -1,13 +1,13 @@
 """MovieChat: features -> frame tokens -> streaming memory -> video tokens -> LLM loss or answer.
 
 The whole path lives here, in the order it runs (docs/architecture.md, "Data walk"):
-:meth:`MovieChatModel.frame_tokens` (EVA features through the frozen image Q-Former, cached while it is
-frozen) -> :meth:`MovieChatModel.build_memories` (the streaming memory of each sample, global or at a
+:meth:`MovieChatModel.frame_tokens` (EVA features through the frozen ``ln_vision`` and image Q-Former,
+cached while they are frozen) -> :meth:`MovieChatModel.build_memories` (the streaming memory of each sample, global or at a
 breakpoint) -> :meth:`MovieChatModel.encode_memory` (position table, video Q-Former, projection) ->
 :meth:`MovieChatModel.forward` (loss) or :meth:`MovieChatModel.generate` / :meth:`MovieChatModel.answer`.
 
 A batch (built by ``moviechat.data``'s collator) is a dict with
-  ``frames``       list of per-video tensors: EVA features [T, 257, 1408] or frame tokens [T, 32, 768]
+  ``frames``       list of per-video tensors: EVA features before ``ln_vision`` [T, 257, 1408] or frame tokens [T, 32, 768]
   ``feature_kind`` "eva" or "tokens" (which of the two ``frames`` holds)
   ``modes``/``times`` per sample: "global", or "breakpoint" with the question's frame index in ``frames``
   ``video_ids``/``sources`` per sample: which video, from which file (keys of the caches)
@@ -25,16 +25,17 @@ from torch import Tensor, nn
 
 from moviechat.cache import FrameTokenCache, weights_digest
 from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_table
-from moviechat.models.qformer import QFormer, encode_in_chunks
+from moviechat.models.qformer import QFormer, encode_frame_tokens
 from moviechat.models.vision import EvaVisionEncoder
 from moviechat.prompt import IGNORE_INDEX
 
-PARTS = ("vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
+PARTS = ("vision", "ln_vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
 
 
 class MovieChatModel(nn.Module):
     def __init__(
         self,
+        ln_vision: nn.LayerNorm,
         image_qformer: QFormer,
         video_qformer: QFormer,
         frame_position_embedding: nn.Embedding,
@@ -46,6 +47,7 @@ class MovieChatModel(nn.Module):
     ):
         super().__init__()
         self.vision = vision
+        self.ln_vision = ln_vision
         self.image_qformer = image_qformer
         self.video_qformer = video_qformer
         self.frame_position_embedding = frame_position_embedding
@@ -66,24 +68,26 @@ class MovieChatModel(nn.Module):
     @property
     def frame_tokens_fixed(self) -> bool:
         """The one rule for caching: a video's frame tokens (and so its memory plans) never change while
-        the image Q-Former is wholly frozen."""
-        return not any(p.requires_grad for p in self.image_qformer.parameters())
+        the image path (``ln_vision`` and the image Q-Former) is wholly frozen."""
+        return not any(p.requires_grad for m in (self.ln_vision, self.image_qformer) for p in m.parameters())
 
     def enable_token_cache(self, max_mb: int, folder: Optional[str] = None) -> bool:
         """Cache EVA features -> frame tokens per video (in memory, and on disk in ``folder``), keyed by the
-        image Q-Former's weights; only while those weights are fixed. Returns whether it is enabled."""
-        self.token_cache = FrameTokenCache(weights_digest(self.image_qformer), max_mb, folder) if self.frame_tokens_fixed else None
+        image path's weights; only while those weights are fixed. Returns whether it is enabled."""
+        fixed = self.frame_tokens_fixed
+        self.token_cache = FrameTokenCache(weights_digest(self.ln_vision, self.image_qformer), max_mb, folder) if fixed else None
         return self.token_cache is not None
 
     def encode_images(self, pixels: Tensor) -> Tensor:
-        """Normalised pixels [T, 3, H, W] -> EVA features [T, 257, 1408] (needs the vision encoder)."""
+        """Preprocessed pixels [T, 3, H, W] -> EVA features before ``ln_vision`` [T, 257, 1408] (needs the ViT)."""
         if self.vision is None:
             raise ValueError("this model was built without a vision encoder (model.vision.enabled=false)")
         return self.vision(pixels)
 
     def encode_frames(self, eva_features: Tensor) -> Tensor:
-        """EVA features [T, N, E] -> frame tokens [T, queries, H] through the image Q-Former."""
-        return encode_in_chunks(self.image_qformer, eva_features)
+        """EVA features before ``ln_vision`` [T, N, E] (as the MovieChat-1K release stores them) -> frame
+        tokens [T, queries, H] = ``image_qformer(ln_vision(features))``."""
+        return encode_frame_tokens(self.ln_vision, self.image_qformer, eva_features)
 
     def frame_tokens(self, batch: dict[str, Any]) -> list[Tensor]:
         """Per-video frame tokens of a batch, on the model's device (EVA features are encoded, or read

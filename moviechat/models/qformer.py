@@ -40,11 +40,24 @@ class QFormer(nn.Module):
         return out.last_hidden_state
 
 
-def encode_in_chunks(qformer: QFormer, features: Tensor, chunk: int = 256) -> Tensor:
-    """Per-frame features [T, N, E] -> query outputs [T, queries, hidden], ``chunk`` frames at a time
-    (a long video's frames do not fit one batch), in the Q-Former's dtype and on its device."""
-    param = qformer.query_tokens
-    return torch.cat([qformer(x.to(param.device, param.dtype)) for x in features.split(chunk)])
+def encode_frame_tokens(ln_vision: nn.LayerNorm, image_qformer: QFormer, features: Tensor, chunk: int = 256) -> Tensor:
+    """The frozen image path: EVA features before ``ln_vision`` [T, N, E] -> ``image_qformer(ln_vision(x))``
+    = frame tokens [T, queries, hidden], ``chunk`` frames at a time (a long video's frames do not fit one
+    batch), in the Q-Former's dtype and on its device."""
+    param = image_qformer.query_tokens
+    return torch.cat([image_qformer(ln_vision(x.to(param.device, param.dtype))) for x in features.split(chunk)])
+
+
+class FrameTokenEncoder(nn.Module):
+    """``ln_vision`` + image Q-Former under their checkpoint names, for the feature pipeline and converters."""
+
+    def __init__(self, ln_vision: nn.LayerNorm, image_qformer: QFormer):
+        super().__init__()
+        self.ln_vision = ln_vision
+        self.image_qformer = image_qformer
+
+    def forward(self, features: Tensor) -> Tensor:
+        return encode_frame_tokens(self.ln_vision, self.image_qformer, features)
 
 
 def build_qformer(cfg: QFormerConfig) -> QFormer:

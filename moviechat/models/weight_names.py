@@ -17,12 +17,13 @@ from torch import Tensor, nn
 
 from moviechat.atomic import torch_save_atomic
 from moviechat.models.qformer import qformer_from_original, qformer_to_original
-from moviechat.models.vision import vision_from_lavis, vision_to_lavis
+from moviechat.models.vision import is_bare_vit, vision_from_lavis, vision_to_lavis
 
 OUR_FORMAT = "moviechat-framework/1"
 
 # (our prefix, original prefix) for parts whose names only move.
 _PLAIN = (
+    ("ln_vision.", "ln_vision."),
     ("frame_position_embedding.", "video_frame_position_embedding."),
     ("projection.", "llama_proj."),
     ("llm.", "llama_model."),
@@ -48,7 +49,12 @@ def to_original_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def from_original_names(state: dict[str, Tensor], vision_depth: int) -> tuple[dict[str, Tensor], list[str], list[str]]:
-    """Original names -> ours. Returns (converted, ignored text-only/unused keys, keys not understood)."""
+    """Original names -> ours. Returns (converted, ignored text-only/unused keys, keys not understood).
+
+    ``eva_vit_g.pth`` as released (the ViT's own names, no prefix) is read as ``visual_encoder.*``.
+    """
+    if is_bare_vit(state):
+        state = {f"visual_encoder.{k}": v for k, v in state.items()}
     vision, ignored = vision_from_lavis(state, vision_depth)
     out = _add("vision.", vision)
     image, ign = qformer_from_original(state, "Qformer.", "query_tokens")
