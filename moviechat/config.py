@@ -178,6 +178,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 10
+    warmup_start_ratio: float = 0.0  # warm-up starts from lr * this (Video-LLaMA: warmup_lr 1e-6 / init_lr 3e-5)
     schedule: str = "cosine"  # cosine | constant (after warmup)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_steps: int = 100  # optimizer steps
@@ -202,6 +203,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
         if self.log_every < 1 or self.keep_last < 1:
             raise ConfigError(f"train.log_every={self.log_every} and train.keep_last={self.keep_last} must be >= 1")
+        if not 0.0 <= self.warmup_start_ratio <= 1.0:
+            raise ConfigError(f"train.warmup_start_ratio={self.warmup_start_ratio} must be in [0, 1]")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"train.schedule={self.schedule!r} must be 'cosine' or 'constant'")
         if self.breakpoint_fraction is not None and not 0.0 <= self.breakpoint_fraction <= 1.0:

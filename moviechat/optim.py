@@ -38,11 +38,12 @@ def describe_groups(optimizer: torch.optim.Optimizer) -> str:
 
 
 def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up, then constant or cosine down to ``min_lr_ratio``."""
+    """Linear warm-up from ``warmup_start_ratio`` (the LAVIS runner's warmup_lr / init_lr), then constant or
+    cosine down to ``min_lr_ratio``."""
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+            return cfg.warmup_start_ratio + (1 - cfg.warmup_start_ratio) * (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))

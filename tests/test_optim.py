@@ -27,3 +27,15 @@ def test_a_step_leaves_no_decay_parameters_undecayed(tiny_model, tiny_cfg):
     optimizer.step()  # zero gradients: only weight decay moves a parameter
     assert torch.equal(bias, before_b)
     torch.testing.assert_close(weight, before_w * (1 - 0.1 * tiny_cfg.train.weight_decay))
+
+
+def test_video_llama_stage2_preset_schedule():
+    from conftest import REPO
+    from moviechat.config import load_config
+    from moviechat.optim import lr_lambda
+
+    cfg = load_config(REPO / "configs" / "experiments" / "moviechat7b_videollama_stage2.yaml")
+    t = cfg.train
+    lr = [t.lr * lr_lambda(t)(step) for step in (-1, 999, t.max_steps)]
+    assert abs(lr[0] - 1e-6) < 1e-9 and abs(lr[1] - 3e-5) < 1e-12 and abs(lr[2] - 1e-5) < 1e-9
+    assert t.weight_decay == 0.05 and cfg.deepspeed.micro_batch_size == 4 and cfg.memory.preset == "original"
