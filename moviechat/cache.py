@@ -1,7 +1,8 @@
 """Frame-token cache: with the image Q-Former frozen, EVA features -> frame tokens once per video.
 
 Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file and the
-video, so a changed Q-Former never reads stale tokens. In memory (LRU, bounded in MiB) and optionally on disk, shared by runs and sweeps.
+video, so a changed Q-Former never reads stale tokens. In memory (LRU, bounded in MiB) and optionally on
+disk, shared by runs and sweeps.
 """
 
 from __future__ import annotations

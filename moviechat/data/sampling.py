@@ -66,8 +66,3 @@ class FrameSampling:
 
     def __call__(self, timestamps: Sequence[float]) -> tuple[np.ndarray, list[float]]:
         return sample_frames(timestamps, self.num_frames, self.fragments, self.fragment_frames)
-
-    def describe(self) -> str:
-        if self.fragments is not None:
-            return f"{self.fragments} fragments x {self.fragment_frames} frames"
-        return "all frames" if self.num_frames is None else f"{self.num_frames} frames, uniformly"

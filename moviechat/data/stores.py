@@ -263,11 +263,11 @@ class FolderStore:
                 skips.add("unreadable file", str(e))
 
 
-def read_npy_video(path: str | Path, kind: str, fps: float = 1.0, mmap: bool = False) -> VideoFeatures:
+def read_npy_video(path: str | Path, kind: str, fps: float = 1.0) -> VideoFeatures:
     """``<key>.npy`` and its ``<key>.json`` metadata (or, without one, frames at ``fps`` of ``kind``)."""
     path = Path(path)
     try:
-        feats = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        feats = np.load(path, allow_pickle=False)
         side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), kind, fps)
     except Exception as e:

@@ -87,19 +87,16 @@ def _plan_long_memory(col_means: np.ndarray, counts: list[int], cfg: MemoryConfi
 
     Returns, per column, its long-memory item (-1 when dropped) and weight, and the number of items.
     """
-    n_cols = col_means.shape[0]
-    if cfg.preset != "streaming":  # never merged back; a preset may drop the oldest before reading
-        first = presets.long_memory_start(n_cols, mode, cfg)
-        item = np.arange(n_cols) - first
-        return np.where(item >= 0, item, -1), np.ones(n_cols), n_cols - first
-    cap = cfg.long_memory_length
-    if cfg.long_memory_policy == "fifo" or n_cols <= cap:
-        # Dropping the oldest after every append keeps exactly the newest L columns.
+    n_cols, cap = col_means.shape[0], cfg.long_memory_length
+    if cfg.preset == "streaming" and cfg.long_memory_policy == "merge" and n_cols > cap:
+        item, weight = _merge_stream(col_means, counts, cap)
+        return item, weight, cap
+    if cfg.preset == "streaming":  # dropping the oldest after every append keeps exactly the newest L columns
         first = max(0, n_cols - cap)
-        item = np.arange(n_cols) - first
-        return np.where(item >= 0, item, -1), np.ones(n_cols), n_cols - first
-    item, weight = _merge_stream(col_means, counts, cap)
-    return item, weight, cap
+    else:  # the released presets never merge back; one may drop the oldest before reading
+        first = presets.long_memory_start(n_cols, mode, cfg)
+    item = np.arange(n_cols) - first
+    return np.where(item >= 0, item, -1), np.ones(n_cols), n_cols - first
 
 
 def _merge_stream(mu: np.ndarray, counts: list[int], cap: int) -> tuple[np.ndarray, np.ndarray]:

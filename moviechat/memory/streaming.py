@@ -53,9 +53,8 @@ class StreamingMemory:
             raw = torch.stack(self.buffer)
             self.closed.append(self._consolidate_fragment(raw, LOAD_LIMIT))
             self.last_raw = raw
-        else:
-            buf = torch.stack(self.buffer)
-            merged = consolidate(buf[None], self.cfg.short_memory_merge)[0][: min(len(buf), self.cfg.short_memory_merge)]
+        else:  # the buffer is the FIFO already: it holds at most K frames
+            merged = self._consolidate_fragment(torch.stack(self.buffer), self.cfg.fragment)
             self.long = merged if self.long is None else torch.cat([self.long, merged])
             cap = self.cfg.long_memory_length
             if self.long.shape[0] > cap:
@@ -102,7 +101,9 @@ class StreamingMemory:
                 raise ValueError("breakpoint in the first fragment: pass its frames from t on as `upcoming`")
             earlier, raw = [], torch.stack(pending)
         whole = self.cfg.fragment  # the last processed fragment is loaded whole, not just its first 16 frames
-        long = torch.cat(earlier + [self._consolidate_fragment(raw, whole)])
+        # a closed fragment of at most 16 frames was consolidated whole already: reuse it
+        last = self.closed[-1] if self.closed and whole <= LOAD_LIMIT else self._consolidate_fragment(raw, whole)
+        long = torch.cat(earlier + [last])
         short = self._held(raw, whole)
         self.n_position = presets.table_size(len(long), self.cfg)
         drop_long, drop_short = breakpoint_truncation(len(long), len(short), self.n_position ** 2)
