@@ -29,8 +29,7 @@ def make_batch(cfg, collate, kind: str, batch: int, frames: int, device) -> dict
     if kind == "tokens":
         shape = (cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size)
     else:
-        v = cfg.model.vision
-        shape = ((v.img_size // v.patch_size) ** 2 + 1, v.embed_dim)
+        shape = cfg.model.vision.feature_shape
     samples = [Sample(f"v{i}", torch.randn(frames, *shape, generator=g).half(), "what color is the first scene", "red",
                       "breakpoint" if i % 2 else "global", frames // 2 if i % 2 else None) for i in range(batch)]
     collate.feature_kind = kind

@@ -46,6 +46,11 @@ class VisionConfig:
         if self.preprocess not in ("blip2", "moviechat1k_train"):
             raise ConfigError(f"model.vision.preprocess={self.preprocess!r} must be 'blip2' or 'moviechat1k_train'")
 
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """[N, D] of one frame's EVA features: the patches and the CLS token, by width."""
+        return (self.img_size // self.patch_size) ** 2 + 1, self.embed_dim
+
 
 @dataclass
 class QFormerConfig:

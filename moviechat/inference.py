@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import DataError, SkipCounter, feature_meta, read_npy_video, validate_features
+from moviechat.data.stores import DataError, SkipCounter, feature_meta, PreprocessCheck, read_npy_video, validate_features
 from moviechat.memory import StreamingMemory
 from moviechat.prompt import extract_answer, prompt_ids, stop_token_ids
 
@@ -36,6 +36,7 @@ class Answerer:
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
         self.max_new_tokens = max_new_tokens
         self.stop_ids = stop_token_ids(tokenizer)
+        self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
 
     @classmethod
     def load(cls, path: str | Path, max_new_tokens: int = 32) -> "Answerer":
@@ -53,6 +54,7 @@ class Answerer:
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
         """Answer one question on one video's features (global mode, or breakpoint at ``seconds``)."""
+        self.check_preprocess(meta, meta.get("video", key))
         chosen, stamps = FrameSampling.of(self.cfg.memory)(meta["timestamps"])
         frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float()
         tokens = self.model.encode_frames(frames) if meta["kind"] == "eva" else frames

@@ -1,4 +1,5 @@
 import json
+import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -44,6 +45,20 @@ def test_shards_and_folder_read_back_bit_identical(tmp_path):
         for v in vids:
             assert got[v.key].feats.dtype == np.float16 and np.array_equal(got[v.key].feats, v.feats)
             assert got[v.key].meta == v.meta
+
+
+def test_writing_a_shard_keeps_no_second_copy_of_the_features(tmp_path):
+    # A released video's EVA set is ~6 GB in fp16: the writer streams it into the tar instead of into bytes.
+    feats = np.random.default_rng(0).standard_normal((64, 257, 256)).astype(np.float16)  # 8 MiB
+    tracemalloc.start()
+    try:
+        write_shards([VideoFeatures("big", feats, default_meta(64, "tokens"), "")], str(tmp_path / "x-%03d.tar"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < feats.nbytes / 4
+    (read,) = ShardStore([str(tmp_path / "x-000.tar")]).videos(0, 1, 0, SkipCounter())
+    assert np.array_equal(read.feats, feats)
 
 
 def test_two_ranks_two_workers_see_every_video_exactly_once(tmp_path):

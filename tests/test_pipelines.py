@@ -1,16 +1,22 @@
 import importlib.util
+import io
 import json
+import tarfile
 
 import av
+import h5py
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, TINY
 from moviechat.data.annotations import QA, annotation_json
+from moviechat.data.builders import build_datasets
 from moviechat.data.dataset import VideoQADataset
 from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, ShardStore, SkipCounter
 from moviechat.data.video import read_frames
+from moviechat.features import load_frame_token_encoder
 
 
 def load_script(name: str):
@@ -85,37 +91,116 @@ def test_extract_features_writes_shards_the_dataset_reads_and_resumes(tmp_path, 
     assert video.meta["preprocess"] == "moviechat1k_train"
 
 
-def test_convert_moviechat1k_concatenates_parts_and_reports_missing(tmp_path, tiny_cfg, capsys):
-    ann, feats = tmp_path / "ann", tmp_path / "feats"
-    ann.mkdir()
-    (feats / "1").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    parts = [rng.standard_normal((n, 5, 48)).astype(np.float16) for n in (4, 3, 5)]
-    for i, part in enumerate(parts):  # natural order: 1_2 before 1_10
-        np.save(feats / "1" / f"1_{[2, 10, 11][i]}.npy", part)
-    for key in ("1", "2"):
-        qas = [QA("what happens", "a chase", "global"), QA("who is there", "a dog", "breakpoint", 10.0)]
-        (ann / f"{key}.json").write_text(json.dumps(annotation_json(key, qas, fps=24.0, num_frame=480)))
-    convert = load_script("convert_moviechat1k")
-    assert convert.main(["--annotations", str(ann), "--features", str(feats), "--out", str(tmp_path / "out")]) == 0
-    assert "converted 1 videos into 1 shard(s); 1 annotated video(s) without features: 2" in capsys.readouterr().out
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["annotated_without_features"] == ["2"]
-    (video,) = ShardStore([str(tmp_path / "out" / "shards" / "mc1k-00000.tar")]).videos(0, 1, 0, SkipCounter())
-    assert np.array_equal(video.feats, np.concatenate(parts))
-    assert video.meta["timestamps"][1] == pytest.approx(480 / 12 / 24.0)  # 12 frames over 480 original at 24 fps
-    assert sorted(p.name for p in (tmp_path / "out" / "annotations").iterdir()) == ["1.json"]
-    assert convert.main(["--annotations", str(ann), "--features", str(feats), "--out", str(tmp_path / "tok"),
-                         "--frame-tokens", "--cfg", str(TINY)]) == 0
-    (tokens,) = ShardStore([str(tmp_path / "tok" / "shards" / "mc1k-00000.tar")]).videos(0, 1, 0, SkipCounter())
-    q = tiny_cfg.model.image_qformer
-    assert tokens.feats.shape == (12, q.num_query_tokens, q.hidden_size) and tokens.meta["kind"] == "tokens"
-    tiny_cfg.data.name, tiny_cfg.data.feature_kind, tiny_cfg.data.val_fraction = "moviechat1k", "eva", 0.5
-    tiny_cfg.data.shards = str(tmp_path / "out" / "shards" / "mc1k-*.tar")
-    tiny_cfg.data.annotations = str(tmp_path / "out" / "annotations")
-    from moviechat.data.annotations import load_annotations
+def h5_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)
+    return buf.getvalue()
 
-    assert list(load_annotations(tiny_cfg.data.annotations)) == ["1"]
+
+def write_tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def release_copy(root, frame_shape, rng):
+    """The MovieChat-1K train layout: jsons/<key>.json, movies/<key>.tar of HDF5 chunks; 3 broken, 4 missing."""
+    (root / "jsons").mkdir(parents=True)
+    (root / "movies").mkdir()
+    chunks = {key: [rng.standard_normal((n, *frame_shape)).astype(np.float32) for n in sizes]
+              for key, sizes in {"1": (4, 4, 3), "2": (5,), "3": (4, 4), "6": (2,), "7": (3, 2)}.items()}
+    # natural order (1_2 before 1_10) and a dataset name found inside a group, not assumed
+    write_tar(root / "movies" / "1.tar", {f"1/1_{n}.h5": h5_bytes({"clip/feature_vectors": c})
+                                          for n, c in zip((2, 10, 11), chunks["1"])})
+    write_tar(root / "movies" / "2.tar", {"2_0.h5": h5_bytes({"x": chunks["2"][0], "frame_ids": np.arange(5)})})
+    write_tar(root / "movies" / "3.tar", {f"3_{i}.h5": h5_bytes({"x": c}) for i, c in enumerate(chunks["3"])})
+    data = (root / "movies" / "3.tar").read_bytes()
+    (root / "movies" / "3.tar").write_bytes(data[: len(data) // 2])  # broken, as some public tars are
+    write_tar(root / "movies" / "5.tar", {"5_0.h5": h5_bytes({"x": chunks["2"][0]})})  # no annotation
+    write_tar(root / "movies" / "6.tar", {"6_0.h5": h5_bytes({"a": chunks["6"][0], "b": chunks["6"][0]})})
+    (root / "movies" / "7").mkdir()  # a folder of .npy chunks is read too
+    for n, c in zip((2, 10), chunks["7"]):
+        np.save(root / "movies" / "7" / f"{n}.npy", c)
+    for key in ("1", "2", "3", "4", "6", "7"):
+        qas = [QA("what happens", "a chase", "global"), QA("who is there", "a dog", "breakpoint", 10.0)]
+        (root / "jsons" / f"{key}.json").write_text(json.dumps(annotation_json(key, qas, fps=24.0, num_frame=480)))
+    return {key: np.concatenate(c) for key, c in chunks.items()}
+
+
+def test_convert_moviechat1k_reads_the_release_as_shipped(tmp_path, tiny_cfg, capsys):
+    frame_shape = tiny_cfg.model.vision.feature_shape
+    expected = release_copy(tmp_path / "MC1K", frame_shape, np.random.default_rng(0))
+    convert = load_script("convert_moviechat1k")
+    out = tmp_path / "out"
+    assert convert.main(["--release", str(tmp_path / "MC1K"), "--out", str(out), "--cfg", str(TINY), "--shard-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "converted 3 videos into 2 shard(s); 2 failed (3, 6); 1 annotated without features (4); " \
+           "1 feature set(s) without annotation (5)" in printed
+    report = json.loads((out / "report.json").read_text())
+    failed = {f["video"]: f["error"] for f in report["failed"]}
+    assert sorted(failed) == ["3", "6"] and "ReadError" in failed["3"]
+    assert "6.tar:6_0.h5: expected exactly one [n, 5, 48] array, found 2" in failed["6"]
+    assert report["annotated_without_features"] == ["4"] and report["features_without_annotation"] == ["5"]
+    read = {v.key: v for v in ShardStore(sorted(str(p) for p in (out / "shards").glob("*.tar"))).videos(0, 1, 0, SkipCounter())}
+    assert sorted(read) == ["1", "2", "7"]
+    for key, video in read.items():
+        assert np.array_equal(video.feats, expected[key].astype(np.float16))
+        assert video.meta["preprocess"] == "moviechat1k_train" and video.meta["eva_convention"] == "vit_blocks_before_ln_vision"
+    assert read["1"].meta["timestamps"][1] == pytest.approx(480 / 11 / 24.0)  # 11 frames over 480 original at 24 fps
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == ["1.json", "2.json", "7.json"]
+    # The converted set trains as it is; a breakpoint at original frame 240 is released frame 240 * 11 / 480.
+    tiny_cfg.data.name, tiny_cfg.data.feature_kind, tiny_cfg.data.val_fraction = "moviechat1k", "eva", 0.34
+    tiny_cfg.data.shards, tiny_cfg.data.annotations = str(out / "shards" / "mc1k-*.tar"), str(out / "annotations")
+    source, train, val = build_datasets(tiny_cfg)
+    assert source.train_keys | source.val_keys == {"1", "2", "7"} and not source.missing
+    capsys.readouterr()
+    samples = list(train) + list(val)
+    assert len(samples) == 6 and {s.frames.shape[0] for s in samples if s.video_id == "1"} == {11}
+    assert [s.time for s in samples if s.video_id == "1" and s.mode == "breakpoint"] == [5]  # 240 * 11 / 480
+    # trained on the release's unnormalised pixels, inferring with blip2's: reported once per data set
+    assert capsys.readouterr().out.count("features were computed with preprocess='moviechat1k_train' but "
+                                         "model.vision.preprocess='blip2'") == 2
+
+
+def test_convert_moviechat1k_frame_tokens_chunk_by_chunk_equal_the_whole_video(tmp_path, tiny_cfg):
+    expected = release_copy(tmp_path / "MC1K", tiny_cfg.model.vision.feature_shape, np.random.default_rng(1))
+    convert = load_script("convert_moviechat1k")
+    torch.manual_seed(0)
+    assert convert.main(["--release", str(tmp_path / "MC1K"), "--out", str(tmp_path / "tok"), "--cfg", str(TINY),
+                         "--frame-tokens"]) == 0
+    torch.manual_seed(0)
+    encoder = load_frame_token_encoder(tiny_cfg)  # ln_vision + image Q-Former, as the converter built it
+    read = {v.key: v for v in ShardStore(sorted(str(p) for p in (tmp_path / "tok" / "shards").glob("*.tar"))).videos(0, 1, 0, SkipCounter())}
+    with torch.no_grad():
+        whole = encoder(torch.from_numpy(expected["1"])).half().numpy()
+    q = tiny_cfg.model.image_qformer
+    assert read["1"].feats.shape == (11, q.num_query_tokens, q.hidden_size) and read["1"].meta["kind"] == "tokens"
+    np.testing.assert_allclose(read["1"].feats.astype(np.float32), whole.astype(np.float32), atol=2e-3)
+
+
+def test_convert_moviechat1k_single_array_forms_and_no_video_converted(tmp_path, tiny_cfg, capsys):
+    root, rng = tmp_path / "r", np.random.default_rng(2)
+    (root / "ann").mkdir(parents=True)
+    (root / "feats").mkdir()
+    arrays = {"a": rng.standard_normal((3, *tiny_cfg.model.vision.feature_shape)).astype(np.float16),
+              "b": rng.standard_normal((2, *tiny_cfg.model.vision.feature_shape)).astype(np.float32)}
+    np.save(root / "feats" / "a.npy", arrays["a"])
+    (root / "feats" / "b.h5").write_bytes(h5_bytes({"features": arrays["b"]}))
+    for key in arrays:
+        qas = [QA("what happens", "a chase", "global")]
+        (root / "ann" / f"{key}.json").write_text(json.dumps(annotation_json(key, qas, fps=1.0, num_frame=6)))
+    convert = load_script("convert_moviechat1k")
+    args = ["--annotations", str(root / "ann"), "--features", str(root / "feats"), "--cfg", str(TINY)]
+    assert convert.main(args + ["--out", str(tmp_path / "o")]) == 0
+    read = {v.key: v.feats for v in ShardStore([str(tmp_path / "o" / "shards" / "mc1k-00000.tar")]).videos(0, 1, 0, SkipCounter())}
+    assert all(np.array_equal(read[k], arrays[k].astype(np.float16)) for k in arrays)
+    # Without --cfg the release's [257, 1408] frames are expected: nothing matches, every video fails by name.
+    assert convert.main(["--annotations", str(root / "ann"), "--features", str(root / "feats"), "--out", str(tmp_path / "p")]) == 1
+    assert "array of shape [3, 5, 48], expected [n, 257, 1408]" in json.loads((tmp_path / "p" / "report.json").read_text())["failed"][0]["error"]
 
 
 def test_make_synthetic_writes_a_set_the_dataset_reads(tmp_path, capsys):

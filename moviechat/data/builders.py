@@ -67,15 +67,15 @@ def token_shape(cfg: Config) -> tuple[int, int]:
     """The [N, D] of one frame the model reads: EVA features or frame tokens."""
     if cfg.data.feature_kind == "tokens":
         return cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size
-    v = cfg.model.vision
-    return (v.img_size // v.patch_size) ** 2 + 1, v.embed_dim
+    return cfg.model.vision.feature_shape
 
 
 def build_datasets(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[VideoQASource, VideoQADataset, VideoQADataset]:
     """The named source and its train / val datasets for this rank."""
     source = DATASETS.build(cfg.data.name, cfg)
     common = dict(feature_kind=cfg.data.feature_kind, token_shape=token_shape(cfg), sampling=FrameSampling.of(cfg.memory),
-                  seed=cfg.run.seed, rank=rank, world_size=world_size, on_error=cfg.data.on_error)
+                  seed=cfg.run.seed, rank=rank, world_size=world_size, on_error=cfg.data.on_error,
+                  preprocess=cfg.model.vision.preprocess)
     keep = mode_keep_probabilities(source.qas, source.train_keys, cfg.train.breakpoint_fraction)
     train = VideoQADataset(source.store, source.qas, source.train_keys, shuffle_buffer=cfg.data.shuffle_buffer,
                            mode_keep=keep, **common)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from moviechat.data.annotations import QA
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, validate_features
+from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, PreprocessCheck, validate_features
 
 
 @dataclass
@@ -57,7 +57,7 @@ class VideoQADataset(IterableDataset):
     def __init__(self, store, qas: dict[str, list[QA]], keys: set[str], *, feature_kind: str,
                  token_shape: tuple[int, int], sampling: FrameSampling, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise",
-                 mode_keep: Optional[dict[str, float]] = None):
+                 mode_keep: Optional[dict[str, float]] = None, preprocess: Optional[str] = None):
         self.store = store
         self.qas = qas
         self.keys = keys
@@ -70,6 +70,7 @@ class VideoQADataset(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.on_error = on_error
         self.mode_keep = mode_keep or {}  # probability of keeping a question of each mode
+        self.check_preprocess = PreprocessCheck(preprocess)
         self.epoch = 0
         self.resume: dict[int, int] = {}
         self.skips = SkipCounter()
@@ -114,6 +115,7 @@ class VideoQADataset(IterableDataset):
     def video_samples(self, video: VideoFeatures, rng: random.Random) -> list[Sample]:
         """The validated, frame-sampled questions of one video."""
         validate_features(video.feats, video.meta, video.key, video.source, self.feature_kind, self.token_shape)
+        self.check_preprocess(video.meta, video.source)
         chosen, stamps = self.sampling(video.meta["timestamps"])
         frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
         out = []
