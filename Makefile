@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test sweep bench-memory clean-venv
+.PHONY: train test sweep bench-memory smollm2 clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ test: $(VENV)/.installed
 
 sweep: $(VENV)/.installed
 	$(BIN)/python launch/sweep.py --sweep configs/sweeps/tiny_memory.yaml
+
+# SmolLM2-135M-Instruct as a local Hugging Face folder (.cache/llm/), for configs/experiments/smollm2_*.yaml
+smollm2: $(VENV)/.installed
+	$(BIN)/python launch/get_smollm2.py
 
 bench-memory: $(VENV)/.installed
 	$(BIN)/python benchmarks/memory.py

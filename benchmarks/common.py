@@ -19,7 +19,7 @@ def setup(cfg_path: Path, overrides: list[str], output_dir: str):
     cfg = load_config(cfg_path, overrides + [f"run.output_dir={output_dir}"])
     source, train, _ = build_datasets(cfg)
     tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, source.texts())
-    collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind)
+    collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind, prompt=cfg.model.prompt)
     return cfg, train, tokenizer, collate
 
 

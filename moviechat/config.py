@@ -116,10 +116,18 @@ class ModelConfig:
     qformer_checkpoint: Optional[str] = None  # LAVIS BLIP-2 .pth (ln_vision, image Q-Former, query tokens)
     checkpoint: Optional[str] = None  # Video-LLaMA / MovieChat .pth or one of ours
     max_txt_len: int = 160
+    prompt: str = "moviechat"  # moviechat (the original's ###Human/###Assistant) | chat (the tokenizer's template)
     system_prompt: str = (
         "You are able to understand the visual content that the user provides. "
         "Follow the instructions carefully and explain your answers in detail."
     )
+
+    def __post_init__(self) -> None:
+        if self.prompt not in ("moviechat", "chat"):
+            raise ConfigError(f"model.prompt={self.prompt!r} must be 'moviechat' or 'chat'")
+        if self.prompt == "chat" and not self.llm.path:
+            raise ConfigError("model.prompt=chat needs a tokenizer with a chat template: set model.llm.path "
+                              "(the tiny random LLM's word tokenizer has none)")
 
 
 # ------------------------------------------------------------------------------------ data, train, run

@@ -32,7 +32,7 @@ from moviechat.data.annotations import load_annotations
 from moviechat.data.stores import DataError
 from moviechat.judge import JudgeClient, parse_judgement
 from moviechat.metrics import exact_match, normalize_answer, normalized_match, token_f1
-from moviechat.prompt import extract_answer
+from moviechat.prompt import PromptFormat
 
 def references(annotations: str | Path) -> dict[tuple, str]:
     """Reference answers by (video, mode, normalised question, breakpoint second rounded to 0.01)."""
@@ -135,10 +135,10 @@ class HeldOutEvaluator:
     """
 
     def __init__(self, engine, batches: Callable[[Optional[int], bool], Iterator[dict[str, Any]]], tokenizer,
-                 groups: list[str], prior: dict[str, str], stop_ids: list[int], reduce: Callable[..., list[float]],
+                 groups: list[str], prior: dict[str, str], prompt: PromptFormat, reduce: Callable[..., list[float]],
                  world_size: int = 1):
         self.engine, self.batches, self.tokenizer = engine, batches, tokenizer
-        self.groups, self.prior, self.stop_ids = groups, prior, stop_ids
+        self.groups, self.prior, self.prompt, self.stop = groups, prior, prompt, prompt.stop()
         self.reduce, self.world_size = reduce, world_size
 
     def __call__(self, step: int, loss_samples: int, generate_samples: int, max_new_tokens: int) -> dict[str, Any]:
@@ -169,9 +169,9 @@ class HeldOutEvaluator:
     def _accuracy(self, limit: Optional[int], max_new_tokens: int) -> dict[str, list[float]]:
         counts = {g: [0.0, 0.0] for g in self.groups}
         for batch in self.batches(limit, False):
-            generated = self.engine.module.generate(batch, max_new_tokens, self.stop_ids)
+            generated = self.engine.module.generate(batch, max_new_tokens, self.stop)
             for ids, answer, mode, qtype in zip(generated, batch["answers"], batch["modes"], batch["qtypes"]):
-                hit = normalized_match(extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
+                hit = normalized_match(self.prompt.extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
                 for group in {"all", mode, f"type_{qtype}" if qtype else mode}:
                     counts[group][0] += hit
                     counts[group][1] += 1

@@ -30,7 +30,7 @@ def probe_batch(cfg, tokenizer) -> dict:
     q = cfg.model.image_qformer
     samples = [Sample("probe", torch.randn(40, q.num_query_tokens, q.hidden_size, generator=g), "what is shown", "a probe",
                       mode, t) for mode, t in (("global", None), ("breakpoint", 25))]
-    return Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens")(samples)
+    return Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", prompt=cfg.model.prompt)(samples)
 
 
 def _check(expected: torch.Tensor, got: torch.Tensor, what: str) -> None:

@@ -26,7 +26,7 @@ import torch
 from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, SkipCounter, feature_meta, PreprocessCheck, read_npy_video, validate_features
 from moviechat.memory import StreamingMemory
-from moviechat.prompt import extract_answer, prompt_ids, stop_token_ids
+from moviechat.prompt import PromptFormat
 
 
 class Answerer:
@@ -35,7 +35,8 @@ class Answerer:
     def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32):
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
         self.max_new_tokens = max_new_tokens
-        self.stop_ids = stop_token_ids(tokenizer)
+        self.prompt = PromptFormat(cfg.model.prompt, tokenizer, cfg.model.system_prompt)
+        self.stop = self.prompt.stop()
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
 
     @classmethod
@@ -68,10 +69,10 @@ class Answerer:
             stream.push(tokens[:t])
             fragment_end = (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
             memory, mode = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:fragment_end]), "breakpoint"
-        prompt = prompt_ids(self.tokenizer, self.cfg.model.system_prompt, question)
-        ids = self.model.answer(memory, prompt, self.max_new_tokens, self.stop_ids, stream.n_position)
+        prompt = self.prompt.prompt_ids(question)
+        ids = self.model.answer(memory, prompt, self.max_new_tokens, self.stop, stream.n_position)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return {"mode": mode, "frame": t, "prediction": extract_answer(text)}
+        return {"mode": mode, "frame": t, "prediction": self.prompt.extract_answer(text)}
 
 
 def load_features(path: str | Path, kind_default: str) -> tuple[np.ndarray, dict]:

@@ -1,41 +1,113 @@
-"""The prompt format of MovieChat: template, image placeholder, separator, labels and answer extraction.
+"""Prompt formats: how a question, its video and its answer become tokens, and where an answer stops.
 
-The original's conversation: ``{system}###Human: <Video><ImageHere></Video> {question}###Assistant:``,
-then `` {answer}###``; BOS starts the sequence; the loss covers the answer tokens only
-(docs/architecture.md, "Conventions").
+``moviechat`` is the original's conversation: BOS, ``{system}###Human: <Video><ImageHere></Video>
+{question}###Assistant:``, then `` {answer}###``. ``chat`` is the tokenizer's own chat template (system
+turn, then the user turn ``<Video><ImageHere></Video> {question}``, then the assistant turn), the answer
+ending where the template ends an assistant turn (``<|im_end|>`` for ChatML). The loss covers the answer
+tokens only (docs/architecture.md, "Conventions").
+
+The prompt is split at ``<ImageHere>`` and each side is tokenized alone, so the tokens around the video are
+exactly what the tokenizer gives for those texts (no piece merges across the video, no space is lost).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 IMAGE_TOKEN = "<ImageHere>"  # one added special token, replaced by the video tokens
 SEPARATOR = "###"
 IGNORE_INDEX = -100  # label of tokens without loss (prompt, video, padding)
+PROMPT_FORMATS = ("moviechat", "chat")
+_MARK = "\x00answer\x00"  # stands for the answer while the chat template is rendered
 
 
 def build_prompt(system: str, question: str) -> str:
+    """The ``moviechat`` prompt text."""
     return f"{system}{SEPARATOR}Human: <Video>{IMAGE_TOKEN}</Video> {question}{SEPARATOR}Assistant:"
 
 
-def answer_text(answer: str) -> str:
-    return f" {answer}{SEPARATOR}"
+@dataclass
+class Stop:
+    """Where a greedy answer stops: at once on ``token_ids`` (EOS, a one-token stop string), or when the
+    generated text ends with one of ``strings``, however many tokens it took (``tokenizer`` decodes)."""
+
+    token_ids: list[int]
+    strings: list[str] = field(default_factory=list)
+    tokenizer: Any = None
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"eos_token_id": self.token_ids or None, "pad_token_id": (self.token_ids or [0])[0]}
+        if self.strings:
+            kwargs.update(stop_strings=self.strings, tokenizer=self.tokenizer)
+        return kwargs
 
 
-def extract_answer(generated: str) -> str:
-    """The answer part of generated text: up to the first separator, stripped."""
-    return generated.split(SEPARATOR)[0].strip()
+class PromptFormat:
+    """One prompt format (``model.prompt``) for one tokenizer and system prompt."""
 
+    def __init__(self, name: str, tokenizer, system: str):
+        if name not in PROMPT_FORMATS:
+            raise ValueError(f"prompt format {name!r} must be one of {PROMPT_FORMATS}")
+        self.name, self.tokenizer, self.system = name, tokenizer, system
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token (build it with moviechat.models.llm)")
+        # Questions and answers repeat (per video, per epoch); tokenizing is most of the loader's time.
+        self.tokens = lru_cache(maxsize=65536)(self._tokenize)
+        if name == "moviechat":
+            self.answer_prefix, self.stop_string = " ", SEPARATOR
+        else:
+            self.answer_prefix, self.stop_string = self._chat_answer_parts()
 
-def prompt_ids(tokenizer, system: str, question: str,
-               tokenize: Callable[[str], Sequence[int]] | None = None) -> list[int]:
-    """BOS + the tokens of the prompt (``tokenize`` may be a cached tokenizer call)."""
-    if tokenize is None:
-        tokenize = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return [tokenizer.bos_token_id, *tokenize(build_prompt(system, question))]
+    def _tokenize(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _chat(self, messages: list[dict], generation_prompt: bool) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("model.prompt=chat: the tokenizer has no chat template")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Where greedy answers stop: EOS, and the ``###`` separator when it is a single token."""
-    separator = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
-    return [i for i in (tokenizer.eos_token_id, separator[0] if len(separator) == 1 else None) if i is not None]
+    def _messages(self, question: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": "user", "content": f"<Video>{IMAGE_TOKEN}</Video> {question}"}]
+
+    def _chat_answer_parts(self) -> tuple[str, str]:
+        """(text between the generation prompt and the answer, the text that ends an assistant turn)."""
+        asked = self._chat(self._messages("q"), True)
+        answered = self._chat(self._messages("q") + [{"role": "assistant", "content": _MARK}], False)
+        if not answered.startswith(asked) or _MARK not in answered:
+            raise ValueError("model.prompt=chat: the chat template does not render an answer after its "
+                             "generation prompt; use model.prompt=moviechat")
+        prefix, end = answered[len(asked):].split(_MARK)
+        if not end.strip():
+            raise ValueError("model.prompt=chat: the chat template ends an assistant turn with nothing to stop on")
+        return prefix, end.rstrip()
+
+    def prompt_text(self, question: str) -> str:
+        if self.name == "moviechat":
+            return build_prompt(self.system, question)
+        return self._chat(self._messages(question), True)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The prompt's tokens, with one ``<ImageHere>`` id where the video goes."""
+        before, after = self.prompt_text(question).split(IMAGE_TOKEN)
+        bos = [self.tokenizer.bos_token_id] if self.name == "moviechat" else []  # a template brings its own
+        return [*bos, *self.tokens(before), self.image_token_id, *self.tokens(after)]
+
+    def answer_text(self, answer: str) -> str:
+        return f"{self.answer_prefix}{answer}{self.stop_string}"
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return list(self.tokens(self.answer_text(answer)))
+
+    def extract_answer(self, generated: str) -> str:
+        """The answer part of generated text: up to the first stop string, stripped."""
+        return generated.split(self.stop_string)[0].strip()
+
+    def stop(self) -> Stop:
+        ids = self.tokens(self.stop_string)
+        eos = self.tokenizer.eos_token_id
+        token_ids = list(dict.fromkeys(i for i in (eos, ids[0] if len(ids) == 1 else None) if i is not None))
+        return Stop(token_ids, [] if len(ids) == 1 else [self.stop_string], self.tokenizer)

@@ -28,7 +28,6 @@ from moviechat.evaluation import HeldOutEvaluator, accuracy_groups, prior_answer
 from moviechat.metrics import JsonlLogger
 from moviechat.models.llm import run_tokenizer
 from moviechat.optim import build_optimizer, describe_groups, lr_lambda
-from moviechat.prompt import stop_token_ids
 from moviechat.registry import MODELS
 from moviechat.runtime import deepspeed_config, environment, rng_state, seed_everything, set_rng_state
 
@@ -71,10 +70,11 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=self.scheduler,
                                                     config=self.ds_config)
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
-        self.collate = Collator(self.tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind)
+        self.collate = Collator(self.tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind,
+                                prompt=cfg.model.prompt)
         self.evaluator = HeldOutEvaluator(
             self.engine, self._eval_batches, self.tokenizer, accuracy_groups(self.source.qas),
-            prior_answers(self.source.qas, self.source.train_keys), stop_token_ids(self.tokenizer),
+            prior_answers(self.source.qas, self.source.train_keys), self.collate.format,
             lambda values, what: all_reduce_sum(values, self.device, what), self.world_size)
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
@@ -160,7 +160,7 @@ class Trainer:
         self.val_data.set_epoch(0)
         self.val_data.set_resume({})
         collate = Collator(self.tokenizer, self.cfg.model.system_prompt, self.cfg.model.max_txt_len,
-                           self.cfg.data.feature_kind, with_answers=with_answers)
+                           self.cfg.data.feature_kind, with_answers=with_answers, prompt=self.cfg.model.prompt)
         seen = 0
         for batch in self._loader(self.val_data, collate, self.micro_batch, 0):
             if limit is not None and seen >= limit:

@@ -16,7 +16,7 @@ from moviechat.data import Collator, Sample
 from moviechat.distributed import all_reduce_sum, init_distributed
 from moviechat.evaluation import HeldOutEvaluator
 from moviechat.models import build_moviechat
-from moviechat.prompt import stop_token_ids
+from moviechat.prompt import PromptFormat
 
 QUESTIONS = [("what color is the ball", "red", "color"), ("what color is the first", "blue", "color"),
              ("what color is the dog", "red", "color"), ("how many dogs", "3", "count"), ("how many first", "2", "count")]
@@ -53,7 +53,7 @@ def main(out: str, mismatch: bool = False) -> None:
 
     groups = ["all", "global", "breakpoint", "prior", "type_color", "type_count", "type_order"]
     evaluator = HeldOutEvaluator(Engine(model), batches, tokenizer, groups, {"color": "red", "count": "2"},
-                                 stop_token_ids(tokenizer), lambda v, what: all_reduce_sum(v, device, what), world)
+                                 PromptFormat("moviechat", tokenizer, cfg.model.system_prompt), lambda v, what: all_reduce_sum(v, device, what), world)
     record = evaluator(step=0, loss_samples=0, generate_samples=100, max_new_tokens=3)
     if rank == 0:
         with open(out, "w") as f:

@@ -148,7 +148,6 @@ def test_inference_with_a_preset_answers_as_the_batched_training_path(preset, ti
     from moviechat.data.stores import default_meta
     from moviechat.inference import Answerer
     from moviechat.models import build_moviechat
-    from moviechat.prompt import stop_token_ids
 
     tiny_cfg.memory = MemoryConfig(short_memory_length=8, short_memory_merge=2, fragment_frames=8, n_position=16,
                                    long_memory_length=16, preset=preset)
@@ -162,6 +161,6 @@ def test_inference_with_a_preset_answers_as_the_batched_training_path(preset, ti
     for mode, t in (("global", None), ("breakpoint", 3), ("breakpoint", 20)):
         got = answerer.answer(feats, meta, "what color is the ball", None if t is None else float(t))
         sample = Sample("v", torch.from_numpy(feats), "what color is the ball", "", mode, t)
-        ids = model.generate(collate([sample]), 4, stop_token_ids(tokenizer))[0]
+        ids = model.generate(collate([sample]), 4, collate.format.stop())[0]
         assert got["prediction"] == tokenizer.decode(ids, skip_special_tokens=True).split("###")[0].strip()
         assert got["frame"] == t

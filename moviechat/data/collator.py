@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
 
 from moviechat.data.dataset import Sample
-from moviechat.prompt import IGNORE_INDEX, answer_text, prompt_ids
+from moviechat.prompt import IGNORE_INDEX, PromptFormat
+
 
 class Collator:
     """Samples -> the batch dict :class:`~moviechat.models.moviechat.MovieChatModel` reads.
@@ -17,27 +17,23 @@ class Collator:
     loss); without, the batch is prompts only (generation) and carries the reference answers.
     """
 
-    def __init__(self, tokenizer, system_prompt: str, max_txt_len: int, feature_kind: str, with_answers: bool = True):
+    def __init__(self, tokenizer, system_prompt: str, max_txt_len: int, feature_kind: str, with_answers: bool = True,
+                 prompt: str = "moviechat"):
         self.tokenizer = tokenizer
-        self.system_prompt = system_prompt
+        self.format = PromptFormat(prompt, tokenizer, system_prompt)
         self.max_txt_len = max_txt_len
         self.feature_kind = feature_kind
         self.with_answers = with_answers
-        # Questions and answers repeat (per video, per epoch); tokenizing is most of the loader's time.
-        self._ids = lru_cache(maxsize=65536)(self._tokenize)
-
-    def _tokenize(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, sample: Sample) -> tuple[list[int], list[int]]:
         """Token ids and labels of one sample, truncated to ``max_txt_len`` text tokens."""
-        prompt = prompt_ids(self.tokenizer, self.system_prompt, sample.question, self._ids)
+        prompt = self.format.prompt_ids(sample.question)
         if len(prompt) > self.max_txt_len:
             raise ValueError(f"video {sample.video_id}: prompt of {len(prompt)} tokens exceeds "
                              f"model.max_txt_len={self.max_txt_len}; question: {sample.question[:80]!r}")
         if not self.with_answers:
             return prompt, [IGNORE_INDEX] * len(prompt)
-        answer = list(self._ids(answer_text(sample.answer)))
+        answer = self.format.answer_ids(sample.answer)
         ids = (prompt + answer)[: self.max_txt_len]
         labels = ([IGNORE_INDEX] * len(prompt) + answer)[: self.max_txt_len]
         return ids, labels

@@ -27,7 +27,7 @@ from moviechat.cache import FrameTokenCache, weights_digest
 from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_table
 from moviechat.models.qformer import QFormer, encode_frame_tokens
 from moviechat.models.vision import EvaVisionEncoder
-from moviechat.prompt import IGNORE_INDEX
+from moviechat.prompt import IGNORE_INDEX, Stop
 
 PARTS = ("vision", "ln_vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
 
@@ -190,30 +190,28 @@ class MovieChatModel(nn.Module):
         return (llm or self.llm)(inputs_embeds=embeds, attention_mask=mask).logits.float()
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop_ids: Sequence[int] = ()) -> list[Tensor]:
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop: Optional[Stop] = None) -> list[Tensor]:
         """Greedy answers for a batch of prompts (memory built per sample): new token ids per sample."""
         video, _ = self.encode_video(batch)
         return [self._generate(video[i : i + 1], batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1],
-                               max_new_tokens, stop_ids) for i in range(video.shape[0])]
+                               max_new_tokens, stop) for i in range(video.shape[0])]
 
     @torch.no_grad()
     def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = 32,
-               stop_ids: Sequence[int] = (), n_position: Optional[int] = None) -> Tensor:
+               stop: Optional[Stop] = None, n_position: Optional[int] = None) -> Tensor:
         """Greedy answer to one prompt (token ids with one ``<ImageHere>``) on a memory [M, Q, H] that was
         built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory` (``n_position``: its table size):
         the new token ids."""
         video = self.encode_memory(memory[None].to(self.device), None, None if n_position is None else [n_position])
         ids = torch.tensor([list(prompt_ids)], device=self.device)
-        return self._generate(video, ids, torch.ones_like(ids), max_new_tokens, stop_ids)
+        return self._generate(video, ids, torch.ones_like(ids), max_new_tokens, stop)
 
     def _generate(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
-                  stop_ids: Sequence[int]) -> Tensor:
+                  stop: Optional[Stop]) -> Tensor:
         length = int(attention_mask[0].sum())  # right padding only: the prompt is the first `length` ids
         embeds, mask, _ = self.splice(input_ids[:, :length], attention_mask[:, :length], video)
-        out = self.llm.generate(
-            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=list(stop_ids) or None, pad_token_id=(list(stop_ids) or [0])[0],
-        )
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                do_sample=False, **(stop or Stop([])).generate_kwargs())
         return out[0]
 
     # ---------------------------------------------------------------------------------- parameters
