@@ -4,6 +4,7 @@ step on cached frame tokens to one that recomputes them from EVA features (froze
     python benchmarks/train_step.py                       # tiny config, CPU
     python benchmarks/train_step.py --shape 7b            # MovieChat-7B shapes (Q-Formers, 32x768 tokens)
     python benchmarks/train_step.py --shape 7b --llm-layers 32 --device cuda --dtype bfloat16   # the full 7B, GPU
+    python benchmarks/train_step.py --shape smollm2       # the real frozen SmolLM2-135M (after `make smollm2`)
 
 On a CPU the 7B shape trims the LLM to --llm-layers (default 2) of its 4096-wide layers: a full 7B step
 only takes longer, so the memory's share printed here is an upper bound of the full model's.
@@ -22,6 +23,7 @@ from moviechat.data import Collator, Sample
 from moviechat.models.llm import run_tokenizer
 
 SEVEN_B = TINY.parents[1] / "models" / "moviechat_vicuna7b.yaml"
+SMOLLM2 = TINY.parent / "smollm2_synthetic.yaml"
 
 
 def make_batch(cfg, collate, kind: str, batch: int, frames: int, device) -> dict:
@@ -38,9 +40,28 @@ def make_batch(cfg, collate, kind: str, batch: int, frames: int, device) -> dict
         "frames": [f.to(device) for f in out["frames"]]}
 
 
+def where_time_goes(model, optimizer, data: dict, device) -> str:
+    """One step split into memory building, the rest of the forward pass, backward and the optimizer."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    optimizer.zero_grad()
+    t0 = time.perf_counter()
+    out = model(data)
+    sync()
+    t1 = time.perf_counter()
+    out["loss"].backward()
+    sync()
+    t2 = time.perf_counter()
+    optimizer.step()
+    sync()
+    t3 = time.perf_counter()
+    parts = {"memory": out["memory_seconds"], "forward (rest)": t1 - t0 - out["memory_seconds"],
+             "backward": t2 - t1, "optimizer": t3 - t2}
+    return ", ".join(f"{k} {1000 * v:.0f} ms ({100 * v / (t3 - t0):.0f}%)" for k, v in parts.items())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", choices=["tiny", "7b"], default="tiny")
+    p.add_argument("--shape", choices=["tiny", "7b", "smollm2"], default="tiny")
     p.add_argument("--llm-layers", type=int, default=None)
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: 96 tiny, 256 for 7b)")
     p.add_argument("--batch", type=int, default=None)
@@ -51,6 +72,9 @@ def main() -> None:
     if args.shape == "tiny":
         cfg = load_config(TINY)
         frames, batch = args.frames or 96, args.batch or 16
+    elif args.shape == "smollm2":
+        cfg = load_config(SMOLLM2, [f"model.llm.dtype={args.dtype}"])
+        frames, batch = args.frames or 96, args.batch or cfg.deepspeed.micro_batch_size
     else:
         layers = args.llm_layers or (32 if device.type == "cuda" else 2)
         cfg = load_config(SEVEN_B, [f"model.llm.num_hidden_layers={layers}", f"model.llm.dtype={args.dtype}"])
@@ -60,8 +84,8 @@ def main() -> None:
     if args.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
-    collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens")
-    print(f"shape={args.shape} (LLM layers {cfg.model.llm.num_hidden_layers}), device={device}, dtype={args.dtype}, "
+    collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", prompt=cfg.model.prompt)
+    print(f"shape={args.shape} (LLM layers {model.llm.config.num_hidden_layers}), device={device}, dtype={args.dtype}, "
           f"batch={batch}, frames/video={frames}, memory K={cfg.memory.short_memory_length} "
           f"m={cfg.memory.short_memory_merge} L={cfg.memory.long_memory_length}")
     results = {}
@@ -91,6 +115,7 @@ def main() -> None:
 
         seconds = timed(step, repeats=3)
         results[kind] = seconds
+        print(f"  where a step's time goes: {where_time_goes(model, optimizer, data, device)}")
         label = "cached frame tokens" if kind == "tokens" else "EVA features, Q-Former recomputed"
         print(f"{label:<36} {batch / seconds:8.2f} samples/s   {seconds * 1000:8.1f} ms/step   memory building: "
               f"{100 * memory_share(True):5.1f}% planning + applying, {100 * memory_share(False):5.1f}% with cached plans "

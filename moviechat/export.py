@@ -33,8 +33,13 @@ def probe_batch(cfg, tokenizer) -> dict:
     return Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", prompt=cfg.model.prompt)(samples)
 
 
-def _check(expected: torch.Tensor, got: torch.Tensor, what: str) -> None:
-    if not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+# Merging LoRA into the weights changes the order of fp32 sums: through SmolLM2's 30 layers the logits
+# then differ by up to ~5e-5 (measured); anything else reloads bitwise or within rounding.
+MERGED_ATOL = 1e-4
+
+
+def _check(expected: torch.Tensor, got: torch.Tensor, what: str, atol: float = 1e-5) -> None:
+    if not torch.allclose(expected, got, rtol=1e-4, atol=atol):
         raise RuntimeError(f"{what}: reloaded export differs (max abs diff {(expected - got).abs().max():.3g})")
 
 
@@ -70,12 +75,11 @@ def export_moviechat(cfg, tokenizer, model, out: Path, merge_lora: bool) -> Path
 
 def export_hf(cfg, tokenizer, model, out: Path) -> Path:
     """A folder: model.safetensors (every tensor, our names), config.yaml, tokenizer, README.md."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    with atomic_path(out / "model.safetensors") as tmp:  # save_model stores tied weights (lm_head) once
+        save_model(model, str(tmp), metadata={"format": "pt"})
     save_config(cfg, out / "config.yaml")
     tokenizer.save_pretrained(out / "tokenizer")
     write_text_atomic(out / "README.md", model_card(cfg, model))
@@ -87,7 +91,7 @@ def export_hf(cfg, tokenizer, model, out: Path) -> Path:
 
 def load_hf(folder: str | Path):
     """(config, tokenizer, model) of an ``hf`` export; every weight comes from its safetensors."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
     from transformers import AutoTokenizer
 
     from moviechat.config import load_config
@@ -97,7 +101,7 @@ def load_hf(folder: str | Path):
     cfg.model.checkpoint = cfg.model.qformer_checkpoint = cfg.model.vision.weights = None
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     model = build_from_config(cfg, tokenizer)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    load_model(model, str(folder / "model.safetensors"), strict=True)  # raises on a missing or unknown key
     return cfg, tokenizer, model.eval()
 
 
@@ -145,7 +149,7 @@ def export_merged(cfg, tokenizer, model, out: Path) -> Path:
     again = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     ids = probe_batch(cfg, tokenizer)["input_ids"]
     with torch.no_grad():
-        _check(model.llm(input_ids=ids).logits, again(input_ids=ids).logits, "merged export")
+        _check(model.llm(input_ids=ids).logits, again(input_ids=ids).logits, "merged export", MERGED_ATOL)
     return out
 
 

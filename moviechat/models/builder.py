@@ -28,7 +28,7 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
         ln_vision=nn.LayerNorm(cfg.vision.embed_dim),
         image_qformer=image_qformer,
         video_qformer=video_qformer,
-        frame_position_embedding=nn.Embedding(cfg.frame_position_rows, cfg.video_qformer.hidden_size),
+        frame_position_embedding=nn.Embedding(cfg.frame_position_rows, cfg.image_qformer.hidden_size),
         projection=nn.Linear(cfg.video_qformer.hidden_size, llm.config.hidden_size),
         llm=llm,
         memory_cfg=memory,

@@ -64,8 +64,15 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
             max_position_embeddings=2048, tie_word_embeddings=False,
         )
         llm = LlamaForCausalLM._from_config(config, dtype=dtype)  # built in dtype: no fp32 copy of a 7B model
-    if llm.get_input_embeddings().weight.shape[0] < vocab_size:
-        llm.resize_token_embeddings(vocab_size)
+    old = llm.get_input_embeddings().weight.shape[0]
+    if old < vocab_size:
+        # New rows (<ImageHere>) are the mean embedding, deterministically: the row is never looked up (the
+        # video replaces it), and a frozen LLM must come out of every build bitwise the same.
+        llm.resize_token_embeddings(vocab_size, mean_resizing=False)
+        with torch.no_grad():
+            for weights in {id(m.weight): m.weight for m in (llm.get_input_embeddings(), llm.get_output_embeddings())
+                            if m is not None}.values():
+                weights[old:] = weights[:old].mean(0)
     return llm
 
 
