@@ -1,6 +1,8 @@
 """Train MovieChat: python train.py --cfg configs/experiments/X.yaml [dotted.key=value ...] [--resume RUN]
 
 Also under launchers: torchrun --nproc_per_node=N train.py ... or deepspeed train.py ... (see launch/).
+Exit status: 0 finished (train.max_steps reached); 75 stopped by SIGTERM/SIGINT after a checkpoint (resume
+it); 2 a config or run-folder error before training; 1 any other error. ``<run>/status.json`` says the same.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="experiment YAML (configs/experiments/*.yaml)")
     parser.add_argument("--resume", help="a run folder, its checkpoints/ or one checkpoint folder to continue from")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even if the config changes what is trained (recorded in config_changes.jsonl)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. memory.short_memory_merge=4")
     return parser.parse_args(argv)
@@ -39,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from moviechat.run_folder import STOPPED_EXIT, RunFolderError
     from moviechat.trainer import Trainer  # heavy imports only after the config is known to be valid
 
-    trainer = Trainer(cfg, run_folder(cfg, args.cfg, args.resume), resume=args.resume)
+    try:
+        trainer = Trainer(cfg, run_folder(cfg, args.cfg, args.resume), resume=args.resume,
+                          allow_config_change=args.allow_config_change)
+    except RunFolderError as e:
+        print(f"run folder error: {e}", file=sys.stderr)
+        return 2
     trainer.train()
-    return 0
+    return STOPPED_EXIT if trainer.stopped else 0
 
 
 if __name__ == "__main__":

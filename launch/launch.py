@@ -59,15 +59,19 @@ SBATCH = """#!/bin/bash
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT={port}
 cd {repo}
-# SIGTERM (preemption or time limit) reaches the trainer, which checkpoints; then requeue the job.
-trap 'echo "SIGTERM: waiting for the checkpoint, then requeueing"; kill -TERM $SRUN_PID; wait $SRUN_PID; scontrol requeue $SLURM_JOB_ID' TERM
+# SIGTERM (preemption or time limit) reaches the trainer, which checkpoints and records status "stopped"
+# in <run>/status.json (torchrun does not pass its exit status 75 on); such a job is requeued.
+trap 'echo "SIGTERM: forwarding to the trainer"; kill -TERM $SRUN_PID' TERM
 RESUME=""
 [ -f "{run_dir}/checkpoints/latest" ] && RESUME="--resume {run_dir}"
 srun --kill-on-bad-exit=1 torchrun --nnodes=$SLURM_NNODES --nproc_per_node={gpus} --node_rank=$SLURM_NODEID \\
     --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT --rdzv_id=$SLURM_JOB_ID \\
     train.py {train_args} $RESUME &
 SRUN_PID=$!
-wait $SRUN_PID
+wait $SRUN_PID; STATUS=$?
+[ $STATUS -gt 128 ] && {{ wait $SRUN_PID; STATUS=$?; }}  # the trap interrupted the first wait
+if grep -q '"status": "stopped"' "{run_dir}/status.json" 2>/dev/null; then scontrol requeue $SLURM_JOB_ID; fi
+exit $STATUS
 """
 
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from moviechat.atomic import write_text_atomic
 from moviechat.config import ConfigError, load_config
+from moviechat.run_folder import STOPPED_EXIT
 from moviechat.sweeps import SweepConfig, aggregate, expand, load_sweep, run_result, slug
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,9 @@ def run_local(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
         print(f"[sweep] run {slug(setting)}: {' '.join(cmd)}", flush=True)
         start = time.time()
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL if not sys.stdout.isatty() else None)
+        if proc.returncode == STOPPED_EXIT:
+            print(f"[sweep] {slug(setting)} stopped at a checkpoint; rerun the sweep to resume it", flush=True)
+            raise SystemExit(STOPPED_EXIT)
         if proc.returncode != 0:
             raise SystemExit(f"[sweep] {slug(setting)} failed (exit {proc.returncode}); rerun the sweep to resume it")
         write_text_atomic(run_dir / "result.json", json.dumps(run_result(run_dir, setting, time.time() - start), indent=2))

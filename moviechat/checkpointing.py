@@ -7,9 +7,10 @@ renamed when every rank has finished, so a crash never leaves a half checkpoint 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -17,19 +18,54 @@ from moviechat.atomic import write_text_atomic
 from moviechat.distributed import barrier
 
 PARTIAL = ".partial-"
+PORTABLE = "portable.pt"  # rank 0's copy of the trainable state for another process count (moviechat.elastic)
 
 
 def tag_of(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], rank: int, keep_last: int) -> Path:
-    """Save on every rank (each writes its shard and its own trainer state); returns the folder."""
+@contextlib.contextmanager
+def frozen_left_out(module: torch.nn.Module) -> Iterator[None]:
+    """Leave every frozen weight out of ``module.state_dict()`` while saving. DeepSpeed's
+    ``exclude_frozen_parameters`` misses a tied alias (a frozen LLM's ``lm_head.weight`` tied to its input
+    embeddings is not among ``named_parameters()``), which put 113 MB of SmolLM2 into every checkpoint."""
+    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+    def drop(_module, state, prefix, _metadata) -> None:
+        for name in frozen:
+            state.pop(prefix + name, None)
+
+    handle = module.register_state_dict_post_hook(drop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def step_of(tag: str) -> int:
+    return int(tag[len("step"):])
+
+
+def step_folders(root: Path) -> list[Path]:
+    """Complete checkpoints (``stepNNNNNNNN`` folders), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step") and p.name[4:].isdigit())
+
+
+def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], rank: int, keep_last: int,
+                    portable: Optional[dict[str, Any]] = None) -> Path:
+    """Save on every rank (each writes its shard and its own trainer state; rank 0 the ``portable`` state
+    of ``moviechat.elastic``); returns the folder."""
     tag = tag_of(step)
     partial = PARTIAL + tag
-    engine.save_checkpoint(str(root), tag=partial, client_state={"step": step}, save_latest=False,
-                           exclude_frozen_parameters=True)
+    with frozen_left_out(engine.module):
+        engine.save_checkpoint(str(root), tag=partial, client_state={"step": step}, save_latest=False,
+                               exclude_frozen_parameters=True)
     torch.save(state, root / partial / f"trainer_state_rank{rank}.pt")
+    if portable is not None:
+        torch.save(portable, root / partial / PORTABLE)
     barrier()
     if rank == 0:
         final = root / tag
@@ -37,10 +73,27 @@ def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], rank: 
             shutil.rmtree(final)
         (root / partial).rename(final)
         write_text_atomic(root / "latest", tag)
-        for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step"))[:-keep_last]:
-            shutil.rmtree(old)
+        prune(root, step, keep_last)
+        if not (root / (root / "latest").read_text().strip()).is_dir():
+            raise RuntimeError(f"{root / 'latest'} names a checkpoint that does not exist after saving {tag}")
     barrier()
     return root / tag
+
+
+def prune(root: Path, step: int, keep_last: int) -> None:
+    """Keep the checkpoint just written and the ``keep_last - 1`` before it; never touch later steps (a run
+    resumed from an earlier checkpoint leaves the checkpoints it rolled back from alone)."""
+    older = [p for p in step_folders(root) if step_of(p.name) < step]
+    for old in older[: max(len(older) - (keep_last - 1), 0)]:
+        shutil.rmtree(old)
+
+
+def remove_leftovers(root: Path) -> list[str]:
+    """Partial checkpoints of a run that was killed while saving; returns their names."""
+    names = [p.name for p in root.glob(PARTIAL + "*")] if root.is_dir() else []
+    for name in names:
+        shutil.rmtree(root / name, ignore_errors=True)
+    return names
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
@@ -52,6 +105,49 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     if path.is_dir() and path.name.startswith("step") and any(path.glob("trainer_state_rank*.pt")):
         return path.parent, path.name
     raise FileNotFoundError(f"no checkpoint at {path} (expected a run folder, its checkpoints/ or a step folder)")
+
+
+def explicit_step(path: str | Path) -> bool:
+    """Whether ``--resume`` named one checkpoint's folder (no fallback then) rather than a run."""
+    path = Path(path)
+    return path.name.startswith("step") and not (path / "latest").is_file() and not (path / "checkpoints").is_dir()
+
+
+def unreadable(folder: Path) -> Optional[str]:
+    """Why a checkpoint cannot be loaded (a missing folder, a file that torch cannot read), or None."""
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        return f"{folder} holds no .pt file"
+    for f in files:
+        try:
+            torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001  (any reason makes it unusable; the message names it)
+            return f"{f}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+    return None
+
+
+def loadable_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """The checkpoint to resume from: ``latest`` (or the named step folder), else, for a run, the newest
+    earlier one that loads, with a warning naming what failed and why."""
+    root, tag = resolve_checkpoint(path)
+    reason = unreadable(root / tag)
+    if reason is None:
+        return root, tag
+    if explicit_step(path):
+        raise RuntimeError(f"cannot resume from {root / tag}: {reason}")
+    for folder in reversed([p for p in step_folders(root) if step_of(p.name) < step_of(tag)]):
+        if unreadable(folder) is None:
+            print(f"warning: checkpoint {root / tag} cannot be loaded ({reason}); resuming from {folder} instead",
+                  flush=True)
+            return root, folder.name
+    raise RuntimeError(f"cannot resume from {root / tag}: {reason}; no earlier checkpoint loads either")
+
+
+def saved_layout(folder: Path):
+    """The :class:`~moviechat.elastic.Layout` that wrote a checkpoint; None for checkpoints older than it."""
+    return torch.load(folder / "trainer_state_rank0.pt", map_location="cpu", weights_only=False).get("layout")
 
 
 def load_checkpoint(engine, root: Path, tag: str, rank: int) -> dict[str, Any]:

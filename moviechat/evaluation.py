@@ -181,6 +181,31 @@ class HeldOutEvaluator:
 
 
 
+def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]:
+    """The prediction rows of a JSONL file; a malformed line is an error naming file and line, or skipped
+    and counted with ``skip_bad``."""
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+        except ValueError as e:
+            row, problem = None, f"not JSON ({e})"
+        if problem is None and not {"video", "question"} <= set(row):
+            problem = "needs 'video' and 'question'"
+        if problem is None:
+            rows.append(row)
+        elif skip_bad:
+            bad.append(number)
+        else:
+            raise DataError(f"{path}: line {number}: {problem} (--skip-bad-lines leaves such lines out)")
+    if bad:
+        print(f"skipped {len(bad)} malformed prediction line(s) of {path}: {bad[:20]}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictions", required=True)
@@ -190,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-model")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--judge-cache", help="JSONL cache of judgements (default: OUT/judge_cache.jsonl)")
+    p.add_argument("--skip-bad-lines", action="store_true", help="leave out malformed prediction lines (counted)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    predictions = [json.loads(line) for line in Path(args.predictions).read_text().splitlines() if line.strip()]
-    for i, row in enumerate(predictions):
-        if not {"video", "question"} <= set(row):
-            raise DataError(f"{args.predictions}: line {i + 1} needs 'video' and 'question'")
+    try:
+        predictions = read_predictions(Path(args.predictions), args.skip_bad_lines)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     judge = None
     if args.judge_url:
         if not args.judge_model:

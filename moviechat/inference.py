@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,11 @@ class Answerer:
         self.stop = self.prompt.stop()
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
 
+    def frame_shape(self, kind: str) -> tuple[int, int]:
+        """[N, D] of one frame the model reads: EVA features or frame tokens."""
+        q = self.cfg.model.image_qformer
+        return self.cfg.model.vision.feature_shape if kind == "eva" else (q.num_query_tokens, q.hidden_size)
+
     @classmethod
     def load(cls, path: str | Path, max_new_tokens: int = 32) -> "Answerer":
         path = Path(path)
@@ -55,7 +61,14 @@ class Answerer:
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
         """Answer one question on one video's features (global mode, or breakpoint at ``seconds``)."""
-        self.check_preprocess(meta, meta.get("video", key))
+        source = meta.get("video", key)
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+            raise DataError(f"{source}: time={seconds} must be a finite number of seconds >= 0")
+        expected = self.frame_shape(meta["kind"])
+        if feats.ndim != 3 or tuple(feats.shape[1:]) != expected:
+            raise DataError(f"{source}: features of shape {list(feats.shape)} do not match the model's "
+                            f"[T, {expected[0]}, {expected[1]}] for kind {meta['kind']!r}")
+        self.check_preprocess(meta, source)
         chosen, stamps = FrameSampling.of(self.cfg.memory)(meta["timestamps"])
         frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float()
         tokens = self.model.encode_frames(frames) if meta["kind"] == "eva" else frames
@@ -160,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="predictions.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=32)
     args = p.parse_args(argv)
+    try:
+        return _run(p, args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     answerer = Answerer.load(args.run, args.max_new_tokens)
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
@@ -172,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         feats, meta = features_of_video_file(answerer.cfg, args.video_file, args.fps)
     else:
         feats, meta = load_features(args.features, args.kind)
-    result = answerer.answer(feats, meta, args.question, args.time, Path(args.features or args.video_file).stem)
+    result = answerer.answer(feats, meta, args.question, args.time, str(args.features or args.video_file))
     print(json.dumps({"question": args.question, "time": args.time, **result}))
     return 0
 

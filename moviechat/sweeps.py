@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from moviechat.atomic import write_text_atomic
 from moviechat.config import ConfigError, load_config
 from moviechat.metrics import read_jsonl
+from moviechat.run_folder import read_status
 
 COLUMNS = ["setting", "eval/loss", "eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior",
            "memory_frames", "memory_tokens", "samples_per_s", "wall_s"]
@@ -62,6 +63,9 @@ def slug(setting: dict[str, Any]) -> str:
 
 
 def run_result(run_dir: Path, setting: dict[str, Any], wall: float) -> dict[str, Any]:
+    status = read_status(run_dir)
+    if status["status"] != "finished":
+        raise RuntimeError(f"{run_dir}: not finished (status.json: {status}); resume it")
     records = read_jsonl(run_dir / "metrics.jsonl")
     evals = [r for r in records if "eval/loss" in r]
     if not evals:

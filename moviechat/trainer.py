@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from moviechat.atomic import write_text_atomic
-from moviechat.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from moviechat.checkpointing import (PORTABLE, load_checkpoint, loadable_checkpoint, remove_leftovers,
+                                     save_checkpoint, saved_layout, step_of)
+from moviechat.elastic import Layout, check_layout, merged_train_state, portable_state, restore_portable
 from moviechat.config import Config, as_dict, save_config
 from moviechat.data import Collator, DataError, build_datasets
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
@@ -29,6 +31,7 @@ from moviechat.metrics import JsonlLogger
 from moviechat.models.llm import run_tokenizer
 from moviechat.optim import build_optimizer, describe_groups, lr_lambda
 from moviechat.registry import MODELS
+from moviechat.run_folder import check_resume_config, claim, truncate_metrics, write_status
 from moviechat.runtime import deepspeed_config, environment, rng_state, seed_everything, set_rng_state
 
 import moviechat.models  # noqa: F401  (registers the model builders)
@@ -41,13 +44,18 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     positions: dict[int, int] = field(default_factory=dict)  # data stream -> samples consumed this epoch
-    skipped: dict[int, int] = field(default_factory=dict)  # data stream -> samples skipped (on_error=skip)
+    skipped: dict[int, int] = field(default_factory=dict)  # data stream -> samples skipped this epoch (on_error=skip)
+    skipped_before: int = 0  # samples skipped in earlier epochs (this rank)
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: Optional[str] = None):
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: Optional[str] = None, allow_config_change: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        claim(self.run_dir, resume is not None)  # every rank decides alike, before any collective
+        self.checkpoint = loadable_checkpoint(resume) if resume else None
+        if self.checkpoint is not None:
+            check_resume_config(self.checkpoint[0].parent, as_dict(cfg), allow_config_change, step_of(self.checkpoint[1]))
         self.rank, self.world_size, self.device = init_distributed()
         import deepspeed
 
@@ -78,8 +86,13 @@ class Trainer:
             lambda values, what: all_reduce_sum(values, self.device, what), self.world_size)
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
-        if resume:
-            self._resume(resume)
+        if self.rank == 0:
+            left = remove_leftovers(self.run_dir / "checkpoints")
+            if left:
+                print(f"removed partial checkpoint(s) of an interrupted save: {', '.join(left)}")
+        if self.checkpoint is not None:
+            self._resume(*self.checkpoint)
+        self.stopped = False
         self.logger = JsonlLogger(self.run_dir / "metrics.jsonl") if self.rank == 0 else None
         self.wandb = self._wandb() if self.rank == 0 else None
         self.stop_requested = False
@@ -106,19 +119,38 @@ class Trainer:
                           mode=self.cfg.run.wandb, config=as_dict(self.cfg), resume="allow", id=self.run_dir.name)
 
     def _write_run_files(self) -> None:
+        write_status(self.run_dir, "running", self.state.step, self.cfg.train.max_steps)  # a crash leaves it so
         save_config(self.cfg, self.run_dir / "config.yaml")
         write_text_atomic(self.run_dir / "environment.json", json.dumps(environment(self.world_size), indent=2))
         write_text_atomic(self.run_dir / "deepspeed.json", json.dumps(self.ds_config, indent=2))
         if not (self.run_dir / "tokenizer").is_dir():
             self.tokenizer.save_pretrained(self.run_dir / "tokenizer")
 
-    def _resume(self, path: str) -> None:
-        root, tag = resolve_checkpoint(path)
-        saved = load_checkpoint(self.engine, root, tag, self.rank)
-        self.state = saved["train_state"]
-        set_rng_state(saved["rng"])
+    def layout(self) -> Layout:
+        return Layout(self.world_size, max(self.cfg.data.num_workers, 1), self.engine.train_batch_size())
+
+    def _resume(self, root: Path, tag: str) -> None:
+        saved = saved_layout(root / tag)
+        if saved is not None and saved != self.layout():
+            check_layout(saved, self.layout(), root / tag)
+        if saved is not None and saved.processes != self.world_size:
+            portable = torch.load(root / tag / PORTABLE, map_location="cpu", weights_only=False)
+            restore_portable(self.engine, self.model, self.scheduler, portable)
+            self.state = merged_train_state(portable["train_states"])
+            seed_everything(self.cfg.run.seed + 1000 * self.rank + self.state.step)  # dropout: new per-rank streams
+            how = f"written by {saved.processes} process(es), elastic"
+        else:
+            state = load_checkpoint(self.engine, root, tag, self.rank)
+            self.state = state["train_state"]
+            set_rng_state(state["rng"])
+            how = "same layout"
         if self.rank == 0:
-            print(f"resumed from {root / tag} at step {self.state.step}")
+            dropped = truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+            print(f"resumed from {root / tag} at step {self.state.step} ({how})"
+                  f"{f'; {dropped} metrics row(s) logged after it dropped' if dropped else ''}")
+            if self.state.step >= self.cfg.train.max_steps:
+                print(f"the run already finished (step {self.state.step}, train.max_steps={self.cfg.train.max_steps}): "
+                      f"nothing to train; raise train.max_steps to continue it")
 
     # ---------------------------------------------------------------------------------------- data
 
@@ -142,14 +174,22 @@ class Trainer:
             if not produced and not self.state.positions:
                 raise DataError(f"rank {self.rank} has no training samples (fewer shards than ranks x workers?)")
             self._report_skips(f"epoch {self.state.epoch}")
+            self.state.skipped_before = getattr(self.state, "skipped_before", 0) + sum(self.state.skipped.values())
             self.state.epoch += 1
-            self.state.positions = {}
+            self.state.positions, self.state.skipped = {}, {}
 
     def _report_skips(self, when: str) -> None:
-        total = sum(self.state.skipped.values())
-        if total:
-            print(f"[rank {self.rank}] {when}: {total} sample(s) skipped (data.on_error=skip); "
+        count = sum(self.state.skipped.values())
+        if count:
+            print(f"[rank {self.rank}] {when}: {count} training sample(s) skipped this epoch (data.on_error=skip); "
                   f"reasons: {dict(self.train_data.skips.counts) or 'see worker logs'}")
+
+    def _report_total_skips(self) -> None:
+        samples = getattr(self.state, "skipped_before", 0) + sum(self.state.skipped.values())
+        setup = self.source.skips
+        if samples or setup.total:
+            print(f"[rank {self.rank}] skipped in all (data.on_error=skip): {samples} training sample(s); at set-up: "
+                  f"{dict(setup.counts) or 'nothing'}")
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The text tensors on the device; the model moves frames itself (it may read them from its cache)."""
@@ -186,7 +226,11 @@ class Trainer:
                 out = self.engine(batch)  # frame tokens -> streaming memory -> video tokens -> LM loss
                 self.engine.backward(out["loss"])
                 boundary = self.engine.is_gradient_accumulation_boundary()
+                norm = self._grad_norm() if boundary else None
                 self.engine.step()
+                if boundary:
+                    reported = _float(self.engine.get_global_grad_norm())
+                    window["grad_norm"] = norm if reported is None else reported
                 window["loss"] += out["loss"].detach().item()
                 window["micro"] += 1
                 window["samples"] += len(batch["frames"])
@@ -206,6 +250,7 @@ class Trainer:
                     self.save()
                 if any_rank(self.stop_requested, self.device) and not done:
                     self.save()
+                    self.stopped = True
                     if self.rank == 0:
                         print(f"stopped by a signal at step {self.state.step}; resume with --resume {self.run_dir}")
                     break
@@ -217,7 +262,17 @@ class Trainer:
         return last_eval
 
     def _on_signal(self, signum, frame) -> None:
+        if self.stop_requested:  # the second one: leave at once (a partial checkpoint is removed at the next start)
+            print(f"second signal {signum}: exiting without a checkpoint", flush=True)
+            os._exit(128 + signum)
         self.stop_requested = True
+
+    def _grad_norm(self) -> Optional[float]:
+        """The L2 norm of the trainable gradients (ZeRO 0 keeps them whole; ZeRO 1-2 report their own)."""
+        grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
 
     def _log_train(self, window: dict[str, float], bar) -> None:
         loss_sum, micro, samples, seconds, memory = all_reduce_sum(
@@ -225,7 +280,7 @@ class Trainer:
             what="train logging")
         record = {
             "step": self.state.step, "epoch": self.state.epoch, "loss": loss_sum / max(micro, 1),
-            "lr": self.scheduler.get_last_lr()[0], "grad_norm": _float(self.engine.get_global_grad_norm()),
+            "lr": self.scheduler.get_last_lr()[0], "grad_norm": window.get("grad_norm"),
             "samples_per_s": samples / max(seconds / self.world_size, 1e-9),
             "memory_time_share": memory / max(seconds, 1e-9), "time": time.time(),
         }
@@ -254,16 +309,19 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path:
-        state = {"train_state": self.state, "rng": rng_state()}
+        state = {"train_state": self.state, "rng": rng_state(), "layout": self.layout()}
+        portable = portable_state(self.engine, self.model, self.scheduler, self.state, self.layout())
         path = save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state.step, state, self.rank,
-                               self.cfg.train.keep_last)
+                               self.cfg.train.keep_last, portable)
         if self.rank == 0:
             tqdm.write(f"checkpoint: {path}")
         return path
 
     def _finish(self) -> None:
-        self._report_skips("end of training")
+        self._report_total_skips()
         if self.rank == 0:
+            finished = self.state.step >= self.cfg.train.max_steps
+            write_status(self.run_dir, "finished" if finished else "stopped", self.state.step, self.cfg.train.max_steps)
             cache = self.model.token_cache
             if cache is not None:
                 print(f"frame-token cache: {cache.hits} hits, {cache.misses} misses")

@@ -259,3 +259,31 @@ def test_eva_features_of_an_unknown_convention_are_refused_with_how_to_re_extrac
     paths = write_shards([VideoFeatures("new", feats, new, "")], str(tmp_path / "new-%03d.tar"))
     ds = dataset(ShardStore(paths), [VideoFeatures("new", feats, new, "")], feature_kind="eva", token_shape=(3, 6))
     assert len(list(ds)) == 2
+
+
+def test_on_error_skip_counts_bad_annotation_entries_files_and_videos_without_features(tmp_path, tiny_cfg, capsys):
+    from moviechat.data.builders import source_from_annotations
+
+    vids = videos(3)
+    write_shards(vids, str(tmp_path / "s-%03d.tar"))
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for v in vids + [VideoFeatures("v999", vids[0].feats, vids[0].meta, "")]:  # v999 has no features
+        qas = [QA("what color", "red", "global"), QA("now", "blue", "breakpoint", 3.0)]
+        (ann / f"{v.key}.json").write_text(json.dumps(annotation_json(v.key, qas, fps=1.0, num_frame=12)))
+    bad = json.loads((ann / "v000.json").read_text())
+    bad["global"].append({"question": " ", "answer": "x"})
+    bad["breakpoint"].append({"time": 12, "question": "late", "answer": "x"})
+    (ann / "v000.json").write_text(json.dumps(bad))
+    (ann / "v001.json").write_text('{"info": {"fps": 1.0, "num_fr')
+    data = tiny_cfg.data
+    data.annotations, data.shards, data.folder, data.on_error = str(ann), str(tmp_path / "s-*.tar"), None, "skip"
+    data.val_fraction = 0.3
+    source = source_from_annotations(data, 0)
+    assert dict(source.skips.counts) == {"bad annotation entry": 2, "bad annotation file": 1,
+                                         "annotated video without features": 1}
+    assert len(source.qas["v000"]) == 2 and "v001" not in source.qas and source.missing == ["v999"]
+    assert "skipped (bad annotation entry): " in capsys.readouterr().out
+    data.on_error = "raise"
+    with pytest.raises(DataError, match=r"v000.json: global\[1\].question is empty"):
+        source_from_annotations(data, 0)

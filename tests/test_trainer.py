@@ -1,5 +1,6 @@
 """The real train.py on the tiny config, in subprocesses (one DeepSpeed process group each)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -18,16 +19,17 @@ FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "train.eval_sample
         "train.log_every=1", "train.warmup_steps=2", "deepspeed.micro_batch_size=4"]
 
 
-def train_cmd(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1) -> list[str]:
+def train_cmd(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1, cfg: Path = TINY) -> list[str]:
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                      f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
-    cmd = launcher + [str(REPO / "train.py"), "--cfg", str(TINY), f"run.output_dir={tmp_path}", *FAST, *overrides]
+    cmd = launcher + [str(REPO / "train.py"), "--cfg", str(cfg), f"run.output_dir={tmp_path}", *FAST, *overrides]
     return cmd + (["--resume", resume] if resume else [])
 
 
-def run_train(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
+def run_train(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1,
+              cfg: Path = TINY) -> subprocess.CompletedProcess:
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc), cwd=tmp_path, env=env,
+    proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc, cfg=cfg), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -88,9 +90,11 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 75, err[-3000:]  # stopped at a checkpoint: resume me (SLURM requeue, sweeps)
     stopped = int((tmp_path / "s" / "checkpoints" / "latest").read_text()[len("step"):])
     assert stopped >= 3 and "stopped by a signal" in out
+    status = json.loads((tmp_path / "s" / "status.json").read_text())
+    assert status == {"status": "stopped", "step": stopped, "max_steps": 100000}
     run_train(tmp_path, "run.name=s", f"train.max_steps={stopped + 2}", "train.eval_every=0", "train.eval_generate=0",
               resume=str(tmp_path / "s"))
     assert max(losses(tmp_path / "s")) == stopped + 2

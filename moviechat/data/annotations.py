@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from moviechat.data.stores import DataError
+from moviechat.data.stores import DataError, SkipCounter
 
 CAPTION_QUESTION = "Describe the video in detail."
 
@@ -33,8 +33,10 @@ def video_key(info: dict, path: Path) -> str:
     return Path(video_path).stem if video_path else path.stem
 
 
-def parse_moviechat1k(path: str | Path, include_caption: bool = False) -> tuple[str, list[QA]]:
-    """One annotation file -> (video key, its QA records); bad entries raise DataError naming them."""
+def parse_moviechat1k(path: str | Path, include_caption: bool = False,
+                      skips: Optional[SkipCounter] = None) -> tuple[str, list[QA]]:
+    """One annotation file -> (video key, its QA records). A bad entry raises DataError naming it, or, with
+    ``skips`` (``data.on_error=skip``), is counted there and left out."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -44,22 +46,33 @@ def parse_moviechat1k(path: str | Path, include_caption: bool = False) -> tuple[
         raise DataError(f"{path}: not a MovieChat-1K annotation ({type(e).__name__}: {e})") from None
     if fps <= 0:
         raise DataError(f"{path}: info.fps={fps} must be > 0")
+    entries = [("global", i, item) for i, item in enumerate(data.get("global", []))]
+    entries += [("breakpoint", i, item) for i, item in enumerate(data.get("breakpoint", []))]
     qas: list[QA] = []
-    for i, item in enumerate(data.get("global", [])):
-        qas.append(QA(_text(item, "question", path, f"global[{i}]"), _text(item, "answer", path, f"global[{i}]"),
-                      "global", None, item.get("type", "global")))
-    for i, item in enumerate(data.get("breakpoint", [])):
-        where = f"breakpoint[{i}]"
-        time = item.get("time")
-        if not isinstance(time, (int, float)) or time < 0:
-            raise DataError(f"{path}: {where}.time={time!r} must be a frame index >= 0")
-        if time >= num_frame:
-            raise DataError(f"{path}: {where}.time={time} is past the video's end (info.num_frame={num_frame})")
-        qas.append(QA(_text(item, "question", path, where), _text(item, "answer", path, where), "breakpoint",
-                      time / fps, item.get("type", "breakpoint")))
+    for mode, i, item in entries:
+        try:
+            qas.append(_entry(mode, item, path, f"{mode}[{i}]", fps, num_frame))
+        except DataError as e:
+            if skips is None:
+                raise
+            skips.add("bad annotation entry", str(e))
     if include_caption and data.get("caption"):
         qas.append(QA(CAPTION_QUESTION, str(data["caption"]).strip(), "global", None, "caption"))
     return video_key(info, path), qas
+
+
+def _entry(mode: str, item, path: Path, where: str, fps: float, num_frame: int) -> QA:
+    if not isinstance(item, dict):
+        raise DataError(f"{path}: {where} is not an object")
+    question, answer = _text(item, "question", path, where), _text(item, "answer", path, where)
+    if mode == "global":
+        return QA(question, answer, "global", None, item.get("type", "global"))
+    time = item.get("time")
+    if not isinstance(time, (int, float)) or time < 0:
+        raise DataError(f"{path}: {where}.time={time!r} must be a frame index >= 0")
+    if time >= num_frame:
+        raise DataError(f"{path}: {where}.time={time} is past the video's end (info.num_frame={num_frame})")
+    return QA(question, answer, "breakpoint", time / fps, item.get("type", "breakpoint"))
 
 
 def _text(item: dict, field: str, path: Path, where: str) -> str:
@@ -80,17 +93,25 @@ def annotation_json(key: str, qas: Sequence[QA], fps: float, num_frame: int, cap
     }
 
 
-def load_annotations(folder: str | Path, include_caption: bool = False) -> dict[str, list[QA]]:
-    """Every ``*.json`` of a folder, by video key."""
+def load_annotations(folder: str | Path, include_caption: bool = False,
+                     skips: Optional[SkipCounter] = None) -> dict[str, list[QA]]:
+    """Every ``*.json`` of a folder, by video key; with ``skips``, a malformed file or entry is counted
+    there and left out instead of stopping (``data.on_error=skip``)."""
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
     if not files:
         raise DataError(f"no annotation files (*.json) in {folder}")
     out: dict[str, list[QA]] = {}
     for f in files:
-        key, qas = parse_moviechat1k(f, include_caption)
-        if key in out:
-            raise DataError(f"{f}: video {key!r} is annotated twice")
+        try:
+            key, qas = parse_moviechat1k(f, include_caption, skips)
+            if key in out:
+                raise DataError(f"{f}: video {key!r} is annotated twice")
+        except DataError as e:
+            if skips is None:
+                raise
+            skips.add("bad annotation file", str(e))
+            continue
         out[key] = qas
     return out
 

@@ -11,7 +11,7 @@ from moviechat.config import Config, DataConfig
 from moviechat.data.annotations import load_annotations, split_by_video
 from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import DataError, FolderStore, ShardStore
+from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter
 from moviechat.data.synthetic import synthetic_dir, write_synthetic_set
 from moviechat.registry import DATASETS
 
@@ -35,14 +35,17 @@ def open_store(data: DataConfig):
 def source_from_annotations(data: DataConfig, seed: int) -> VideoQASource:
     if not data.annotations:
         raise DataError("data.annotations must name the folder of per-video annotation JSON files")
-    qas = load_annotations(data.annotations, data.include_captions)
+    skips = SkipCounter()  # what set-up leaves out with data.on_error=skip
+    qas = load_annotations(data.annotations, data.include_captions, skips if data.on_error == "skip" else None)
     store = open_store(data)
     missing = check_annotated_videos(qas, list(store.keys()), data.on_error, data.annotations)
+    for key in missing:
+        skips.add("annotated video without features", f"{key} ({len(qas[key])} question(s))")
     train, val = split_by_video(set(qas) - set(missing), data.val_fraction, seed)
     if not train or not val:
         raise DataError(f"split of {len(qas) - len(missing)} videos left train={len(train)}, val={len(val)}; "
                         f"change data.val_fraction={data.val_fraction}")
-    return VideoQASource(store, qas, train, val, missing)
+    return VideoQASource(store, qas, train, val, missing, skips)
 
 
 @DATASETS.register("moviechat1k")

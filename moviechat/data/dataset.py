@@ -47,6 +47,7 @@ class VideoQASource:
     train_keys: set[str]
     val_keys: set[str]
     missing: list[str] = field(default_factory=list)  # annotated videos without features (skipped)
+    skips: SkipCounter = field(default_factory=SkipCounter)  # annotation entries, files and videos left out
 
     def texts(self) -> list[str]:
         """All questions and answers (to build a tiny model's word tokenizer)."""
@@ -92,6 +93,7 @@ class VideoQADataset(IterableDataset):
         stream, num_streams = self.rank * workers + worker, self.world_size * workers
         seed = self.seed * 1_000_003 + self.epoch
         skip = self.resume.get(stream, 0)
+        self.skips = SkipCounter()  # this epoch's (a resumed stream counts again what it passes over)
         samples = self._shuffled(self._samples(stream, num_streams, seed), random.Random(seed * 7919 + stream))
         for index, sample in enumerate(samples):
             if index >= skip:

@@ -1,0 +1,182 @@
+"""Run folders and resumes under what users do: re-used names, roll-backs, changed configs, corrupt files,
+signals (issue 15). Each scenario runs the real train.py on the tiny config."""
+
+import json
+import subprocess
+
+import pytest
+
+from moviechat.metrics import read_jsonl
+from moviechat.run_folder import STOPPED_EXIT, config_changes, truncate_metrics
+from moviechat.runs import load_run
+from test_trainer import losses, run_train, train_cmd
+
+BASE = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "train.eval_every=0", "train.eval_generate=0"]
+
+
+def attempt(tmp_path, *overrides, resume=None, extra=()):
+    import os
+
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = train_cmd(tmp_path, *overrides, resume=resume) + list(extra)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def steps(run) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step"))
+
+
+def corrupt(folder) -> str:
+    states = folder / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:100])
+    return str(states)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reliability")
+    run_train(tmp, "run.name=r", *BASE)
+    return tmp, tmp / "r"
+
+
+def test_a_finished_run_logs_real_grad_norms_and_its_status(base_run):
+    _, run = base_run
+    norms = [r["grad_norm"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert len(norms) == 6 and all(isinstance(n, float) and n > 0 for n in norms)
+    assert json.loads((run / "status.json").read_text()) == {"status": "finished", "step": 6, "max_steps": 6}
+
+
+def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_run):
+    tmp, run = base_run
+    before = steps(run)
+    proc = attempt(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1")
+    assert proc.returncode == 2
+    assert f"already holds checkpoints of a run; continue it with --resume {run}" in proc.stderr
+    assert "another run.name" in proc.stderr and steps(run) == before
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_and_a_named_one_fails(base_run):
+    tmp, run = base_run
+    bad = corrupt(run / "checkpoints" / "step00000006")
+    proc = attempt(tmp, "run.name=r", *BASE, resume=str(run))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"warning: checkpoint {run / 'checkpoints' / 'step00000006'} cannot be loaded ({bad}:" in proc.stdout
+    assert "resumed from" in proc.stdout and "step00000004 at step 4" in proc.stdout
+    logged = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert logged == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 logged once: the first attempt's rows were dropped
+    bad = corrupt(run / "checkpoints" / "step00000004")
+    proc = attempt(tmp, "run.name=r", *BASE, resume=str(run / "checkpoints" / "step00000004"))
+    assert proc.returncode == 1 and f"cannot resume from {run / 'checkpoints' / 'step00000004'}: {bad}" in proc.stderr
+
+
+def test_resume_refuses_a_changed_memory_key_unless_allowed_and_records_it(base_run):
+    tmp, run = base_run  # after the corrupt-checkpoint test, which leaves the run finished at step 6 again
+    proc = attempt(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run))
+    assert proc.returncode == 2 and "memory.long_memory_length: 16 -> 8" in proc.stderr
+    assert "--allow-config-change" in proc.stderr
+    proc = attempt(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run),
+                   extra=["--allow-config-change"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the run already finished (step 6, train.max_steps=6)" in proc.stdout
+    change = json.loads((run / "config_changes.jsonl").read_text().splitlines()[-1])
+    assert change["step"] == 6 and change["changes"] == {"memory.long_memory_length": [16, 8]}
+    assert config_changes({"train": {"max_steps": 6, "lr": 1.0}}, {"train": {"max_steps": 9, "lr": 1.0}}) == {}
+
+
+def test_rolling_back_with_keep_last_1_keeps_later_checkpoints_and_a_loadable_latest(tmp_path):
+    run_train(tmp_path, "run.name=b", *BASE)
+    run = tmp_path / "b"
+    (run / "checkpoints" / ".partial-step00000008").mkdir()  # left by a run killed while saving
+    proc = run_train(tmp_path, "run.name=b", "train.max_steps=5", "train.save_every=1", "train.keep_last=1",
+                     "train.eval_every=0", "train.eval_generate=0", resume=str(run / "checkpoints" / "step00000004"))
+    assert "removed partial checkpoint(s) of an interrupted save: .partial-step00000008" in proc.stdout
+    assert steps(run) == ["step00000005", "step00000006"]  # the rolled-back-from step 6 is left alone
+    assert (run / "checkpoints" / "latest").read_text() == "step00000005"
+    assert load_run(run)[3].name == "step00000005"
+
+
+def test_truncate_metrics_drops_later_rows_and_a_half_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')
+    assert truncate_metrics(path, 2) == 2 and path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_stopped_setting_is_not_recorded_and_the_sweep_stops_to_resume_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    from conftest import REPO
+    from moviechat.sweeps import load_sweep, run_result
+
+    spec = importlib.util.spec_from_file_location("sweep", REPO / "launch" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "status.json").write_text(json.dumps({"status": "stopped", "step": 100, "max_steps": 400}))
+    with pytest.raises(RuntimeError, match="not finished"):
+        run_result(tmp_path / "s", {}, 1.0)
+    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, STOPPED_EXIT))
+    spec_file = tmp_path / "sw.yaml"
+    spec_file.write_text(f"name: sw\nbase: {REPO / 'configs/experiments/tiny_synthetic.yaml'}\n"
+                         f"output_dir: {tmp_path}\ngrid:\n  memory.short_memory_merge: [2]\n")
+    cfg = load_sweep(spec_file)
+    with pytest.raises(SystemExit) as stop:
+        sweep.run_local(cfg, sweep.expand(cfg), tmp_path / "sw", None)
+    assert stop.value.code == STOPPED_EXIT and not list((tmp_path / "sw").glob("*/result.json"))
+
+
+ELASTIC = ["train.max_steps=4", "train.save_every=2", "train.eval_every=0", "train.eval_generate=0",
+           "deepspeed.zero_stage=2", "train.lr=1e-3"]
+TWO = ["deepspeed.gradient_accumulation_steps=1", "data.num_workers=1"]  # 2 processes x 1 worker, global batch 8
+ONE = ["deepspeed.gradient_accumulation_steps=2", "data.num_workers=2"]  # 1 process x 2 workers, global batch 8
+
+
+@pytest.mark.parametrize("before,after,stage", [(2, 1, 2), (1, 2, 2), (2, 1, 0)])
+def test_elastic_resume_continues_as_the_uninterrupted_run(before, after, stage, tmp_path):
+    """A ZeRO checkpoint of N processes resumed on M: the same data streams and global batch, so steps 3-4
+    give the losses of the uninterrupted run on N."""
+    layout = {2: TWO, 1: ONE}
+    run_train(tmp_path, "run.name=full", *ELASTIC, *layout[before], f"deepspeed.zero_stage={stage}", nproc=before)
+    step2 = tmp_path / "full" / "checkpoints" / "step00000002"
+    proc = run_train(tmp_path, "run.name=cut", *ELASTIC, *layout[after], f"deepspeed.zero_stage={stage}",
+                     resume=str(step2), nproc=after)
+    assert f"at step 2 (written by {before} process(es), elastic)" in proc.stdout
+    full, cut = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(cut) == [3, 4]
+    for step in (3, 4):
+        assert cut[step] == pytest.approx(full[step], rel=1e-4), (step, full, cut)
+
+
+def test_elastic_resume_refuses_other_data_streams_or_global_batch_saying_what_to_set(tmp_path):
+    run_train(tmp_path, "run.name=two", *ELASTIC, *TWO, nproc=2)
+    proc = attempt(tmp_path, "run.name=two", *ELASTIC, resume=str(tmp_path / "two"))
+    assert proc.returncode == 2
+    assert "= 2 data streams; this run has 1 x 1 = 1: set data.num_workers=2" in proc.stderr
+    proc = attempt(tmp_path, "run.name=two", *ELASTIC, "data.num_workers=2", resume=str(tmp_path / "two"))
+    assert proc.returncode == 2 and "global batch of 8; this run's is 4" in proc.stderr
+
+
+def test_inference_and_evaluation_refuse_bad_input_naming_it(tmp_path, capsys):
+    import numpy as np
+
+    from moviechat import evaluation, inference
+    from test_export_eval import synthetic_features
+
+    run_train(tmp_path, "run.name=i", "train.max_steps=1", "train.eval_every=0", "train.eval_generate=0")
+    cfg = load_run(tmp_path / "i")[0]
+    synthetic_features(tmp_path, cfg)
+    ask = [str(tmp_path / "i"), "--features", str(tmp_path / "clip.npy"), "--question", "what color", "--max-new-tokens", "2"]
+    for bad in ("-5", "nan", "inf"):
+        assert inference.main(ask + ["--time", bad]) == 2
+        assert "must be a finite number of seconds >= 0" in capsys.readouterr().err
+    q = cfg.model.image_qformer
+    np.save(tmp_path / "wide.npy", np.zeros((4, q.num_query_tokens + 1, q.hidden_size), np.float16))
+    assert inference.main([str(tmp_path / "i"), "--features", str(tmp_path / "wide.npy"), "--question", "what"]) == 2
+    err = capsys.readouterr().err
+    assert f"wide.npy: features of shape [4, {q.num_query_tokens + 1}, {q.hidden_size}] do not match the model's " \
+           f"[T, {q.num_query_tokens}, {q.hidden_size}]" in err
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"video": "clip", "question": "q", "prediction": "red"}\n5\n{"video": "cl')
+    assert evaluation.main(["--predictions", str(preds), "--annotations", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert f"{preds}: line 2: a JSON int, not an object" in capsys.readouterr().err
+    rows = evaluation.read_predictions(preds, skip_bad=True)
+    assert len(rows) == 1 and "skipped 2 malformed prediction line(s)" in capsys.readouterr().out
