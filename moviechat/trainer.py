@@ -254,11 +254,11 @@ class Trainer:
                     if self.rank == 0:
                         print(f"stopped by a signal at step {self.state.step}; resume with --resume {self.run_dir}")
                     break
-        finally:
             bar.close()
+            self._finish()
+        finally:  # a second signal while finishing (wandb, logs) still exits at once
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-        self._finish()
         return last_eval
 
     def _on_signal(self, signum, frame) -> None:

@@ -287,3 +287,16 @@ def test_on_error_skip_counts_bad_annotation_entries_files_and_videos_without_fe
     data.on_error = "raise"
     with pytest.raises(DataError, match=r"v000.json: global\[1\].question is empty"):
         source_from_annotations(data, 0)
+
+
+def test_a_shard_that_breaks_while_read_counts_each_video_lost(tmp_path, capsys):
+    vids = videos(16)
+    (path,) = write_shards(vids, str(tmp_path / "x-%03d.tar"), max_per_shard=16)
+    store = ShardStore([path], on_error="skip")
+    assert len(store.keys()) == 16  # set-up read every header
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])  # then the file broke
+    skips = SkipCounter()
+    read = [v.key for v in store.videos(0, 1, 0, skips)]
+    assert 0 < len(read) < 16 and skips.counts == Counter({"video in an unreadable shard": 16 - len(read)})
+    assert "unreadable shard, the rest of it is skipped" in capsys.readouterr().out

@@ -100,6 +100,19 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
     assert max(losses(tmp_path / "s")) == stopped + 2
 
 
+def test_a_second_signal_exits_at_once():
+    # The handler itself (the window between two real Ctrl-C is too short to hit reliably in a test).
+    code = ("from moviechat.trainer import Trainer\n"
+            "t = Trainer.__new__(Trainer)\nt.stop_requested = False\n"
+            "t._on_signal(2, None)\nprint('first: stop requested', t.stop_requested, flush=True)\n"
+            "t._on_signal(2, None)\nprint('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 128 + signal.SIGINT
+    assert "first: stop requested True" in proc.stdout and "second signal 2: exiting without a checkpoint" in proc.stdout
+    assert "not reached" not in proc.stdout
+
+
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores")
 def test_two_process_zero2_matches_one_process_with_the_same_global_batch(tmp_path):
     common = ["train.max_steps=4", "train.eval_every=0", "train.eval_generate=0", "deepspeed.zero_stage=2",

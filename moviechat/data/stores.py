@@ -219,6 +219,7 @@ class ShardStore:
             raise DataError(f"shard files not found: {', '.join(missing[:5])}")
         self.shards = list(shards)
         self.on_error = on_error
+        self._listed: Optional[dict[str, str]] = None  # keys by shard, once keys() has read the headers
 
     @property
     def units(self) -> int:
@@ -228,6 +229,7 @@ class ShardStore:
     def keys(self) -> dict[str, str]:
         """Every video key and its shard, from the tar headers (a truncated shard is reported here)."""
         keys: dict[str, str] = {}
+        self._listed = keys
         for shard in self.shards:
             try:
                 with tarfile.open(shard) as tar:
@@ -246,17 +248,28 @@ class ShardStore:
         if not mine:
             return
 
+        broken: list[str] = []
+
         def handler(exn: Exception) -> bool:
             if self.on_error != "skip":
                 raise DataError(f"reading shards {mine}: {exn}") from exn
-            skips.add("unreadable shard", repr(exn))
+            broken.append(repr(exn))
+            print(f"unreadable shard, the rest of it is skipped: {exn!r}", flush=True)
             return True
 
         dataset = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=handler)
+        seen = set()
         for raw in dataset:
+            seen.add(raw.get("__key__"))
             video = self._decode(raw, skips)
             if video is not None:
                 yield video
+        if broken and self._listed is None:  # no header listing to tell which videos were lost
+            for error in broken:
+                skips.add("unreadable shard", error)
+        elif broken:  # count the videos lost, not the errors (their headers were read at set-up)
+            for key in sorted(k for k, shard in self._listed.items() if shard in mine and k not in seen):
+                skips.add("video in an unreadable shard", f"{self._listed[key]}: video {key!r}")
 
     def _decode(self, raw: dict, skips: SkipCounter) -> Optional[VideoFeatures]:
         source, key = raw.get("__url__", "?"), raw.get("__key__", "?")
