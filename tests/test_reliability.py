@@ -44,6 +44,13 @@ def test_a_finished_run_logs_real_grad_norms_and_its_status(base_run):
     norms = [r["grad_norm"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert len(norms) == 6 and all(isinstance(n, float) and n > 0 for n in norms)
     assert json.loads((run / "status.json").read_text()) == {"status": "finished", "step": 6, "max_steps": 6}
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (run / "config.yaml", run / "status.json", run / "checkpoints" / "latest"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path  # the umask's mode, not mkstemp's 0600
 
 
 def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_run):
