@@ -6,10 +6,13 @@
     python -m moviechat.inference RUN --questions q.jsonl --features-dir DIR --out preds.jsonl  # batch
     python -m moviechat.inference RUN --questions q.jsonl --shards 'data/*.tar' --out preds.jsonl
     python -m moviechat.inference RUN --annotations ANN_DIR --shards 'data/*.tar' --out preds.jsonl [--limit N]
+    python -m moviechat.inference RUN --annotations ANN_DIR --videos VIDEO_DIR --out preds.jsonl  # video files
 
 RUN is a run folder or checkpoint (``train.py``) or an ``hf`` export folder. A questions file has one JSON
 per line: ``{"video": KEY or path, "question": ..., "time": seconds (breakpoint; omit for global), "id": ...}``;
-predictions keep those fields and add ``mode`` and ``prediction``.
+predictions keep those fields and add ``mode``, ``frame`` and ``prediction``. Batch mode reads each video
+once and answers all its questions from one pass (``moviechat.batch_answering``); re-running it continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from moviechat.batch_answering import (FeatureLookup, VideoFileLookup, answer_file, load_features,
+                                       questions_from_annotations)
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import DataError, SkipCounter, feature_meta, PreprocessCheck, read_npy_video, validate_features
+from moviechat.data.stores import DataError, PreprocessCheck
 from moviechat.memory import StreamingMemory
 from moviechat.prompt import PromptFormat
 
@@ -58,12 +63,9 @@ class Answerer:
             cfg, tokenizer, model, _ = load_run(path)
         return cls(cfg, tokenizer, model, max_new_tokens)
 
-    @torch.no_grad()
-    def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
-        """Answer one question on one video's features (global mode, or breakpoint at ``seconds``)."""
+    def frame_tokens(self, feats: np.ndarray, meta: dict, key: str) -> tuple[torch.Tensor, list[float]]:
+        """A video's sampled frames as frame tokens (EVA features go through ln_vision + image Q-Former once)."""
         source = meta.get("video", key)
-        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
-            raise DataError(f"{source}: time={seconds} must be a finite number of seconds >= 0")
         expected = self.frame_shape(meta["kind"])
         if feats.ndim != 3 or tuple(feats.shape[1:]) != expected:
             raise DataError(f"{source}: features of shape {list(feats.shape)} do not match the model's "
@@ -71,89 +73,70 @@ class Answerer:
         self.check_preprocess(meta, source)
         chosen, stamps = FrameSampling.of(self.cfg.memory)(meta["timestamps"])
         frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float()
-        tokens = self.model.encode_frames(frames) if meta["kind"] == "eva" else frames
-        stream = StreamingMemory(self.cfg.memory)
+        return (self.model.encode_frames(frames) if meta["kind"] == "eva" else frames), stamps
+
+    def frame_of(self, seconds: Optional[float], stamps: list[float], meta: dict, key: str) -> Optional[int]:
+        """The sampled frame a breakpoint time falls on (None: global)."""
         if seconds is None:
-            stream.push(tokens)
-            stream.finish()
-            memory, mode, t = stream.global_memory(), "global", None
-        else:
-            t = frame_at(seconds, stamps, key, meta.get("video", key), meta.get("duration"))
-            stream.push(tokens[:t])
-            fragment_end = (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
-            memory, mode = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:fragment_end]), "breakpoint"
-        prompt = self.prompt.prompt_ids(question)
-        ids = self.model.answer(memory, prompt, self.max_new_tokens, self.stop, stream.n_position)
+            return None
+        source = meta.get("video", key)
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+            raise DataError(f"{source}: time={seconds} must be a finite number of seconds >= 0")
+        return frame_at(seconds, stamps, key, source, meta.get("duration"))
+
+    def _fragment_end(self, t: int) -> int:
+        return (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
+
+    def _reply(self, memory: torch.Tensor, question: str, n_position: int, mode: str, t: Optional[int]) -> dict:
+        ids = self.model.answer(memory, self.prompt.prompt_ids(question), self.max_new_tokens, self.stop, n_position)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return {"mode": mode, "frame": t, "prediction": self.prompt.extract_answer(text)}
 
+    @torch.no_grad()
+    def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
+        """Answer one question on one video's features (global mode, or breakpoint at ``seconds``), streaming
+        the memory from the first frame for it alone (:meth:`answer_video` answers a video's questions in one pass)."""
+        tokens, stamps = self.frame_tokens(feats, meta, key)
+        t = self.frame_of(seconds, stamps, meta, key)
+        stream = StreamingMemory(self.cfg.memory)
+        if t is None:
+            stream.push(tokens)
+            stream.finish()
+            memory = stream.global_memory()
+            return self._reply(memory, question, stream.n_position, "global", None)
+        stream.push(tokens[:t])
+        memory = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)])
+        return self._reply(memory, question, stream.n_position, "breakpoint", t)
 
-def load_features(path: str | Path, kind_default: str) -> tuple[np.ndarray, dict]:
-    """A ``<key>.npy`` (with an optional ``<key>.json`` of metadata beside it)."""
-    video = read_npy_video(path, kind_default)
-    validate_features(video.feats, video.meta, video.key, video.source)
-    return video.feats, video.meta
+    @torch.no_grad()
+    def answer_video(self, feats: np.ndarray, meta: dict, questions: list[tuple[str, Optional[float]]],
+                     key: str = "video") -> list[dict]:
+        """Every question ``(text, seconds or None)`` of one video from one pass: frame tokens computed once,
+        the memory streamed once; breakpoint questions answered on snapshots as the stream passes their
+        frames, global ones at the end. Equal to :meth:`answer` per question (memory reads do not change
+        the stream)."""
+        tokens, stamps = self.frame_tokens(feats, meta, key)
+        frames = [self.frame_of(seconds, stamps, meta, key) for _, seconds in questions]
+        stream, pushed = StreamingMemory(self.cfg.memory), 0
+        replies: list[Optional[dict]] = [None] * len(questions)
+        for i in sorted((i for i, t in enumerate(frames) if t is not None), key=lambda i: frames[i]):
+            t = frames[i]
+            stream.push(tokens[pushed:t])
+            pushed = t
+            memory = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)])
+            replies[i] = self._reply(memory, questions[i][0], stream.n_position, "breakpoint", t)
+        if any(t is None for t in frames):
+            stream.push(tokens[pushed:])
+            stream.finish()
+            memory = stream.global_memory()
+            for i in (i for i, t in enumerate(frames) if t is None):
+                replies[i] = self._reply(memory, questions[i][0], stream.n_position, "global", None)
+        return replies
 
 
 def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple[np.ndarray, dict]:
     """Decode a video and run the frozen EVA encoder (``model.vision.weights``) over its frames."""
-    from moviechat.data.video import read_frames
-    from moviechat.features import load_encoder
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    frames, stamps, duration = read_frames(path, fps=fps)
-    feats = load_encoder(cfg, frame_tokens=False, device=device)(frames, 64, device).numpy()
-    return feats, feature_meta("eva", stamps, duration, fps or 0, cfg.model.vision.preprocess, video=str(path))
-
-
-class FeatureLookup:
-    """Features by video key from a folder of .npy files or from shards (read once, kept in memory)."""
-
-    def __init__(self, folder: Optional[str], shards: Optional[str], kind: str):
-        self.folder, self.kind = (Path(folder) if folder else None), kind
-        self.cache: dict[str, tuple[np.ndarray, dict]] = {}
-        if shards:
-            from moviechat.data.builders import expand_shards
-            from moviechat.data.stores import ShardStore
-
-            for v in ShardStore(expand_shards(shards)).videos(0, 1, 0, SkipCounter()):
-                self.cache[v.key] = (v.feats, v.meta)
-
-    def __call__(self, video: str) -> tuple[np.ndarray, dict]:
-        if video in self.cache:
-            return self.cache[video]
-        if self.folder is not None and (self.folder / f"{video}.npy").is_file():
-            return load_features(self.folder / f"{video}.npy", self.kind)
-        if Path(video).is_file():
-            return load_features(video, self.kind)
-        raise DataError(f"no features for video {video!r} (looked in --features-dir / --shards)")
-
-
-def questions_from_annotations(folder: str | Path, limit: Optional[int] = None) -> list[dict]:
-    """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds)."""
-    from moviechat.data.annotations import load_annotations
-
-    rows = [{"video": key, "question": qa.question, "time": qa.seconds}
-            for key, qas in sorted(load_annotations(folder).items()) for qa in qas]
-    return rows[:limit] if limit else rows
-
-
-def answer_file(answerer: Answerer, questions: Path | list[dict], lookup: FeatureLookup, out: Path) -> int:
-    """Answer every question (a JSONL file or rows); write predictions JSONL. Returns the number answered."""
-    if isinstance(questions, Path):
-        rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
-    else:
-        rows = questions
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for i, row in enumerate(rows):
-            for field in ("video", "question"):
-                if not str(row.get(field, "")).strip():
-                    raise DataError(f"{questions}: line {i + 1}: {field!r} is empty or missing")
-            feats, meta = lookup(str(row["video"]))
-            result = answerer.answer(feats, meta, row["question"], row.get("time"), str(row["video"]))
-            f.write(json.dumps({**row, "id": row.get("id", i), **result}) + "\n")
-    return len(rows)
+    return VideoFileLookup(cfg, Path(path).parent, fps)(str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", help="batch mode: every question of a MovieChat-1K style annotations folder")
     p.add_argument("--limit", type=int, help="with --annotations: at most this many questions")
     p.add_argument("--features-dir")
+    p.add_argument("--videos", help="batch mode over video files: <DIR>/<key>.mp4, through the run's EVA encoder")
+    p.add_argument("--num-frames", type=int, help="with --videos: decode this many frames spread over each video "
+                                                    "(instead of --fps)")
     p.add_argument("--shards")
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
@@ -184,8 +170,15 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     answerer = Answerer.load(args.run, args.max_new_tokens)
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
-        n = answer_file(answerer, questions, FeatureLookup(args.features_dir, args.shards, args.kind), Path(args.out))
-        print(f"answered {n} questions -> {args.out}")
+        if args.videos:
+            fps = None if args.num_frames else args.fps
+            lookup = VideoFileLookup(answerer.cfg, args.videos, fps, args.num_frames)
+        else:
+            lookup = FeatureLookup(args.features_dir, args.shards, args.kind)
+        counts = answer_file(answerer, questions, lookup, Path(args.out))
+        print(f"answered {counts['answered']} questions -> {args.out} ({counts['already']} answered before; "
+              f"{counts['failed_videos']} video(s) failed, {counts['failed_questions']} question(s) unanswered"
+              f"{', see ' + str(Path(args.out).with_name(Path(args.out).stem + '.failures.jsonl')) if counts['failed_videos'] else ''})")
         return 0
     if not args.question or not (args.features or args.video_file):
         p.error("give --question with --features or --video-file (or --questions for a batch)")

@@ -82,7 +82,9 @@ def test_inference_answers_in_both_modes_and_in_batch(lora_run, tmp_path, capsys
     questions.write_text("".join(json.dumps({"video": "clip", "question": q.question, "time": q.seconds}) + "\n"
                                  for q in video.qas))
     answerer = inference.Answerer.load(lora_run, max_new_tokens=3)
-    n = inference.answer_file(answerer, questions, inference.FeatureLookup(str(tmp_path), None, "tokens"), tmp_path / "p.jsonl")
+    counts = inference.answer_file(answerer, questions, inference.FeatureLookup(str(tmp_path), None, "tokens"),
+                                   tmp_path / "p.jsonl")
+    n = counts["answered"]
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert n == len(video.qas) == len(rows) and {r["mode"] for r in rows} == {"global", "breakpoint"}
     # The streaming memory answers as the batched training path does.

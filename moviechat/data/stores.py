@@ -322,6 +322,18 @@ class FolderStore:
                 skips.add("unreadable file", str(e))
 
 
+def read_shard_video(shard: str, key: str) -> VideoFeatures:
+    """One video from one shard, read by itself (its two members), validated."""
+    try:
+        with tarfile.open(shard) as tar:
+            feats = np.load(io.BytesIO(tar.extractfile(f"{key}.feats.npy").read()), allow_pickle=False)
+            meta = json.loads(tar.extractfile(f"{key}.json").read())
+    except (KeyError, AttributeError, tarfile.TarError, OSError, EOFError, ValueError) as e:
+        raise DataError(f"{shard}: video {key!r}: cannot read: {type(e).__name__}: {e}") from None
+    validate_features(feats, meta, key, shard)
+    return VideoFeatures(key, feats, meta, shard)
+
+
 def read_npy_video(path: str | Path, kind: str, fps: float = 1.0) -> VideoFeatures:
     """``<key>.npy`` and its ``<key>.json`` metadata (or, without one, frames at ``fps`` of ``kind``)."""
     path = Path(path)

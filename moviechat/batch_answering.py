@@ -1,0 +1,155 @@
+"""Answering a whole split: each video read once, its questions answered from one pass, resumable.
+
+Questions are grouped by video; a video's features are read (or its file decoded and encoded) once, and
+:meth:`~moviechat.inference.Answerer.answer_video` answers all its questions from one streaming pass.
+Predictions are appended one video at a time in a single write, so a crash loses at most the video in
+progress and a re-run skips every question already answered. Videos that cannot be read are listed in
+``<out>.failures.jsonl`` and counted; the rest are answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
+
+
+def load_features(path: str | Path, kind_default: str) -> tuple[np.ndarray, dict]:
+    """A ``<key>.npy`` (with an optional ``<key>.json`` of metadata beside it)."""
+    video = read_npy_video(path, kind_default)
+    validate_features(video.feats, video.meta, video.key, video.source)
+    return video.feats, video.meta
+
+
+class FeatureLookup:
+    """Features by video key from a folder of .npy files or from shards. Shards are indexed from their tar
+    headers; a lookup reads only the shard that holds the key, and only that video's members."""
+
+    def __init__(self, folder: Optional[str], shards: Optional[str], kind: str):
+        self.folder, self.kind = (Path(folder) if folder else None), kind
+        self.index: dict[str, str] = {}
+        if shards:
+            from moviechat.data.builders import expand_shards
+            from moviechat.data.stores import ShardStore
+
+            self.index = ShardStore(expand_shards(shards)).keys()
+
+    def __call__(self, video: str) -> tuple[np.ndarray, dict]:
+        if video in self.index:
+            found = read_shard_video(self.index[video], video)
+            return found.feats, found.meta
+        if self.folder is not None and (self.folder / f"{video}.npy").is_file():
+            return load_features(self.folder / f"{video}.npy", self.kind)
+        if Path(video).is_file():
+            return load_features(video, self.kind)
+        raise DataError(f"no features for video {video!r} (looked in --features-dir / --shards)")
+
+
+class VideoFileLookup:
+    """EVA features of ``<folder>/<key>.mp4`` (or another video suffix), decoded with PyAV and encoded by
+    the run's frozen ViT (``model.vision.weights``), loaded once."""
+
+    def __init__(self, cfg, folder: str | Path, fps: Optional[float] = None, num_frames: Optional[int] = None):
+        from moviechat.features import load_encoder
+
+        self.cfg, self.folder, self.fps, self.num_frames = cfg, Path(folder), fps, num_frames
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = load_encoder(cfg, frame_tokens=False, device=self.device)
+
+    def path_of(self, video: str) -> Path:
+        for suffix in VIDEO_SUFFIXES:
+            if (self.folder / f"{video}{suffix}").is_file():
+                return self.folder / f"{video}{suffix}"
+        if Path(video).is_file():
+            return Path(video)
+        raise DataError(f"no video file for {video!r} in {self.folder} ({', '.join(VIDEO_SUFFIXES)})")
+
+    def __call__(self, video: str) -> tuple[np.ndarray, dict]:
+        from moviechat.data.video import read_frames
+
+        path = self.path_of(video)
+        frames, stamps, duration = read_frames(path, fps=self.fps, num_frames=self.num_frames)
+        feats = self.encoder(frames, 64, self.device).numpy()
+        return feats, feature_meta("eva", stamps, duration, self.fps or 0, self.cfg.model.vision.preprocess,
+                                   video=str(path))
+
+
+def questions_from_annotations(folder: str | Path, limit: Optional[int] = None) -> list[dict]:
+    """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds)."""
+    from moviechat.data.annotations import load_annotations
+
+    rows = [{"video": key, "question": qa.question, "time": qa.seconds}
+            for key, qas in sorted(load_annotations(folder).items()) for qa in qas]
+    return rows[:limit] if limit else rows
+
+
+def read_questions(questions: Path | list[dict]) -> list[dict]:
+    """Rows with ``video`` and ``question`` (a JSONL file or a list), each with an ``id`` (its given one, or
+    its position), so that a re-run can tell what is answered."""
+    rows = questions
+    if isinstance(questions, Path):
+        rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        for key in ("video", "question"):
+            if not str(row.get(key, "")).strip():
+                raise DataError(f"{questions if isinstance(questions, Path) else 'questions'}: line {i + 1}: "
+                                f"{key!r} is empty or missing")
+    return [{**row, "id": row.get("id", i)} for i, row in enumerate(rows)]
+
+
+def answered_ids(out: Path) -> set:
+    """Ids already in a predictions file; a half-written last line (a crash mid-append) is cut off."""
+    if not out.is_file():
+        return set()
+    data = out.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(out, "r+b") as f:
+            f.truncate(len(complete))
+    return {json.loads(line)["id"] for line in complete.decode().splitlines() if line.strip()}
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:  # one write per video: a crash leaves whole videos or a cut last line
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], tuple[np.ndarray, dict]],
+                out: Path) -> dict[str, int]:
+    """Answer every question not answered yet in ``out``, one video at a time; returns the counts."""
+    rows = read_questions(questions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = answered_ids(out)
+    by_video: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["id"] not in done:
+            by_video.setdefault(str(row["video"]), []).append(row)
+    failures = out.with_name(out.stem + ".failures.jsonl")
+    failures.unlink(missing_ok=True)
+    counts = {"answered": 0, "already": len(rows) - sum(map(len, by_video.values())), "failed_videos": 0,
+              "failed_questions": 0}
+    bar = tqdm(by_video.items(), total=len(by_video), unit="video", desc="answering", dynamic_ncols=True)
+    for video, items in bar:
+        try:
+            feats, meta = lookup(video)
+            replies = answerer.answer_video(feats, meta, [(r["question"], r.get("time")) for r in items], video)
+        except DataError as e:
+            _append(failures, json.dumps({"video": video, "questions": len(items), "error": str(e)}) + "\n")
+            counts["failed_videos"] += 1
+            counts["failed_questions"] += len(items)
+            continue
+        _append(out, "".join(json.dumps({**row, **reply}) + "\n" for row, reply in zip(items, replies)))
+        counts["answered"] += len(items)
+        bar.set_postfix(questions=counts["answered"], failed=counts["failed_videos"])
+    return counts

@@ -1,0 +1,99 @@
+"""Answering a split: one pass per video equals one stream per question; resumable; failures listed."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from moviechat.batch_answering import FeatureLookup, VideoFileLookup, answer_file
+from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
+from moviechat.inference import Answerer
+from moviechat.memory import MemoryConfig
+from moviechat.models import build_moviechat
+
+QUESTIONS = [("what color is the first scene", None), ("what color now", 3.0), ("what color now", 21.0),
+             ("how many scenes", None), ("what color now", 3.0), ("what color now", 0.0), ("what came before", 36.0)]
+
+
+def answerer_for(cfg, tokenizer, preset: str = "streaming") -> Answerer:
+    cfg.memory = MemoryConfig(short_memory_length=8, short_memory_merge=2, fragment_frames=8, n_position=16,
+                              long_memory_length=16, preset=preset)
+    torch.manual_seed(0)
+    model = build_moviechat(cfg.model, cfg.memory, tokenizer, verbose=False).eval()
+    return Answerer(cfg, tokenizer, model, max_new_tokens=3)
+
+
+def token_video(cfg, frames: int = 40, seed: int = 1) -> tuple[np.ndarray, dict]:
+    q = cfg.model.image_qformer
+    feats = torch.randn(frames, q.num_query_tokens, q.hidden_size, generator=torch.Generator().manual_seed(seed))
+    return feats.numpy(), default_meta(frames, "tokens")
+
+
+@pytest.mark.parametrize("preset", ["streaming", "original", "moviechat_plus"])
+def test_one_pass_per_video_answers_as_one_stream_per_question(preset, tiny_cfg, tokenizer):
+    answerer = answerer_for(tiny_cfg, tokenizer, preset)
+    feats, meta = token_video(tiny_cfg)
+    together = answerer.answer_video(feats, meta, QUESTIONS, "v")
+    alone = [answerer.answer(feats, meta, q, t, "v") for q, t in QUESTIONS]
+    assert together == alone
+    assert [r["frame"] for r in together] == [None, 3, 21, None, 3, 0, 36]
+
+
+def rows_for(keys):
+    return [{"video": k, "question": q, "time": t} for k in keys for q, t in QUESTIONS]
+
+
+def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_cfg, tokenizer):
+    answerer = answerer_for(tiny_cfg, tokenizer)
+    videos = {f"v{i}": token_video(tiny_cfg, seed=i) for i in range(4)}
+    rows = rows_for(videos)
+    answer_file(answerer, rows, videos.__getitem__, tmp_path / "full.jsonl")
+
+    def crash_at_v2(key):
+        if key == "v2":
+            raise KeyboardInterrupt  # the process dies here
+        return videos[key]
+
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        answer_file(answerer, rows, crash_at_v2, out)
+    with open(out, "a") as f:
+        f.write('{"video": "v2", "question": "what col')  # and a half-written line, as a kill mid-append leaves
+    counts = answer_file(answerer, rows, videos.__getitem__, out)
+    assert counts == {"answered": 14, "already": 14, "failed_videos": 0, "failed_questions": 0}
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in got) == list(range(len(rows)))  # each question exactly once
+    full = {r["id"]: r for r in map(json.loads, (tmp_path / "full.jsonl").read_text().splitlines())}
+    assert all(full[r["id"]] == r for r in got)
+
+
+def test_a_broken_video_file_is_listed_and_the_rest_answered(tmp_path, tiny_cfg, tokenizer):
+    from test_pipelines import write_video
+
+    tiny_cfg.model.vision.enabled = True
+    answerer = answerer_for(tiny_cfg, tokenizer)
+    for key in ("a", "c"):
+        write_video(tmp_path / f"{key}.mp4", frames=40, fps=8)
+    (tmp_path / "b.mp4").write_bytes(b"not a video")
+    lookup = VideoFileLookup(tiny_cfg, tmp_path, fps=8.0)
+    rows = [{"video": k, "question": "what color now", "time": 1.0} for k in "abc"]
+    counts = answer_file(answerer, rows, lookup, tmp_path / "p.jsonl")
+    assert counts == {"answered": 2, "already": 0, "failed_videos": 1, "failed_questions": 1}
+    assert [json.loads(x)["video"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == ["a", "c"]
+    (failure,) = [json.loads(x) for x in (tmp_path / "p.failures.jsonl").read_text().splitlines()]
+    assert failure["video"] == "b" and "b.mp4: cannot decode video" in failure["error"]
+
+
+def test_shard_lookup_reads_only_the_shard_that_holds_the_video(tmp_path, tiny_cfg):
+    q = tiny_cfg.model.image_qformer
+    vids = [VideoFeatures(f"v{i}", np.full((5, q.num_query_tokens, q.hidden_size), i, np.float16),
+                          default_meta(5, "tokens"), "") for i in range(4)]
+    paths = write_shards(vids, str(tmp_path / "s-%03d.tar"), max_per_shard=2)
+    lookup = FeatureLookup(None, str(tmp_path / "s-*.tar"), "tokens")
+    assert lookup.index == {"v0": paths[0], "v1": paths[0], "v2": paths[1], "v3": paths[1]}
+    open(paths[0], "wb").write(b"")  # the other shard breaks after indexing: never read for v3
+    feats, meta = lookup("v3")
+    assert feats.shape == (5, q.num_query_tokens, q.hidden_size) and float(feats[0, 0, 0]) == 3.0
+    with pytest.raises(DataError, match="s-000.tar: video 'v0': cannot read"):
+        lookup("v0")
