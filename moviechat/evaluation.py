@@ -12,8 +12,10 @@ Offline scores need no service: exact match, normalised match and token F1. The 
 judge model that reads question, reference and prediction and returns ``{'pred': 'yes'|'no', 'score':
 0-5}``: accuracy is the share of "yes", score the mean. Judgements are cached (a rerun costs nothing),
 requests retried, malformed replies counted, and the judge's model name recorded with the results.
-Writes ``per_question.jsonl``, ``summary.json``, ``summary.md`` and ``lmms_eval_{global,breakpoint}.jsonl``
-(fields ``video_name``, ``question``, ``answer``, ``time``, ``pred``, as lmms-eval's moviechat tasks name them).
+Every score comes with a 95% bootstrap interval over videos. Writes ``per_question.jsonl``, ``summary.json``,
+``summary.md``, ``lmms_eval_{global,breakpoint}.jsonl`` (fields ``video_name``, ``question``, ``answer``,
+``time`` as the frame index, ``pred``, as lmms-eval's moviechat tasks name them) and
+``moviechat_{global,breakpoint}.json`` (``{video: [question, answer, time, pred]}``, MovieChat's layout).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,6 +43,20 @@ def references(annotations: str | Path) -> dict[tuple, str]:
     for key, qas in load_annotations(annotations).items():
         for qa in qas:
             out[(key, qa.mode, normalize_answer(qa.question), None if qa.seconds is None else round(qa.seconds, 2))] = qa.answer
+    return out
+
+
+def video_fps(annotations: str | Path) -> dict[str, float]:
+    """``info.fps`` of every annotated video (breakpoint times go back to frame indices with it)."""
+    from moviechat.data.annotations import video_key
+
+    out = {}
+    for f in sorted(Path(annotations).glob("*.json")):
+        try:
+            info = json.loads(f.read_text())["info"]
+            out[video_key(info, f)] = float(info["fps"])
+        except (ValueError, KeyError, TypeError):
+            continue  # load_annotations names the bad file
     return out
 
 
@@ -66,44 +83,94 @@ def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[Ju
     return rows, score_summary(rows, unmatched, judge)
 
 
+BOOTSTRAP_SAMPLES = 1000
+
+
+def bootstrap_ci(rows: list[dict], value: Callable[[dict], Optional[float]], seed: int = 0) -> Optional[list[float]]:
+    """95% interval of the mean of ``value`` over questions, resampling whole videos (questions of one video
+    are not independent), ``BOOTSTRAP_SAMPLES`` times with a fixed seed."""
+    by_video: dict[str, list[float]] = {}
+    for r in rows:
+        v = value(r)
+        if v is not None:
+            by_video.setdefault(str(r["video"]), []).append(float(v))
+    if not by_video:
+        return None
+    groups = list(by_video.values())
+    rng = random.Random(seed)
+    means = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        picked = [groups[rng.randrange(len(groups))] for _ in groups]
+        means.append(sum(map(sum, picked)) / sum(map(len, picked)))
+    means.sort()
+    return [means[int(0.025 * len(means))], means[int(0.975 * len(means)) - 1]]
+
+
 def score_summary(rows: list[dict], unmatched: int, judge: Optional[JudgeClient]) -> dict[str, Any]:
+    """Per mode: the scores and, beside each, its 95% bootstrap interval over videos (``<metric>_ci``)."""
     summary: dict[str, Any] = {"unmatched_predictions": unmatched, "judge_model": judge.model if judge else None}
     for mode in ("global", "breakpoint", "all"):
         sel = [r for r in rows if mode == "all" or r["mode"] == mode]
-        entry: dict[str, Any] = {"n": len(sel)}
-        for metric in ("exact", "normalized", "f1"):
-            entry[metric] = sum(r[metric] for r in sel) / len(sel) if sel else None
+        entry: dict[str, Any] = {"n": len(sel), "videos": len({str(r["video"]) for r in sel})}
+        values: dict[str, Callable[[dict], Optional[float]]] = {m: (lambda r, m=m: r[m]) for m in ("exact", "normalized", "f1")}
         if judge is not None:
-            ok = [r for r in sel if r["judge_status"] == "ok"]
-            entry["judge_accuracy"] = sum(r["judge_pred"] == "yes" for r in ok) / len(ok) if ok else None
-            entry["judge_score"] = sum(r["judge_score"] for r in ok) / len(ok) if ok else None
+            ok = lambda r: r["judge_status"] == "ok"  # noqa: E731
+            values["judge_accuracy"] = lambda r: float(r["judge_pred"] == "yes") if ok(r) else None
+            values["judge_score"] = lambda r: float(r["judge_score"]) if ok(r) else None
             entry["judge_malformed"] = sum(r["judge_status"] == "malformed" for r in sel)
             entry["judge_failed"] = sum(r["judge_status"] == "failed" for r in sel)
+        for metric, value in values.items():
+            got = [v for v in map(value, sel) if v is not None]
+            entry[metric] = sum(got) / len(got) if got else None
+            entry[f"{metric}_ci"] = bootstrap_ci(sel, value)
         summary[mode] = entry
     return summary
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    cols = ["n", "exact", "normalized", "f1"] + (["judge_accuracy", "judge_score", "judge_malformed", "judge_failed"]
-                                                 if summary.get("judge_model") else [])
+    cols = ["n", "videos", "exact", "normalized", "f1"] + (
+        ["judge_accuracy", "judge_score", "judge_malformed", "judge_failed"] if summary.get("judge_model") else [])
     lines = ["| mode | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for mode in ("global", "breakpoint", "all"):
-        cells = [summary[mode].get(c) for c in cols]
-        lines.append(f"| {mode} | " + " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-                                                for v in cells) + " |")
+        lines.append(f"| {mode} | " + " | ".join(_cell(summary[mode], c) for c in cols) + " |")
     judge = f"\njudge: {summary['judge_model']}\n" if summary.get("judge_model") else ""
-    return "\n".join(lines) + f"\n{judge}unmatched predictions: {summary['unmatched_predictions']}\n"
+    return ("\n".join(lines) + f"\n\n[95% bootstrap interval over videos]\n{judge}"
+            f"unmatched predictions: {summary['unmatched_predictions']}\n")
 
 
-def write_results(rows: list[dict], summary: dict[str, Any], out: Path) -> None:
+def _cell(entry: dict[str, Any], col: str) -> str:
+    value, ci = entry.get(col), entry.get(f"{col}_ci")
+    if value is None:
+        return ""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+
+
+def write_results(rows: list[dict], summary: dict[str, Any], out: Path, fps: Optional[dict[str, float]] = None) -> None:
+    """Our files, and per mode the layouts other scorers read: lmms-eval's JSONL (``time`` as the frame
+    index of the original video) and MovieChat's ``{video: [question, answer, time, pred]}``."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "per_question.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_text_atomic(out / "summary.md", markdown(summary))
+    fps = fps or {}
     for mode in ("global", "breakpoint"):
-        lines = [json.dumps({"video_name": f"{r['video']}.mp4", "question": r["question"], "answer": r["answer"],
-                             "time": r["time"], "pred": r["prediction"]}) + "\n" for r in rows if r["mode"] == mode]
-        write_text_atomic(out / f"lmms_eval_{mode}.jsonl", "".join(lines))
+        items = [{"video_name": f"{r['video']}.mp4", "question": r["question"], "answer": r["answer"],
+                  "time": _frame(r, fps), "pred": r["prediction"]} for r in rows if r["mode"] == mode]
+        write_text_atomic(out / f"lmms_eval_{mode}.jsonl", "".join(json.dumps(i) + "\n" for i in items))
+        by_video: dict[str, list] = {}
+        for item in items:
+            by_video.setdefault(item["video_name"], []).append({k: item[k] for k in ("question", "answer", "time", "pred")})
+        write_text_atomic(out / f"moviechat_{mode}.json", json.dumps(by_video, indent=1))
+
+
+def _frame(row: dict, fps: dict[str, float]) -> Optional[int]:
+    """A breakpoint's time as the frame index of the original video (as the annotations give it)."""
+    if row["time"] is None:
+        return None
+    rate = fps.get(str(row["video"]))
+    return round(float(row["time"]) * rate) if rate else row["time"]
 
 
 # ------------------------------------------------------------------------------- held-out evaluation
@@ -230,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = JudgeClient(args.judge_url, args.judge_model, Path(args.judge_cache or out / "judge_cache.jsonl"),
                             os.environ.get(args.judge_key_env))
     rows, summary = evaluate(predictions, references(args.annotations), judge)
-    write_results(rows, summary, out)
+    write_results(rows, summary, out, video_fps(args.annotations))
     print(markdown(summary))
     return 0
 

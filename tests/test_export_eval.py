@@ -112,12 +112,17 @@ def test_offline_scores_on_a_hand_made_set(tmp_path):
     assert evaluation.main(["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["unmatched_predictions"] == 1
-    assert summary["global"] == {"n": 1, "exact": 0.0, "normalized": 1.0, "f1": 1.0}
+    scores = lambda entry: {k: entry[k] for k in ("n", "videos", "exact", "normalized", "f1")}  # noqa: E731
+    assert scores(summary["global"]) == {"n": 1, "videos": 1, "exact": 0.0, "normalized": 1.0, "f1": 1.0}
     # "a blue cup" vs "A red cup": normalised tokens [blue, cup] vs [red, cup]: P = R = 1/2 -> F1 = 1/2
-    assert summary["breakpoint"] == {"n": 1, "exact": 0.0, "normalized": 0.0, "f1": 0.5}
+    assert scores(summary["breakpoint"]) == {"n": 1, "videos": 1, "exact": 0.0, "normalized": 0.0, "f1": 0.5}
+    assert summary["breakpoint"]["f1_ci"] == [0.5, 0.5]  # one video: nothing to resample
     lmms = [json.loads(x) for x in (tmp_path / "out" / "lmms_eval_breakpoint.jsonl").read_text().splitlines()]
-    assert lmms == [{"video_name": "v1.mp4", "question": "What is he holding?", "answer": "A red cup", "time": 10.0,
-                     "pred": "a blue cup"}]
+    assert lmms == [{"video_name": "v1.mp4", "question": "What is he holding?", "answer": "A red cup", "time": 300,
+                     "pred": "a blue cup"}]  # time: the frame index (10 s at 30 fps), as the annotations give it
+    original = json.loads((tmp_path / "out" / "moviechat_breakpoint.json").read_text())
+    assert original == {"v1.mp4": [{"question": "What is he holding?", "answer": "A red cup", "time": 300,
+                                    "pred": "a blue cup"}]}
 
 
 class StubJudge(http.server.BaseHTTPRequestHandler):
@@ -200,3 +205,12 @@ def test_moviechat_export_leaves_the_model_as_it_was(lora_run, tmp_path):
     llm = model.llm
     export.export_moviechat(cfg, tokenizer, model, tmp_path / "m.pth", merge_lora=True)
     assert model.llm is llm and export.has_lora(model)  # still the adapted LLM, not its merged copy
+
+
+def test_bootstrap_interval_resamples_videos_not_questions():
+    # 40 videos of 5 questions; a video is all right or all wrong: the spread is that of 40 draws, not 200.
+    rows = [{"video": f"v{v}", "exact": float(v < 20)} for v in range(40) for _ in range(5)]
+    lo, hi = evaluation.bootstrap_ci(rows, lambda r: r["exact"])
+    assert lo < 0.5 < hi and 0.25 < hi - lo < 0.4  # ~ +-1.96 * sqrt(0.25 / 40); questions alone give ~ +-0.07
+    assert evaluation.bootstrap_ci(rows, lambda r: r["exact"]) == [lo, hi]  # seeded
+    assert evaluation.bootstrap_ci([{"video": "a", "exact": 1.0}] * 3, lambda r: r["exact"]) == [1.0, 1.0]
