@@ -64,6 +64,8 @@ class VideoFileLookup:
         self.cfg, self.folder, self.fps, self.num_frames = cfg, Path(folder), fps, num_frames
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = load_encoder(cfg, frame_tokens=False, device=self.device)
+        # recorded with every prediction
+        self.sampling = f"fps={fps}" if fps else f"frames={num_frames}" if num_frames else "all frames"
 
     def path_of(self, video: str) -> Path:
         for suffix in VIDEO_SUFFIXES:
@@ -80,7 +82,7 @@ class VideoFileLookup:
         frames, stamps, duration = read_frames(path, fps=self.fps, num_frames=self.num_frames)
         feats = self.encoder(frames, 64, self.device).numpy()
         return feats, feature_meta("eva", stamps, duration, self.fps or 0, self.cfg.model.vision.preprocess,
-                                   video=str(path))
+                                   video=str(path), sampling=self.sampling)
 
 
 def questions_from_annotations(folder: str | Path, limit: Optional[int] = None) -> list[dict]:
@@ -149,7 +151,8 @@ def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], 
             counts["failed_videos"] += 1
             counts["failed_questions"] += len(items)
             continue
-        _append(out, "".join(json.dumps({**row, **reply}) + "\n" for row, reply in zip(items, replies)))
+        sampled = {"sampling": meta["sampling"]} if "sampling" in meta else {}
+        _append(out, "".join(json.dumps({**row, **reply, **sampled}) + "\n" for row, reply in zip(items, replies)))
         counts["answered"] += len(items)
         bar.set_postfix(questions=counts["answered"], failed=counts["failed_videos"])
     return counts

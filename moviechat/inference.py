@@ -134,6 +134,18 @@ class Answerer:
         return replies
 
 
+MOVIECHAT_FRAGMENTS, MOVIECHAT_FRAGMENT_FRAMES = 128, 8  # MovieChat's MovieChat-1K inference
+
+
+def decode_sampling(args: argparse.Namespace) -> tuple[Optional[float], Optional[int]]:
+    """(fps, num_frames) to decode video files with."""
+    if args.sampling == "moviechat":
+        return None, MOVIECHAT_FRAGMENTS * MOVIECHAT_FRAGMENT_FRAMES
+    if args.sampling == "all":
+        return None, None
+    return (None, args.num_frames) if args.num_frames else (args.fps, None)
+
+
 def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple[np.ndarray, dict]:
     """Decode a video and run the frozen EVA encoder (``model.vision.weights``) over its frames."""
     return VideoFileLookup(cfg, Path(path).parent, fps)(str(path))
@@ -154,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", help="batch mode over video files: <DIR>/<key>.mp4, through the run's EVA encoder")
     p.add_argument("--num-frames", type=int, help="with --videos: decode this many frames spread over each video "
                                                     "(instead of --fps)")
+    p.add_argument("--sampling", choices=["fps", "all", "moviechat"], default="fps",
+                   help="with --videos: frames at --fps, every frame, or MovieChat's MovieChat-1K inference "
+                        f"({MOVIECHAT_FRAGMENTS} fragments x {MOVIECHAT_FRAGMENT_FRAMES} frames spread over the video)")
     p.add_argument("--shards")
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
@@ -171,8 +186,7 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
         if args.videos:
-            fps = None if args.num_frames else args.fps
-            lookup = VideoFileLookup(answerer.cfg, args.videos, fps, args.num_frames)
+            lookup = VideoFileLookup(answerer.cfg, args.videos, *decode_sampling(args))
         else:
             lookup = FeatureLookup(args.features_dir, args.shards, args.kind)
         counts = answer_file(answerer, questions, lookup, Path(args.out))

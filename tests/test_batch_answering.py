@@ -80,7 +80,8 @@ def test_a_broken_video_file_is_listed_and_the_rest_answered(tmp_path, tiny_cfg,
     rows = [{"video": k, "question": "what color now", "time": 1.0} for k in "abc"]
     counts = answer_file(answerer, rows, lookup, tmp_path / "p.jsonl")
     assert counts == {"answered": 2, "already": 0, "failed_videos": 1, "failed_questions": 1}
-    assert [json.loads(x)["video"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == ["a", "c"]
+    got = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["video"] for r in got] == ["a", "c"] and {r["sampling"] for r in got} == {"fps=8.0"}
     (failure,) = [json.loads(x) for x in (tmp_path / "p.failures.jsonl").read_text().splitlines()]
     assert failure["video"] == "b" and "b.mp4: cannot decode video" in failure["error"]
 

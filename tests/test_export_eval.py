@@ -192,6 +192,25 @@ def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path,
     assert result["mode"] == "breakpoint" and result["frame"] == 4  # 1.0 s at 4 fps
 
 
+def test_batch_over_video_files_with_moviechat_sampling(lora_run, tmp_path, capsys):
+    from test_pipelines import write_video
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "ann").mkdir()
+    write_video(tmp_path / "videos" / "clip.mp4", frames=40, fps=8)
+    qas = [QA("what color is the first scene", "red", "global"), QA("what color now", "red", "breakpoint", 2.0)]
+    (tmp_path / "ann" / "clip.json").write_text(json.dumps(annotation_json("clip", qas, fps=8.0, num_frame=40)))
+    args = [str(lora_run), "--annotations", str(tmp_path / "ann"), "--videos", str(tmp_path / "videos"),
+            "--sampling", "moviechat", "--out", str(tmp_path / "p.jsonl"), "--max-new-tokens", "2"]
+    assert inference.main(args) == 0
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["mode"] for r in rows] == ["global", "breakpoint"] and {r["sampling"] for r in rows} == {"frames=1024"}
+    capsys.readouterr()
+    assert inference.main(args) == 0  # a re-run finds everything answered
+    printed = capsys.readouterr().out
+    assert "answered 0 questions" in printed and "(2 answered before;" in printed
+
+
 def test_questions_come_from_an_annotations_folder(tmp_path):
     ann, _ = hand_made(tmp_path)
     rows = inference.questions_from_annotations(ann)
