@@ -6,7 +6,8 @@ per question (everything again for each question), on a generated split in the M
 
 The model is the tiny config with its EVA encoder built in (random weights: the predictions are
 arbitrary but deterministic, so equality of the two paths is meaningful). Prints both times, the process's
-peak memory, and last: ``per-video vs per-question: N.Nx, same predictions: yes|no``.
+peak memory, batched against one-at-a-time generation of one video's questions (same answers, ratio), and
+last: ``per-video vs per-question: N.Nx, same predictions: yes|no``.
 """
 
 from __future__ import annotations
@@ -79,10 +80,23 @@ def main() -> None:
             feats, meta = lookup(row["video"])
             by_question[i] = answerer.answer(feats, meta, row["question"], row["time"], row["video"])["prediction"]
         per_question = time.perf_counter() - start
+
+        feats, meta = lookup(rows[0]["video"])  # batched vs one-at-a-time generation, on one video's pass
+        questions = [(r["question"], r["time"]) for r in rows if r["video"] == rows[0]["video"]]
+        timings, outputs = {}, {}
+        for size in (1, 16):
+            answerer.batch_size = size
+            start = time.perf_counter()
+            for _ in range(5):
+                outputs[size] = answerer.answer_video(feats, meta, questions, rows[0]["video"])
+            timings[size] = (time.perf_counter() - start) / 5
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"per question: {per_question:.2f} s ({per_question / len(rows) * 1000:.0f} ms a question)")
     print(f"per video:    {per_video:.2f} s ({per_video / len(rows) * 1000:.0f} ms a question)")
     print(f"peak resident memory of the process: {peak:.0f} MiB")
+    print(f"one video's {len(questions)} questions: one at a time {timings[1] * 1000:.0f} ms, batched "
+          f"{timings[16] * 1000:.0f} ms: {timings[1] / timings[16]:.1f}x, same answers: "
+          f"{'yes' if outputs[1] == outputs[16] else 'no'}")
     same = "yes" if by_video == by_question else "no"
     print(f"per-video vs per-question: {per_question / per_video:.1f}x, same predictions: {same}")
 

@@ -38,9 +38,9 @@ from moviechat.prompt import PromptFormat
 class Answerer:
     """A model, its tokenizer and config, answering questions on per-frame features."""
 
-    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32):
+    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32, batch_size: int = 16):
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.prompt = PromptFormat(cfg.model.prompt, tokenizer, cfg.model.system_prompt)
         self.stop = self.prompt.stop()
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
@@ -87,10 +87,13 @@ class Answerer:
     def _fragment_end(self, t: int) -> int:
         return (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
 
-    def _reply(self, memory: torch.Tensor, question: str, n_position: int, mode: str, t: Optional[int]) -> dict:
+    def _reply(self, memory: torch.Tensor, question: str, n_position: int, t: Optional[int]) -> dict:
         ids = self.model.answer(memory, self.prompt.prompt_ids(question), self.max_new_tokens, self.stop, n_position)
+        return self._result(ids, t)
+
+    def _result(self, ids: torch.Tensor, t: Optional[int]) -> dict:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return {"mode": mode, "frame": t, "prediction": self.prompt.extract_answer(text)}
+        return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text)}
 
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
@@ -103,10 +106,10 @@ class Answerer:
             stream.push(tokens)
             stream.finish()
             memory = stream.global_memory()
-            return self._reply(memory, question, stream.n_position, "global", None)
+            return self._reply(memory, question, stream.n_position, None)
         stream.push(tokens[:t])
         memory = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)])
-        return self._reply(memory, question, stream.n_position, "breakpoint", t)
+        return self._reply(memory, question, stream.n_position, t)
 
     @torch.no_grad()
     def answer_video(self, feats: np.ndarray, meta: dict, questions: list[tuple[str, Optional[float]]],
@@ -118,19 +121,23 @@ class Answerer:
         tokens, stamps = self.frame_tokens(feats, meta, key)
         frames = [self.frame_of(seconds, stamps, meta, key) for _, seconds in questions]
         stream, pushed = StreamingMemory(self.cfg.memory), 0
-        replies: list[Optional[dict]] = [None] * len(questions)
+        reads: list[Optional[tuple[torch.Tensor, int]]] = [None] * len(questions)  # (memory, its table size)
         for i in sorted((i for i, t in enumerate(frames) if t is not None), key=lambda i: frames[i]):
             t = frames[i]
             stream.push(tokens[pushed:t])
             pushed = t
-            memory = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)])
-            replies[i] = self._reply(memory, questions[i][0], stream.n_position, "breakpoint", t)
+            reads[i] = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)]), stream.n_position
         if any(t is None for t in frames):
             stream.push(tokens[pushed:])
             stream.finish()
             memory = stream.global_memory()
-            for i in (i for i, t in enumerate(frames) if t is None):
-                replies[i] = self._reply(memory, questions[i][0], stream.n_position, "global", None)
+            reads = [(memory, stream.n_position) if r is None else r for r in reads]
+        replies = []
+        for start in range(0, len(questions), self.batch_size):  # the video's questions generate together
+            part = range(start, min(start + self.batch_size, len(questions)))
+            ids = self.model.answer_many([reads[i][0] for i in part], [self.prompt.prompt_ids(questions[i][0]) for i in part],
+                                         self.max_new_tokens, self.stop, [reads[i][1] for i in part])
+            replies += [self._result(ids_i, frames[i]) for ids_i, i in zip(ids, part)]
         return replies
 
 

@@ -168,3 +168,14 @@ def test_inference_answers_with_the_real_llm(frozen_run, tmp_path, capsys):
                            "what color is on screen now", "--time", "12.5", "--max-new-tokens", "4"]) == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert answer["mode"] == "breakpoint" and answer["frame"] == 12 and "<|im_end|>" not in answer["prediction"]
+
+
+def test_batched_generation_equals_one_at_a_time(cfg, tokenizer, model):
+    """Left-padded prompts of different lengths on memories of different lengths, with the KV cache."""
+    fmt = PromptFormat("chat", tokenizer, cfg.model.system_prompt)
+    g = torch.Generator().manual_seed(3)
+    memories = [torch.randn(n, 8, 32, generator=g) for n in (6, 17, 2)]
+    prompts = [fmt.prompt_ids(q) for q in ("what color", "what is the color of the very first scene", "how many")]
+    together = model.answer_many(memories, prompts, 8, fmt.stop(), [16, 16, 16])
+    alone = [model.answer(m, p, 8, fmt.stop(), 16) for m, p in zip(memories, prompts)]
+    assert [t.tolist() for t in together] == [a.tolist() for a in alone]

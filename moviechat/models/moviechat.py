@@ -193,8 +193,9 @@ class MovieChatModel(nn.Module):
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop: Optional[Stop] = None) -> list[Tensor]:
         """Greedy answers for a batch of prompts (memory built per sample): new token ids per sample."""
         video, _ = self.encode_video(batch)
-        return [self._generate(video[i : i + 1], batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1],
-                               max_new_tokens, stop) for i in range(video.shape[0])]
+        lengths = batch["attention_mask"].sum(1).tolist()  # right padding: row i's prompt is its first ids
+        prompts = [batch["input_ids"][i, :n] for i, n in enumerate(lengths)]
+        return self._generate(video, prompts, max_new_tokens, stop)
 
     @torch.no_grad()
     def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = 32,
@@ -202,17 +203,33 @@ class MovieChatModel(nn.Module):
         """Greedy answer to one prompt (token ids with one ``<ImageHere>``) on a memory [M, Q, H] that was
         built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory` (``n_position``: its table size):
         the new token ids."""
-        video = self.encode_memory(memory[None].to(self.device), None, None if n_position is None else [n_position])
-        ids = torch.tensor([list(prompt_ids)], device=self.device)
-        return self._generate(video, ids, torch.ones_like(ids), max_new_tokens, stop)
+        return self.answer_many([memory], [prompt_ids], max_new_tokens, stop,
+                                None if n_position is None else [n_position])[0]
 
-    def _generate(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
-                  stop: Optional[Stop]) -> Tensor:
-        length = int(attention_mask[0].sum())  # right padding only: the prompt is the first `length` ids
-        embeds, mask, _ = self.splice(input_ids[:, :length], attention_mask[:, :length], video)
+    @torch.no_grad()
+    def answer_many(self, memories: Sequence[Tensor], prompts: Sequence[Sequence[int]], max_new_tokens: int = 32,
+                    stop: Optional[Stop] = None, n_positions: Optional[Sequence[int]] = None) -> list[Tensor]:
+        """Greedy answers to several prompts, each on its own memory [M_i, Q, H], generated together."""
+        longest = max(m.shape[0] for m in memories)
+        padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
+        mask = torch.stack([torch.arange(longest) < m.shape[0] for m in memories])
+        video = self.encode_memory(padded.to(self.device), mask.to(self.device), n_positions)
+        return self._generate(video, [torch.as_tensor(list(p)) for p in prompts], max_new_tokens, stop)
+
+    def _generate(self, video: Tensor, prompts: list[Tensor], max_new_tokens: int, stop: Optional[Stop]) -> list[Tensor]:
+        """One batch through the LLM with its KV cache: prompts spliced with their video tokens, left-padded
+        (generation appends on the right); each answer cut after its stop token."""
+        rows = []
+        for i, ids in enumerate(prompts):
+            ids = ids.to(self.device)[None]
+            rows.append(self.splice(ids, torch.ones_like(ids), video[i:i + 1])[0][0])
+        width = max(r.shape[0] for r in rows)
+        embeds = torch.stack([nn.functional.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])
+        mask = torch.stack([torch.arange(width, device=self.device) >= width - r.shape[0] for r in rows]).long()
+        stop = stop or Stop([])
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, **(stop or Stop([])).generate_kwargs())
-        return out[0]
+                                do_sample=False, **stop.generate_kwargs())
+        return [_cut(row, stop) for row in out]
 
     # ---------------------------------------------------------------------------------- parameters
 
@@ -260,3 +277,9 @@ class MovieChatModel(nn.Module):
         """Only the parameters that train (what our checkpoints store)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
+
+
+def _cut(ids: Tensor, stop: Stop) -> Tensor:
+    """A generated row up to and including its first stop token (a finished row is padded after it)."""
+    hits = [i for i, t in enumerate(ids.tolist()) if t in stop.token_ids]
+    return ids[: hits[0] + 1] if hits else ids
