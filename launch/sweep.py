@@ -3,6 +3,7 @@
     python launch/sweep.py --sweep configs/sweeps/tiny_memory.yaml            # run locally, one after another
     python launch/sweep.py --sweep ... --slurm [--dry-run] [--gpus 8]         # one SLURM job per setting
     python launch/sweep.py --sweep ... --aggregate-only                       # tables and plots from what finished
+    python launch/sweep.py --sweep ... --seeds 3                              # every setting with 3 seeds: mean, 95% CI
 
 Every setting trains in ``<output_dir>/<name>/<setting>``; a setting whose ``result.json`` exists is
 skipped when the sweep is run again, and one with a checkpoint but no result is resumed. Settings share
@@ -87,9 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--aggregate-only", action="store_true")
     p.add_argument("--max-settings", type=int, help="run at most this many unfinished settings, then stop")
+    p.add_argument("--seeds", type=int, help="runs per setting (run.seed = 0..N-1); overrides the sweep file's seeds")
     args = p.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError(f"--seeds={args.seeds} must be >= 1")
+            sweep.seeds = args.seeds
         settings = expand(sweep)
         sweep_dir = Path(sweep.output_dir) / sweep.name
         validate(sweep, settings, sweep_dir)

@@ -26,6 +26,10 @@ from moviechat.run_folder import read_status
 
 COLUMNS = ["setting", "eval/loss", "eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior",
            "memory_frames", "memory_tokens", "samples_per_s", "wall_s"]
+SEED = "run.seed"
+ACCURACIES = ["eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior"]
+# t_{0.975, n-1} for a 95% interval of a mean over n seeds
+_T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
 @dataclass
@@ -36,6 +40,7 @@ class SweepConfig:
     overrides: list[str] = field(default_factory=list)  # applied to every setting
     grid: dict[str, Any] = field(default_factory=dict)  # dotted key -> list of values (all combinations)
     settings: list[Any] = field(default_factory=list)  # explicit settings: dotted key -> value
+    seeds: int = 1  # runs per setting, with run.seed = 0..seeds-1 (1: the base's seed); results show mean and 95% CI
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -47,6 +52,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
     for key, values in sweep.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list of values")
+    if sweep.seeds < 1:
+        raise ConfigError(f"{path}: seeds={sweep.seeds} must be >= 1")
     return sweep
 
 
@@ -54,7 +61,10 @@ def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
     """The grid's combinations (in the order written), then the explicit settings."""
     keys = list(sweep.grid)
     out = [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))] if keys else []
-    return out + [dict(s) for s in sweep.settings]
+    out += [dict(s) for s in sweep.settings]
+    if sweep.seeds > 1:
+        out = [{**setting, SEED: seed} for setting in out for seed in range(sweep.seeds)]
+    return out
 
 
 def slug(setting: dict[str, Any]) -> str:
@@ -99,11 +109,11 @@ def aggregate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
     table = [[_cell(r, c) for c in columns] for r in rows]
     text = io.StringIO()
     csv.writer(text).writerows([columns] + table)
-    write_text_atomic(sweep_dir / "results.csv", text.getvalue())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in table]
+    write_text_atomic(sweep_dir / "results.csv", text.getvalue())  # one row per run (per seed)
+    lines = summary_table(rows, ACCURACIES + per_type)
     write_text_atomic(sweep_dir / "results.md", "\n".join(lines) + "\n")
-    plot(rows, list(sweep.grid) or sorted({k for r in rows for k in r["setting"]}), sweep_dir)
+    keys = [k for k in (list(sweep.grid) or sorted({k for r in rows for k in r["setting"]})) if k != SEED]
+    plot(rows, keys, ACCURACIES[:3] + per_type, sweep_dir)
     print("\n".join(lines))
     print(f"[sweep] {len(rows)}/{len(settings)} settings finished; tables and plots in {sweep_dir}")
     return rows
@@ -116,48 +126,98 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def plot(rows: list[dict[str, Any]], keys: list[str], out: Path) -> None:
+def mean_ci(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and the half-width of its 95% t-interval (None with fewer than two values)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return mean, _T975.get(len(values), 1.96) * sd / len(values) ** 0.5
+
+
+def _without_seed(setting: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in setting.items() if k != SEED}
+
+
+def summary_table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """results.md: per setting (seeds together), each metric's mean over seeds +- its 95% interval."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_cell({"setting": _without_seed(r["setting"])}, "setting") or "base", []).append(r)
+    lines = ["| setting | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+    for name, members in groups.items():
+        cells = []
+        for metric in metrics:
+            mean, half = mean_ci([r[metric] for r in members if r.get(metric) is not None])
+            cells.append("" if mean is None else f"{mean:.3f}" + ("" if half is None else f" ± {half:.3f}"))
+        lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
+    return lines + ["", "(mean over seeds ± half-width of its 95% t-interval; one row per run in results.csv)"]
+
+
+def plot(rows: list[dict[str, Any]], keys: list[str], metrics: list[str], out: Path) -> None:
+    """Per swept key, one panel per accuracy (overall, global, breakpoint, each question type): the mean over
+    seeds (of the mean over the other keys) with its 95% interval as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    seeds = sorted({r["setting"].get(SEED) for r in rows}, key=_order)
     for key in keys:
         values = sorted({r["setting"].get(key) for r in rows if key in r["setting"]}, key=_order)
         if not values:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for metric, label in (("eval/acc", "all"), ("eval/acc_global", "global"), ("eval/acc_breakpoint", "breakpoint")):
-            means = [_mean([r.get(metric) for r in rows if r["setting"].get(key) == v]) for v in values]
-            ax.plot([str(v) for v in values], means, marker="o", label=label)
-        prior = _mean([r.get("eval/acc_prior") for r in rows])
-        if prior is not None:
-            ax.axhline(prior, color="grey", linestyle="--", label="prior baseline")
-        ax.set_xlabel(key)
-        ax.set_ylabel("held-out accuracy (mean over other keys)")
-        ax.legend(fontsize=8)
+        cols = min(len(metrics), 3)
+        fig, axes = plt.subplots((len(metrics) + cols - 1) // cols, cols, figsize=(4 * cols, 3 * ((len(metrics) + cols - 1) // cols)),
+                                 squeeze=False)
+        for ax, metric in zip(axes.flat, metrics):
+            stats = []
+            for v in values:
+                per_seed = [_mean([r.get(metric) for r in rows if r["setting"].get(key) == v and r["setting"].get(SEED) == s])
+                            for s in seeds]
+                stats.append(mean_ci([m for m in per_seed if m is not None]))
+            ax.errorbar([str(v) for v in values], [m if m is not None else float("nan") for m, _ in stats],
+                        yerr=[h or 0.0 for _, h in stats], marker="o", capsize=3)
+            prior = _mean([r.get("eval/acc_prior") for r in rows])
+            if prior is not None and metric in ("eval/acc", "eval/acc_global", "eval/acc_breakpoint"):
+                ax.axhline(prior, color="grey", linestyle="--", linewidth=1)
+            ax.set_title(metric.replace("eval/acc_type_", "type: ").replace("eval/acc_", "").replace("eval/acc", "all"),
+                         fontsize=9)
+            ax.set_xlabel(key, fontsize=8)
+            ax.set_ylim(0, 1)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        fig.suptitle(f"held-out accuracy vs {key} (mean over {len(seeds)} seed(s), 95% CI)", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / f"acc_vs_{key.split('.')[-1]}.png", dpi=120)
+        fig.savefig(out / f"acc_vs_{key.split('.')[-1]}.png", dpi=110)
         plt.close(fig)
     if len(keys) == 2:
-        a, b = keys
-        va = sorted({r["setting"][a] for r in rows}, key=_order)
-        vb = sorted({r["setting"][b] for r in rows}, key=_order)
-        grid = [[_mean([r.get("eval/acc") for r in rows if r["setting"][a] == x and r["setting"][b] == y]) for y in vb] for x in va]
-        fig, ax = plt.subplots(figsize=(5, 4))
-        image = ax.imshow([[g if g is not None else float("nan") for g in row] for row in grid], cmap="viridis")
-        ax.set_xticks(range(len(vb)), [str(v) for v in vb])
-        ax.set_yticks(range(len(va)), [str(v) for v in va])
-        ax.set_xlabel(b)
-        ax.set_ylabel(a)
-        for i, row in enumerate(grid):
-            for j, g in enumerate(row):
-                if g is not None:
-                    ax.text(j, i, f"{g:.2f}", ha="center", va="center", color="white")
-        fig.colorbar(image, label="held-out accuracy")
-        fig.tight_layout()
-        fig.savefig(out / "acc_heatmap.png", dpi=120)
-        plt.close(fig)
+        _heatmap(rows, keys, out)
+
+
+def _heatmap(rows: list[dict[str, Any]], keys: list[str], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    a, b = keys
+    va = sorted({r["setting"][a] for r in rows}, key=_order)
+    vb = sorted({r["setting"][b] for r in rows}, key=_order)
+    grid = [[_mean([r.get("eval/acc") for r in rows if r["setting"][a] == x and r["setting"][b] == y]) for y in vb] for x in va]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    image = ax.imshow([[g if g is not None else float("nan") for g in row] for row in grid], cmap="viridis")
+    ax.set_xticks(range(len(vb)), [str(v) for v in vb])
+    ax.set_yticks(range(len(va)), [str(v) for v in va])
+    ax.set_xlabel(b)
+    ax.set_ylabel(a)
+    for i, row in enumerate(grid):
+        for j, g in enumerate(row):
+            if g is not None:
+                ax.text(j, i, f"{g:.2f}", ha="center", va="center", color="white")
+    fig.colorbar(image, label="held-out accuracy (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "acc_heatmap.png", dpi=120)
+    plt.close(fig)
 
 
 def _order(v: Any):

@@ -94,3 +94,23 @@ def test_sweep_as_slurm_jobs_dry_run(tmp_path, capfd):
     assert out.count("#SBATCH --gpus-per-node=4") == 2
     assert "run.name=long_memory_length-4" in out and "run.name=long_memory_length-16" in out
     assert "[sweep] no finished settings yet" in out
+
+
+def test_seeds_are_a_sweep_axis_reported_as_mean_and_interval(tmp_path):
+    from moviechat import sweeps
+
+    cfg = sweeps.load_sweep(write_sweep(tmp_path, "  memory.long_memory_policy: [merge, fifo]"))
+    cfg.seeds = 3
+    settings = sweeps.expand(cfg)
+    assert len(settings) == 6 and settings[:3] == [{"memory.long_memory_policy": "merge", "run.seed": s} for s in range(3)]
+    assert sweeps.slug(settings[1]) == "long_memory_policy-merge_seed-1"
+    accs = {"merge": [0.50, 0.60, 0.70], "fifo": [0.40, 0.40, 0.40]}
+    rows = [{"setting": s, "eval/acc": accs[s["memory.long_memory_policy"]][s["run.seed"]], "eval/acc_global": 0.5,
+             "eval/acc_breakpoint": 0.5, "eval/acc_prior": 0.2, "eval/acc_type_first": 0.9} for s in settings]
+    table = "\n".join(sweeps.summary_table(rows, ["eval/acc", "eval/acc_type_first"]))
+    # merge: mean 0.6, sd 0.1, t(0.975, 2) = 4.303 -> half-width 4.303 * 0.1 / sqrt(3) = 0.248
+    assert "| memory.long_memory_policy=merge | 3 | 0.600 ± 0.248 | 0.900 ± 0.000 |" in table
+    assert "| memory.long_memory_policy=fifo | 3 | 0.400 ± 0.000 |" in table
+    sweeps.plot(rows, ["memory.long_memory_policy"], ["eval/acc", "eval/acc_global", "eval/acc_breakpoint",
+                                                       "eval/acc_type_first"], tmp_path)
+    assert (tmp_path / "acc_vs_long_memory_policy.png").stat().st_size > 1000
