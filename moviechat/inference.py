@@ -18,6 +18,7 @@ where it stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -38,11 +39,17 @@ from moviechat.prompt import PromptFormat
 class Answerer:
     """A model, its tokenizer and config, answering questions on per-frame features."""
 
-    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32, batch_size: int = 16):
+    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32, batch_size: int = 16,
+                 generation: str = "greedy", seed: int = 0):
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.prompt = PromptFormat(cfg.model.prompt, tokenizer, cfg.model.system_prompt)
         self.stop = self.prompt.stop()
+        self.generation, self.seed = generation, seed
+        if generation == "moviechat":  # the paper's decoding: sampling, temperature 1.0, top-p 0.9, 300 tokens
+            self.stop.temperature, self.stop.top_p, self.max_new_tokens = 1.0, 0.9, 300
+        elif generation != "greedy":
+            raise ValueError(f"generation={generation!r} must be 'greedy' or 'moviechat'")
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
 
     def frame_shape(self, kind: str) -> tuple[int, int]:
@@ -51,7 +58,7 @@ class Answerer:
         return self.cfg.model.vision.feature_shape if kind == "eva" else (q.num_query_tokens, q.hidden_size)
 
     @classmethod
-    def load(cls, path: str | Path, max_new_tokens: int = 32) -> "Answerer":
+    def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy") -> "Answerer":
         path = Path(path)
         if (path / "model.safetensors").is_file():
             from moviechat.export import load_hf
@@ -61,7 +68,7 @@ class Answerer:
             from moviechat.runs import load_run
 
             cfg, tokenizer, model, _ = load_run(path)
-        return cls(cfg, tokenizer, model, max_new_tokens)
+        return cls(cfg, tokenizer, model, max_new_tokens, generation=generation)
 
     def frame_tokens(self, feats: np.ndarray, meta: dict, key: str) -> tuple[torch.Tensor, list[float]]:
         """A video's sampled frames as frame tokens (EVA features go through ln_vision + image Q-Former once)."""
@@ -93,7 +100,8 @@ class Answerer:
 
     def _result(self, ids: torch.Tensor, t: Optional[int]) -> dict:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text)}
+        return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text),
+                "generation": self.generation}
 
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
@@ -133,6 +141,8 @@ class Answerer:
             memory = stream.global_memory()
             reads = [(memory, stream.n_position) if r is None else r for r in reads]
         replies = []
+        if self.generation != "greedy":  # sampling: seeded per video, so a video's answers do not depend on the others
+            torch.manual_seed(self.seed + int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big"))
         for start in range(0, len(questions), self.batch_size):  # the video's questions generate together
             part = range(start, min(start + self.batch_size, len(questions)))
             ids = self.model.answer_many([reads[i][0] for i in part], [self.prompt.prompt_ids(questions[i][0]) for i in part],
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy",
+                   help="greedy, or the paper's sampling (temperature 1.0, top-p 0.9, 300 new tokens, seeded per video)")
     args = p.parse_args(argv)
     try:
         return _run(p, args)
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    answerer = Answerer.load(args.run, args.max_new_tokens)
+    answerer = Answerer.load(args.run, args.max_new_tokens, args.generation)
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
         if args.videos:

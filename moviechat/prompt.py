@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 IMAGE_TOKEN = "<ImageHere>"  # one added special token, replaced by the video tokens
 SEPARATOR = "###"
@@ -30,15 +30,21 @@ def build_prompt(system: str, question: str) -> str:
 
 @dataclass
 class Stop:
-    """Where a greedy answer stops: at once on ``token_ids`` (EOS, a one-token stop string), or when the
-    generated text ends with one of ``strings``, however many tokens it took (``tokenizer`` decodes)."""
+    """Where an answer stops: at once on ``token_ids`` (EOS, a one-token stop string), or when the generated
+    text ends with one of ``strings``, however many tokens it took (``tokenizer`` decodes). Decoding is greedy
+    unless ``temperature`` / ``top_p`` are set (sampling; seed it with ``torch.manual_seed``)."""
 
     token_ids: list[int]
     strings: list[str] = field(default_factory=list)
     tokenizer: Any = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
 
     def generate_kwargs(self) -> dict:
-        kwargs = {"eos_token_id": self.token_ids or None, "pad_token_id": (self.token_ids or [0])[0]}
+        kwargs = {"eos_token_id": self.token_ids or None, "pad_token_id": (self.token_ids or [0])[0],
+                  "do_sample": self.temperature is not None}
+        if self.temperature is not None:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p or 1.0)
         if self.strings:
             kwargs.update(stop_strings=self.strings, tokenizer=self.tokenizer)
         return kwargs

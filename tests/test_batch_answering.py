@@ -98,3 +98,17 @@ def test_shard_lookup_reads_only_the_shard_that_holds_the_video(tmp_path, tiny_c
     assert feats.shape == (5, q.num_query_tokens, q.hidden_size) and float(feats[0, 0, 0]) == 3.0
     with pytest.raises(DataError, match="s-000.tar: video 'v0': cannot read"):
         lookup("v0")
+
+
+def test_moviechat_generation_samples_reproducibly_per_video(tiny_cfg, tokenizer):
+    answerer = answerer_for(tiny_cfg, tokenizer)
+    answerer.__init__(tiny_cfg, tokenizer, answerer.model, generation="moviechat")
+    assert answerer.max_new_tokens == 300 and answerer.stop.generate_kwargs()["do_sample"]
+    assert answerer.stop.generate_kwargs()["top_p"] == 0.9 and answerer.stop.generate_kwargs()["temperature"] == 1.0
+    feats, meta = token_video(tiny_cfg)
+    first = answerer.answer_video(feats, meta, QUESTIONS, "v")
+    torch.manual_seed(123)  # whatever happened before: the video's seed decides
+    assert answerer.answer_video(feats, meta, QUESTIONS, "v") == first
+    assert {r["generation"] for r in first} == {"moviechat"}
+    greedy = answerer_for(tiny_cfg, tokenizer).answer_video(feats, meta, QUESTIONS, "v")
+    assert [r["prediction"] for r in greedy] != [r["prediction"] for r in first]  # sampling, not argmax

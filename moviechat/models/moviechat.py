@@ -228,7 +228,7 @@ class MovieChatModel(nn.Module):
         mask = torch.stack([torch.arange(width, device=self.device) >= width - r.shape[0] for r in rows]).long()
         stop = stop or Stop([])
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, **stop.generate_kwargs())
+                                **stop.generate_kwargs())
         return [_cut(row, stop) for row in out]
 
     # ---------------------------------------------------------------------------------- parameters
