@@ -102,11 +102,16 @@ def consolidate(frames: Tensor, merge_to: int, mask: Optional[Tensor] = None) ->
     frames [B, N, Q, D], mask [B, N] bool (frames that take part) -> [B, merge_to, Q, D]. A buffer with
     ``merge_to`` valid frames or fewer keeps them as they are, followed by zero padding.
     """
-    b, n, q, d = frames.shape
     plan = plan_consolidation(frame_means(frames).cpu().numpy(), merge_to, None if mask is None else mask.cpu().numpy())
-    flat_slot = torch.from_numpy(np.arange(b)[:, None] * merge_to + plan.slot).reshape(-1).to(frames.device)
-    keep = torch.from_numpy(plan.slot.reshape(-1) >= 0).to(frames.device)
-    factor = torch.from_numpy(plan.factor.reshape(-1)).to(frames.device, frames.dtype)
-    weighted = frames.reshape(b * n, q, d)[keep] * factor[keep][:, None, None]
-    out = frames.new_zeros(b * merge_to, q, d).index_add(0, flat_slot[keep], weighted)
-    return out.reshape(b, merge_to, q, d)
+    return apply_consolidation(frames, plan, merge_to)
+
+
+def apply_consolidation(frames: Tensor, plan: MergeResult, merge_to: int) -> Tensor:
+    """Apply a plan: each output slot is the weighted sum of its input frames [B, N, Q, D] -> [B, merge_to, Q, D]
+    (one small matrix product per buffer)."""
+    b, n, q, d = frames.shape
+    weights = np.zeros((b, merge_to, n))
+    rows, cols = np.nonzero(plan.slot >= 0)
+    weights[rows, plan.slot[rows, cols], cols] = plan.factor[rows, cols]
+    mix = torch.from_numpy(weights).to(frames.device, frames.dtype)
+    return torch.bmm(mix, frames.reshape(b, n, q * d)).reshape(b, merge_to, q, d)

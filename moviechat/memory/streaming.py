@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from moviechat.memory import presets
 from moviechat.memory.config import LOAD_LIMIT, MemoryConfig
-from moviechat.memory.consolidation import consolidate
+from moviechat.memory.consolidation import apply_consolidation, consolidate, frame_means, plan_consolidation
 from moviechat.memory.layout import breakpoint_truncation
 
 
@@ -28,7 +29,8 @@ class StreamingMemory:
         self.released = cfg.preset != "streaming"  # the presets of MovieChat's released code
         self.buffer: list[Tensor] = []  # streaming: the FIFO of K; released: every frame of the open fragment
         self.in_fragment = 0
-        self.long: Optional[Tensor] = None  # streaming: the long-term memory
+        self.long: list[Tensor] = []  # streaming: the long-term memory, one [Q, D] item each (appends and merges in O(1))
+        self.long_means = np.zeros((0, 0))  # streaming: its items' mean vectors (float64), what merges are planned on
         self.closed: list[Tensor] = []  # released: each closed fragment's consolidated frames
         self.last_raw: Optional[Tensor] = None  # released: the frames of the last closed fragment
         self.n_position = cfg.n_position
@@ -54,19 +56,37 @@ class StreamingMemory:
             self.closed.append(self._consolidate_fragment(raw, LOAD_LIMIT))
             self.last_raw = raw
         else:  # the buffer is the FIFO already: it holds at most K frames
-            merged = self._consolidate_fragment(torch.stack(self.buffer), self.cfg.fragment)
-            self.long = merged if self.long is None else torch.cat([self.long, merged])
+            merged, means = self._consolidate_with_means(torch.stack(self.buffer), self.cfg.fragment)
+            self.long += list(merged)
+            self.long_means = means if self.long_means.size == 0 else np.concatenate([self.long_means, means])
             cap = self.cfg.long_memory_length
-            if self.long.shape[0] > cap:
-                if self.cfg.long_memory_policy == "fifo":
-                    self.long = self.long[-cap:]
-                else:
-                    self.long = consolidate(self.long[None], cap)[0]
+            if self.cfg.long_memory_policy == "fifo":
+                self.long, self.long_means = self.long[-cap:], self.long_means[-cap:]
+            while len(self.long) > cap:
+                self._merge_most_similar_pair()
         self.buffer, self.in_fragment = [], 0
+
+    def _merge_most_similar_pair(self) -> None:
+        """One merge of the long-term memory, decided on item means as the training planner decides it
+        (``planner._merge_stream``): the adjacent pair of highest similarity (first on ties) becomes its
+        average. Costs O(L x D) on means plus one row of tokens, instead of re-planning every item."""
+        mu = self.long_means
+        i = int(np.einsum("id,id->i", mu[:-1], mu[1:]).argmax())
+        mu[i] = (mu[i] + mu[i + 1]) / 2
+        self.long_means = np.delete(mu, i + 1, axis=0)
+        self.long[i : i + 2] = [(self.long[i] + self.long[i + 1]) / 2]
 
     def _held(self, raw: Tensor, limit: int) -> Tensor:
         """What a released-code FIFO holds after loading a fragment's first ``limit`` frames."""
         return raw[:limit][-self.cfg.short_memory_length:]
+
+    def _consolidate_with_means(self, raw: Tensor, limit: int) -> tuple[Tensor, np.ndarray]:
+        """A fragment's consolidated frames and their mean vectors (planned on frame means)."""
+        held = self._held(raw, limit)
+        merge_to = self.cfg.merge_target(len(raw))
+        plan = plan_consolidation(frame_means(held[None]).cpu().numpy(), merge_to)
+        keep = min(len(held), merge_to)
+        return apply_consolidation(held[None], plan, merge_to)[0][:keep], plan.means[0, :keep]
 
     def _consolidate_fragment(self, raw: Tensor, limit: int) -> Tensor:
         held = self._held(raw, limit)
@@ -79,18 +99,16 @@ class StreamingMemory:
             long = torch.cat(self.closed)
             self.n_position = presets.table_size(len(long), self.cfg)
             return long[presets.long_memory_start(len(long), "global", self.cfg):]
-        if self.long is None:
+        if not self.long:
             raise ValueError("no fragment has been closed yet: push frames and call finish()")
-        return self.long
+        return torch.stack(self.long)
 
     def breakpoint_memory(self, frame: Tensor, upcoming: Optional[Tensor] = None) -> Tensor:
         """Long-term memory, then the short-term part, then ``frame`` [Q, D]; truncated to the table."""
         if self.released:
             return self._released_breakpoint(frame, upcoming)
-        n_long = 0 if self.long is None else self.long.shape[0]
-        drop_long, drop_short = breakpoint_truncation(n_long, len(self.buffer), self.cfg.capacity)
-        long_part = [self.long[drop_long:]] if self.long is not None else []
-        return torch.cat(long_part + [torch.stack(self.buffer[drop_short:] + [frame])])
+        drop_long, drop_short = breakpoint_truncation(len(self.long), len(self.buffer), self.cfg.capacity)
+        return torch.stack(self.long[drop_long:] + self.buffer[drop_short:] + [frame])
 
     def _released_breakpoint(self, frame: Tensor, upcoming: Optional[Tensor]) -> Tensor:
         if self.closed:
