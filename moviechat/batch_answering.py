@@ -9,6 +9,7 @@ progress and a re-run skips every question already answered. Videos that cannot 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from moviechat.atomic import torch_save_atomic
+from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
@@ -66,6 +69,19 @@ class VideoFileLookup:
         self.encoder = load_encoder(cfg, frame_tokens=False, device=self.device)
         # recorded with every prediction
         self.sampling = f"fps={fps}" if fps else f"frames={num_frames}" if num_frames else "all frames"
+
+    def cache_key(self, video: str, answerer) -> str:
+        """What a video's frame tokens depend on: the file (path, size, time), decoding, preprocessing, the
+        frame sampling and every weight on the way (ViT, ln_vision, image Q-Former)."""
+        from moviechat.cache import weights_digest
+
+        if not hasattr(self, "_weights"):
+            self._weights = weights_digest(self.encoder, answerer.model.ln_vision, answerer.model.image_qformer)
+        path = self.path_of(video)
+        stat = path.stat()
+        parts = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, self.sampling, self.cfg.model.vision.preprocess,
+                 self._weights, FrameSampling.of(answerer.cfg.memory)]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
     def path_of(self, video: str) -> Path:
         for suffix in VIDEO_SUFFIXES:
@@ -127,9 +143,26 @@ def _append(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def video_tokens(answerer, lookup, video: str, cache: Optional[Path]) -> tuple[torch.Tensor, list[float], dict]:
+    """A video's frame tokens, sampled, with their times and metadata: from ``cache`` when a video file's
+    were computed before (``VideoFileLookup.cache_key``), else read/decoded and encoded (then cached)."""
+    path = cache / f"{lookup.cache_key(video, answerer)}.pt" if cache is not None and hasattr(lookup, "cache_key") else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        return saved["tokens"], saved["stamps"], saved["meta"]
+    feats, meta = lookup(video)
+    tokens, stamps = answerer.frame_tokens(feats, meta, video)
+    meta = {k: v for k, v in meta.items() if k != "timestamps"}  # the sampled frames' times are ``stamps``
+    if path is not None:
+        torch_save_atomic({"tokens": tokens.half(), "stamps": stamps, "meta": meta}, path)
+        tokens = tokens.half()  # what a later run reads back: the same answers either way
+    return tokens, stamps, meta
+
+
 def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], tuple[np.ndarray, dict]],
-                out: Path) -> dict[str, int]:
-    """Answer every question not answered yet in ``out``, one video at a time; returns the counts."""
+                out: Path, token_cache: Optional[Path] = None) -> dict[str, int]:
+    """Answer every question not answered yet in ``out``, one video at a time; returns the counts. With
+    ``token_cache``, video files' frame tokens are kept there and reused by later runs."""
     rows = read_questions(questions)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = answered_ids(out)
@@ -144,8 +177,8 @@ def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], 
     bar = tqdm(by_video.items(), total=len(by_video), unit="video", desc="answering", dynamic_ncols=True)
     for video, items in bar:
         try:
-            feats, meta = lookup(video)
-            replies = answerer.answer_video(feats, meta, [(r["question"], r.get("time")) for r in items], video)
+            tokens, stamps, meta = video_tokens(answerer, lookup, video, token_cache)
+            replies = answerer.answer_tokens(tokens, stamps, meta, [(r["question"], r.get("time")) for r in items], video)
         except DataError as e:
             _append(failures, json.dumps({"video": video, "questions": len(items), "error": str(e)}) + "\n")
             counts["failed_videos"] += 1

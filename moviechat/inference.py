@@ -127,6 +127,13 @@ class Answerer:
         frames, global ones at the end. Equal to :meth:`answer` per question (memory reads do not change
         the stream)."""
         tokens, stamps = self.frame_tokens(feats, meta, key)
+        return self.answer_tokens(tokens, stamps, meta, questions, key)
+
+    @torch.no_grad()
+    def answer_tokens(self, tokens: torch.Tensor, stamps: list[float], meta: dict,
+                      questions: list[tuple[str, Optional[float]]], key: str = "video") -> list[dict]:
+        """:meth:`answer_video` on a video's frame tokens already computed (and sampled, at ``stamps``)."""
+        tokens = tokens.float()
         frames = [self.frame_of(seconds, stamps, meta, key) for _, seconds in questions]
         stream, pushed = StreamingMemory(self.cfg.memory), 0
         reads: list[Optional[tuple[torch.Tensor, int]]] = [None] * len(questions)  # (memory, its table size)
@@ -190,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--token-cache", help="with --videos: keep each video's frame tokens here and reuse them in "
+                                         "later runs (keyed by file, sampling, preprocessing and weights)")
     p.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy",
                    help="greedy, or the paper's sampling (temperature 1.0, top-p 0.9, 300 new tokens, seeded per video)")
     args = p.parse_args(argv)
@@ -208,7 +217,8 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lookup = VideoFileLookup(answerer.cfg, args.videos, *decode_sampling(args))
         else:
             lookup = FeatureLookup(args.features_dir, args.shards, args.kind)
-        counts = answer_file(answerer, questions, lookup, Path(args.out))
+        counts = answer_file(answerer, questions, lookup, Path(args.out),
+                             Path(args.token_cache) if args.token_cache else None)
         print(f"answered {counts['answered']} questions -> {args.out} ({counts['already']} answered before; "
               f"{counts['failed_videos']} video(s) failed, {counts['failed_questions']} question(s) unanswered"
               f"{', see ' + str(Path(args.out).with_name(Path(args.out).stem + '.failures.jsonl')) if counts['failed_videos'] else ''})")

@@ -112,3 +112,26 @@ def test_moviechat_generation_samples_reproducibly_per_video(tiny_cfg, tokenizer
     assert {r["generation"] for r in first} == {"moviechat"}
     greedy = answerer_for(tiny_cfg, tokenizer).answer_video(feats, meta, QUESTIONS, "v")
     assert [r["prediction"] for r in greedy] != [r["prediction"] for r in first]  # sampling, not argmax
+
+
+def test_video_frame_tokens_are_cached_on_disk_and_reused(tmp_path, tiny_cfg, tokenizer):
+    from test_pipelines import write_video
+
+    tiny_cfg.model.vision.enabled = True
+    answerer = answerer_for(tiny_cfg, tokenizer)
+    write_video(tmp_path / "a.mp4", frames=40, fps=8)
+    rows = [{"video": "a", "question": "what color now", "time": 1.0}, {"video": "a", "question": "what color", "time": None}]
+    decoded = []
+
+    class Counting(VideoFileLookup):
+        def __call__(self, video):
+            decoded.append(video)
+            return super().__call__(video)
+
+    lookup = Counting(tiny_cfg, tmp_path, fps=8.0)
+    answer_file(answerer, rows, lookup, tmp_path / "p1.jsonl", tmp_path / "cache")
+    answer_file(answerer, rows, lookup, tmp_path / "p2.jsonl", tmp_path / "cache")
+    assert decoded == ["a"] and len(list((tmp_path / "cache").glob("*.pt"))) == 1  # the second run decoded nothing
+    assert (tmp_path / "p1.jsonl").read_text() == (tmp_path / "p2.jsonl").read_text()
+    answer_file(answerer, rows, Counting(tiny_cfg, tmp_path, fps=4.0), tmp_path / "p3.jsonl", tmp_path / "cache")
+    assert decoded == ["a", "a"]  # another sampling is another entry
