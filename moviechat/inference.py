@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +35,15 @@ from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, PreprocessCheck
 from moviechat.memory import StreamingMemory
 from moviechat.prompt import PromptFormat
+
+
+@dataclass
+class MemoryRead:
+    """The memory one question is asked on: its frames, the n of its position table, the breakpoint frame."""
+
+    memory: torch.Tensor
+    n_position: int
+    frame: Optional[int]
 
 
 class Answerer:
@@ -133,28 +143,40 @@ class Answerer:
     def answer_tokens(self, tokens: torch.Tensor, stamps: list[float], meta: dict,
                       questions: list[tuple[str, Optional[float]]], key: str = "video") -> list[dict]:
         """:meth:`answer_video` on a video's frame tokens already computed (and sampled, at ``stamps``)."""
+        if self.generation != "greedy":  # sampling: seeded per video, so a video's answers do not depend on the others
+            torch.manual_seed(self.seed + int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big"))
+        return self.generate(self.memory_reads(tokens, stamps, meta, questions, key), [q for q, _ in questions])
+
+    def memory_reads(self, tokens: torch.Tensor, stamps: list[float], meta: dict,
+                     questions: list[tuple[str, Optional[float]]], key: str = "video") -> list[MemoryRead]:
+        """One streaming pass over a video: the memory each question is asked on (breakpoint snapshots in
+        time order as the stream passes them, the global memory at the end)."""
         tokens = tokens.float()
         frames = [self.frame_of(seconds, stamps, meta, key) for _, seconds in questions]
         stream, pushed = StreamingMemory(self.cfg.memory), 0
-        reads: list[Optional[tuple[torch.Tensor, int]]] = [None] * len(questions)  # (memory, its table size)
+        reads: list[Optional[MemoryRead]] = [None] * len(questions)
         for i in sorted((i for i, t in enumerate(frames) if t is not None), key=lambda i: frames[i]):
             t = frames[i]
             stream.push(tokens[pushed:t])
             pushed = t
-            reads[i] = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)]), stream.n_position
+            reads[i] = MemoryRead(stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)]),
+                                  stream.n_position, t)
         if any(t is None for t in frames):
             stream.push(tokens[pushed:])
             stream.finish()
             memory = stream.global_memory()
-            reads = [(memory, stream.n_position) if r is None else r for r in reads]
+            reads = [MemoryRead(memory, stream.n_position, None) if r is None else r for r in reads]
+        return reads
+
+    @torch.no_grad()
+    def generate(self, reads: list[MemoryRead], questions: list[str]) -> list[dict]:
+        """Answers to questions on their memories, ``batch_size`` at a time (of one video or several)."""
         replies = []
-        if self.generation != "greedy":  # sampling: seeded per video, so a video's answers do not depend on the others
-            torch.manual_seed(self.seed + int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big"))
-        for start in range(0, len(questions), self.batch_size):  # the video's questions generate together
+        for start in range(0, len(questions), self.batch_size):
             part = range(start, min(start + self.batch_size, len(questions)))
-            ids = self.model.answer_many([reads[i][0] for i in part], [self.prompt.prompt_ids(questions[i][0]) for i in part],
-                                         self.max_new_tokens, self.stop, [reads[i][1] for i in part])
-            replies += [self._result(ids_i, frames[i]) for ids_i, i in zip(ids, part)]
+            ids = self.model.answer_many([reads[i].memory for i in part], [self.prompt.prompt_ids(questions[i]) for i in part],
+                                         self.max_new_tokens, self.stop, [reads[i].n_position for i in part])
+            replies += [self._result(ids_i, reads[i].frame) for ids_i, i in zip(ids, part)]
         return replies
 
 
@@ -197,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16, help="questions generated together (across videos)")
     p.add_argument("--token-cache", help="with --videos: keep each video's frame tokens here and reuse them in "
                                          "later runs (keyed by file, sampling, preprocessing and weights)")
     p.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy",
@@ -210,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        p.error(f"--batch-size={args.batch_size} must be >= 1")
     answerer = Answerer.load(args.run, args.max_new_tokens, args.generation)
+    answerer.batch_size = args.batch_size
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
         if args.videos:

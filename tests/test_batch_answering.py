@@ -48,7 +48,8 @@ def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_c
     answerer = answerer_for(tiny_cfg, tokenizer)
     videos = {f"v{i}": token_video(tiny_cfg, seed=i) for i in range(4)}
     rows = rows_for(videos)
-    answer_file(answerer, rows, videos.__getitem__, tmp_path / "full.jsonl")
+    answer_file(answerer, rows, videos.__getitem__, tmp_path / "full.jsonl")  # 16 at a time, across videos
+    answerer.batch_size = len(QUESTIONS)  # one video per batch: a crash loses only the video in progress
 
     def crash_at_v2(key):
         if key == "v2":
