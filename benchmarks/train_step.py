@@ -28,10 +28,7 @@ SMOLLM2 = TINY.parent / "smollm2_synthetic.yaml"
 
 def make_batch(cfg, collate, kind: str, batch: int, frames: int, device) -> dict:
     g = torch.Generator().manual_seed(0)
-    if kind == "tokens":
-        shape = (cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size)
-    else:
-        shape = cfg.model.vision.feature_shape
+    shape = cfg.model.frame_shape(kind)
     samples = [Sample(f"v{i}", torch.randn(frames, *shape, generator=g).half(), "what color is the first scene", "red",
                       "breakpoint" if i % 2 else "global", frames // 2 if i % 2 else None) for i in range(batch)]
     collate.feature_kind = kind

@@ -122,6 +122,12 @@ class ModelConfig:
         "Follow the instructions carefully and explain your answers in detail."
     )
 
+    def frame_shape(self, kind: str) -> tuple[int, int]:
+        """[N, D] of one frame the model reads: EVA features (``eva``) or frame tokens (``tokens``)."""
+        if kind == "tokens":
+            return self.image_qformer.num_query_tokens, self.image_qformer.hidden_size
+        return self.vision.feature_shape
+
     def __post_init__(self) -> None:
         if self.prompt not in ("moviechat", "chat"):
             raise ConfigError(f"model.prompt={self.prompt!r} must be 'moviechat' or 'chat'")

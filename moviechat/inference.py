@@ -62,11 +62,6 @@ class Answerer:
             raise ValueError(f"generation={generation!r} must be 'greedy' or 'moviechat'")
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
 
-    def frame_shape(self, kind: str) -> tuple[int, int]:
-        """[N, D] of one frame the model reads: EVA features or frame tokens."""
-        q = self.cfg.model.image_qformer
-        return self.cfg.model.vision.feature_shape if kind == "eva" else (q.num_query_tokens, q.hidden_size)
-
     @classmethod
     def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy") -> "Answerer":
         path = Path(path)
@@ -83,7 +78,7 @@ class Answerer:
     def frame_tokens(self, feats: np.ndarray, meta: dict, key: str) -> tuple[torch.Tensor, list[float]]:
         """A video's sampled frames as frame tokens (EVA features go through ln_vision + image Q-Former once)."""
         source = meta.get("video", key)
-        expected = self.frame_shape(meta["kind"])
+        expected = self.cfg.model.frame_shape(meta["kind"])
         if feats.ndim != 3 or tuple(feats.shape[1:]) != expected:
             raise DataError(f"{source}: features of shape {list(feats.shape)} do not match the model's "
                             f"[T, {expected[0]}, {expected[1]}] for kind {meta['kind']!r}")
@@ -104,10 +99,6 @@ class Answerer:
     def _fragment_end(self, t: int) -> int:
         return (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
 
-    def _reply(self, memory: torch.Tensor, question: str, n_position: int, t: Optional[int]) -> dict:
-        ids = self.model.answer(memory, self.prompt.prompt_ids(question), self.max_new_tokens, self.stop, n_position)
-        return self._result(ids, t)
-
     def _result(self, ids: torch.Tensor, t: Optional[int]) -> dict:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text),
@@ -118,16 +109,7 @@ class Answerer:
         """Answer one question on one video's features (global mode, or breakpoint at ``seconds``), streaming
         the memory from the first frame for it alone (:meth:`answer_video` answers a video's questions in one pass)."""
         tokens, stamps = self.frame_tokens(feats, meta, key)
-        t = self.frame_of(seconds, stamps, meta, key)
-        stream = StreamingMemory(self.cfg.memory)
-        if t is None:
-            stream.push(tokens)
-            stream.finish()
-            memory = stream.global_memory()
-            return self._reply(memory, question, stream.n_position, None)
-        stream.push(tokens[:t])
-        memory = stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)])
-        return self._reply(memory, question, stream.n_position, t)
+        return self.generate(self.memory_reads(tokens, stamps, meta, [(question, seconds)], key), [question])[0]
 
     @torch.no_grad()
     def answer_video(self, feats: np.ndarray, meta: dict, questions: list[tuple[str, Optional[float]]],

@@ -67,10 +67,8 @@ def build_synthetic(cfg: Config) -> VideoQASource:
 
 
 def token_shape(cfg: Config) -> tuple[int, int]:
-    """The [N, D] of one frame the model reads: EVA features or frame tokens."""
-    if cfg.data.feature_kind == "tokens":
-        return cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size
-    return cfg.model.vision.feature_shape
+    """The [N, D] of one frame the model reads: EVA features or frame tokens (``data.feature_kind``)."""
+    return cfg.model.frame_shape(cfg.data.feature_kind)
 
 
 def build_datasets(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[VideoQASource, VideoQADataset, VideoQADataset]:
