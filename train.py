@@ -21,6 +21,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", help="a run folder, its checkpoints/ or one checkpoint folder to continue from")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even if the config changes what is trained (recorded in config_changes.jsonl)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load the checkpoint's files even if they need types that could run code (only for "
+                             "files you vouch for; by default such a file is refused)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. memory.short_memory_merge=4")
     return parser.parse_args(argv)
@@ -43,14 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from moviechat.checkpointing import CheckpointNotFound
     from moviechat.run_folder import STOPPED_EXIT, RunFolderError
+    from moviechat.safe_load import UnsafeFileError
     from moviechat.trainer import Trainer  # heavy imports only after the config is known to be valid
 
     try:
         trainer = Trainer(cfg, run_folder(cfg, args.cfg, args.resume), resume=args.resume,
-                          allow_config_change=args.allow_config_change)
-    except RunFolderError as e:
+                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint)
+    except (RunFolderError, CheckpointNotFound) as e:
         print(f"run folder error: {e}", file=sys.stderr)
+        return 2
+    except UnsafeFileError as e:
+        print(f"unsafe checkpoint: {e}", file=sys.stderr)
         return 2
     trainer.train()
     return STOPPED_EXIT if trainer.stopped else 0

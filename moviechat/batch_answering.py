@@ -5,14 +5,19 @@ all its questions are asked on memories from one streaming pass; the questions o
 generated together (``Answerer.batch_size`` at a time). Predictions are appended one video at a time in a
 single write, so a crash loses at most the videos whose questions were being generated together (the
 video in progress when ``batch_size`` is at most its number of questions) and a re-run skips every
-question already answered. Videos that cannot be read are listed in
-``<out>.failures.jsonl`` and counted; the rest are answered.
+question already answered. Each question is known by its ``qid`` (video, mode, question text, time), written
+with its prediction, so a re-run skips exactly the questions answered, whatever was added to or reordered in
+the input; an exclusive lock on ``<out>.lock`` keeps a second process off the same file. Videos that cannot
+be read are listed in ``<out>.failures.jsonl`` and counted; the rest are answered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,9 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from moviechat.atomic import torch_save_atomic
+from moviechat.atomic import atomic_path
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
+from moviechat.data.stores import (DataError, check_key, feature_meta, read_npy_video, read_shard_video,
+                                   validate_features)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 
@@ -49,13 +55,12 @@ class FeatureLookup:
             self.index = ShardStore(expand_shards(shards)).keys()
 
     def __call__(self, video: str) -> tuple[np.ndarray, dict]:
+        check_key(video, "--features-dir / --shards")
         if video in self.index:
             found = read_shard_video(self.index[video], video)
             return found.feats, found.meta
         if self.folder is not None and (self.folder / f"{video}.npy").is_file():
             return load_features(self.folder / f"{video}.npy", self.kind)
-        if Path(video).is_file():
-            return load_features(video, self.kind)
         raise DataError(f"no features for video {video!r} (looked in --features-dir / --shards)")
 
 
@@ -86,11 +91,10 @@ class VideoFileLookup:
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
     def path_of(self, video: str) -> Path:
+        check_key(video, f"--videos {self.folder}")
         for suffix in VIDEO_SUFFIXES:
             if (self.folder / f"{video}{suffix}").is_file():
                 return self.folder / f"{video}{suffix}"
-        if Path(video).is_file():
-            return Path(video)
         raise DataError(f"no video file for {video!r} in {self.folder} ({', '.join(VIDEO_SUFFIXES)})")
 
     def __call__(self, video: str) -> tuple[np.ndarray, dict]:
@@ -112,22 +116,49 @@ def questions_from_annotations(folder: str | Path, limit: Optional[int] = None) 
     return rows[:limit] if limit else rows
 
 
+def question_id(video: str, question: str, time: Optional[float]) -> str:
+    """A question's stable id: its video, mode, text and time (not its place in a file)."""
+    mode = "global" if time is None else "breakpoint"
+    return hashlib.sha256(json.dumps([str(video), mode, question.strip(), time]).encode()).hexdigest()[:20]
+
+
 def read_questions(questions: Path | list[dict]) -> list[dict]:
-    """Rows with ``video`` and ``question`` (a JSONL file or a list), each with an ``id`` (its given one, or
-    its position), so that a re-run can tell what is answered."""
+    """Rows with ``video``, ``question`` and an optional ``time`` (a JSONL file or a list), each given its
+    ``qid``; a question asked twice is kept once (said)."""
+    where = questions if isinstance(questions, Path) else "questions"
     rows = questions
     if isinstance(questions, Path):
-        rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(questions.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise DataError(f"{where}: line {number}: not JSON ({e})") from None
+    out, seen = [], set()
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: line {i + 1}: a JSON {type(row).__name__}, not an object")
         for key in ("video", "question"):
-            if not str(row.get(key, "")).strip():
-                raise DataError(f"{questions if isinstance(questions, Path) else 'questions'}: line {i + 1}: "
-                                f"{key!r} is empty or missing")
-    return [{**row, "id": row.get("id", i)} for i, row in enumerate(rows)]
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(f"{where}: line {i + 1}: {key!r} must be a non-empty string, got {row.get(key)!r}")
+        time = row.get("time")
+        if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time)
+                                 or time < 0):
+            raise DataError(f"{where}: line {i + 1}: 'time'={time!r} must be a number of seconds >= 0 (or absent)")
+        qid = question_id(row["video"], row["question"], time)
+        if qid not in seen:
+            seen.add(qid)
+            out.append({**row, "qid": qid})
+    if len(out) < len(rows):
+        print(f"{where}: {len(rows) - len(out)} question(s) asked twice (same video, mode, text and time): "
+              f"answered once", flush=True)
+    return out
 
 
 def answered_ids(out: Path) -> set:
-    """Ids already in a predictions file; a half-written last line (a crash mid-append) is cut off."""
+    """Question ids already in a predictions file; a half-written last line (a crash mid-append) is cut off,
+    a line that is not a prediction is left alone and said (its question, if any, is answered again)."""
     if not out.is_file():
         return set()
     data = out.read_bytes()
@@ -135,7 +166,44 @@ def answered_ids(out: Path) -> set:
     if len(complete) != len(data):
         with open(out, "r+b") as f:
             f.truncate(len(complete))
-    return {json.loads(line)["id"] for line in complete.decode().splitlines() if line.strip()}
+    done, bad = set(), []
+    for number, line in enumerate(complete.decode(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            done.add(row.get("qid") or question_id(row["video"], row["question"], row.get("time")))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            bad.append(number)
+    if bad:
+        print(f"warning: {out}: {len(bad)} line(s) are not predictions (lines {bad[:10]}); ignored", flush=True)
+    return done
+
+
+class OutputBusy(RuntimeError):
+    """Another process is answering into the same predictions file."""
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """Hold ``<out>.lock`` for the whole run; a second process on the same ``--out`` is refused."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(out.name + ".lock")
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise OutputBusy(f"{out} is being written by another process ({f.read().strip() or 'pid unknown'}); "
+                             f"wait for it or give another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _append(path: Path, text: str) -> None:
@@ -148,17 +216,29 @@ def _append(path: Path, text: str) -> None:
 def video_tokens(answerer, lookup, video: str, cache: Optional[Path]) -> tuple[torch.Tensor, list[float], dict]:
     """A video's frame tokens, sampled, with their times and metadata: from ``cache`` when a video file's
     were computed before (``VideoFileLookup.cache_key``), else read/decoded and encoded (then cached)."""
-    path = cache / f"{lookup.cache_key(video, answerer)}.pt" if cache is not None and hasattr(lookup, "cache_key") else None
+    path = (cache / f"{lookup.cache_key(video, answerer)}.safetensors"
+            if cache is not None and hasattr(lookup, "cache_key") else None)
     if path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        return saved["tokens"], saved["stamps"], saved["meta"]
+        return read_cached_tokens(path)
     feats, meta = lookup(video)
     tokens, stamps = answerer.frame_tokens(feats, meta, video)
     meta = {k: v for k, v in meta.items() if k != "timestamps"}  # the sampled frames' times are ``stamps``
     if path is not None:
-        torch_save_atomic({"tokens": tokens.half(), "stamps": stamps, "meta": meta}, path)
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:  # safetensors: reading it back runs no code
+            save_file({"tokens": tokens.half().contiguous()}, str(tmp),
+                      metadata={"stamps": json.dumps(stamps), "meta": json.dumps(meta)})
         tokens = tokens.half()  # what a later run reads back: the same answers either way
     return tokens, stamps, meta
+
+
+def read_cached_tokens(path: Path) -> tuple[torch.Tensor, list[float], dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        extra = f.metadata()
+        return f.get_tensor("tokens"), json.loads(extra["stamps"]), json.loads(extra["meta"])
 
 
 def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], tuple[np.ndarray, dict]],
@@ -166,12 +246,15 @@ def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], 
     """Answer every question not answered yet in ``out``; returns the counts. Each video is streamed once;
     the questions of consecutive videos are generated together, ``answerer.batch_size`` at a time, and
     written video by video. With ``token_cache``, video files' frame tokens are kept and reused."""
-    rows = read_questions(questions)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):
+        return _answer_file(answerer, read_questions(questions), lookup, out, token_cache)
+
+
+def _answer_file(answerer, rows: list[dict], lookup, out: Path, token_cache: Optional[Path]) -> dict[str, int]:
     done = answered_ids(out)
     by_video: dict[str, list[dict]] = {}
     for row in rows:
-        if row["id"] not in done:
+        if row["qid"] not in done:
             by_video.setdefault(str(row["video"]), []).append(row)
     failures = out.with_name(out.stem + ".failures.jsonl")
     failures.unlink(missing_ok=True)

@@ -16,9 +16,14 @@ import torch
 
 from moviechat.atomic import write_text_atomic
 from moviechat.distributed import barrier
+from moviechat.safe_load import UnsafeFileError, check_files, load_pt
 
 PARTIAL = ".partial-"
 PORTABLE = "portable.pt"  # rank 0's copy of the trainable state for another process count (moviechat.elastic)
+
+
+class CheckpointNotFound(FileNotFoundError):
+    """A path that names no run folder or checkpoint."""
 
 
 def tag_of(step: int) -> str:
@@ -104,7 +109,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
             return root, (root / "latest").read_text().strip()
     if path.is_dir() and path.name.startswith("step") and any(path.glob("trainer_state_rank*.pt")):
         return path.parent, path.name
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a run folder, its checkpoints/ or a step folder)")
+    raise CheckpointNotFound(f"no checkpoint at {path} (expected a run folder, its checkpoints/ or a step folder)")
 
 
 def explicit_step(path: str | Path) -> bool:
@@ -113,50 +118,63 @@ def explicit_step(path: str | Path) -> bool:
     return path.name.startswith("step") and not (path / "latest").is_file() and not (path / "checkpoints").is_dir()
 
 
-def unreadable(folder: Path) -> Optional[str]:
-    """Why a checkpoint cannot be loaded (a missing folder, a file that torch cannot read), or None."""
+def unreadable(folder: Path, trust: bool = False) -> Optional[str]:
+    """Why a checkpoint cannot be loaded (a missing folder or file, a file that torch cannot read), or None.
+    Every file is read as ``moviechat.safe_load`` reads it: a file that would need code to load raises
+    :class:`~moviechat.safe_load.UnsafeFileError` (refused outright, never skipped for an earlier one)."""
     if not folder.is_dir():
         return f"{folder} does not exist"
     files = sorted(folder.glob("*.pt"))
-    if not files:
-        return f"{folder} holds no .pt file"
+    missing = [name for name, pattern in (("the model states (*model_states.pt)", "*model_states.pt"),
+                                          ("trainer_state_rank0.pt", "trainer_state_rank0.pt"))
+               if not any(folder.glob(pattern))]
+    ranks, optim = len(list(folder.glob("trainer_state_rank*.pt"))), len(list(folder.glob("*optim_states.pt")))
+    if optim and optim != ranks:
+        missing.append(f"optimizer shards ({optim} *optim_states.pt for {ranks} rank(s))")
+    if missing:
+        return f"{folder} lacks {' and '.join(missing)}"
+    check_files(files, trust)
     for f in files:
         try:
-            torch.load(f, map_location="cpu", weights_only=False)
+            load_pt(f, trust)
+        except UnsafeFileError:
+            raise
         except Exception as e:  # noqa: BLE001  (any reason makes it unusable; the message names it)
             return f"{f}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
     return None
 
 
-def loadable_checkpoint(path: str | Path) -> tuple[Path, str]:
+def loadable_checkpoint(path: str | Path, trust: bool = False) -> tuple[Path, str]:
     """The checkpoint to resume from: ``latest`` (or the named step folder), else, for a run, the newest
-    earlier one that loads, with a warning naming what failed and why."""
+    earlier one that loads, with a warning naming what failed and why. A file that would run code on load
+    stops the resume (:class:`~moviechat.safe_load.UnsafeFileError`)."""
     root, tag = resolve_checkpoint(path)
-    reason = unreadable(root / tag)
+    reason = unreadable(root / tag, trust)
     if reason is None:
         return root, tag
     if explicit_step(path):
         raise RuntimeError(f"cannot resume from {root / tag}: {reason}")
     for folder in reversed([p for p in step_folders(root) if step_of(p.name) < step_of(tag)]):
-        if unreadable(folder) is None:
+        if unreadable(folder, trust) is None:
             print(f"warning: checkpoint {root / tag} cannot be loaded ({reason}); resuming from {folder} instead",
                   flush=True)
             return root, folder.name
     raise RuntimeError(f"cannot resume from {root / tag}: {reason}; no earlier checkpoint loads either")
 
 
-def saved_layout(folder: Path):
-    """The :class:`~moviechat.elastic.Layout` that wrote a checkpoint; None for checkpoints older than it."""
-    return torch.load(folder / "trainer_state_rank0.pt", map_location="cpu", weights_only=False).get("layout")
+def saved_layout(folder: Path, trust: bool = False):
+    """The :class:`~moviechat.train_state.Layout` that wrote a checkpoint; None for checkpoints older than it."""
+    return load_pt(folder / "trainer_state_rank0.pt", trust).get("layout")
 
 
-def load_checkpoint(engine, root: Path, tag: str, rank: int) -> dict[str, Any]:
+def load_checkpoint(engine, root: Path, tag: str, rank: int, trust: bool = False) -> dict[str, Any]:
     """Restore the engine (module, optimizer, scheduler) and return this rank's trainer state."""
     state_file = root / tag / f"trainer_state_rank{rank}.pt"
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} missing: was the checkpoint written by a run with as many ranks?")
+    check_files(sorted((root / tag).glob("*.pt")), trust)  # DeepSpeed reads them with weights_only=False
     load_path, _ = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {root / tag}")
-    return torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: RNG states
+    return load_pt(state_file, trust)

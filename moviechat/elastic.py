@@ -13,25 +13,13 @@ and each step sees the samples the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class Layout:
-    """How a run reads its data and batches its steps."""
-
-    processes: int
-    workers: int
-    global_batch: int
-
-    @property
-    def streams(self) -> int:
-        return self.processes * self.workers
+from moviechat.train_state import Layout  # noqa: F401  (re-exported)
 
 
 def _zero_stage(engine) -> int:
@@ -52,7 +40,7 @@ def portable_state(engine, model, scheduler, train_state, layout: Layout) -> Opt
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     stage, base = _zero_stage(engine), _base_optimizer(engine)
-    if stage >= 1:
+    if stage in (1, 2):  # ZeRO-3 gathers full states itself
         _link_optimizer_state(engine)
     params: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in _trainable(model):

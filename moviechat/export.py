@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from moviechat.atomic import atomic_path, torch_save_atomic, write_text_atomic
+from moviechat.cli import run_cli
 from moviechat.config import save_config, to_yaml
 from moviechat.data import Collator, Sample
 from moviechat.models.weight_names import load_weights, to_original_names
@@ -153,8 +154,9 @@ def export_merged(cfg, tokenizer, model, out: Path) -> Path:
     return out
 
 
-def export(path: str | Path, fmt: str, out: str | Path | None = None, merge_lora: bool = False) -> Path:
-    cfg, tokenizer, model, ckpt = load_run(path)
+def export(path: str | Path, fmt: str, out: str | Path | None = None, merge_lora: bool = False,
+           trust: bool = False) -> Path:
+    cfg, tokenizer, model, ckpt = load_run(path, trust)
     default = ckpt.parent.parent / "export" / (f"moviechat_{ckpt.name}.pth" if fmt == "moviechat" else f"{fmt}_{ckpt.name}")
     out = Path(out) if out else default
     if fmt == "moviechat":
@@ -174,10 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=FORMATS, default="moviechat")
     p.add_argument("--out")
     p.add_argument("--merge-lora", action="store_true", help="moviechat format: merge LoRA into the stored LLM")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoint files that need more than plain data (only files you vouch for)")
     args = p.parse_args(argv)
-    out = export(args.run, args.format, args.out, args.merge_lora)
-    print(f"exported ({args.format}, verified by reloading): {out}")
-    return 0
+
+    def run() -> int:
+        out = export(args.run, args.format, args.out, args.merge_lora, args.trust_checkpoint)
+        print(f"exported ({args.format}, verified by reloading): {out}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from moviechat.batch_answering import (FeatureLookup, VideoFileLookup, answer_file, load_features,
                                        questions_from_annotations)
-from moviechat.data.sampling import FrameSampling, frame_at
+from moviechat.data.sampling import FrameSampling, frame_at, past_end
 from moviechat.data.stores import DataError, PreprocessCheck
 from moviechat.memory import StreamingMemory
 from moviechat.prompt import PromptFormat
@@ -44,6 +43,7 @@ class MemoryRead:
     memory: torch.Tensor
     n_position: int
     frame: Optional[int]
+    past_end: bool = False  # a breakpoint past the video's end, answered at its last frame
 
 
 class Answerer:
@@ -63,7 +63,8 @@ class Answerer:
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
 
     @classmethod
-    def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy") -> "Answerer":
+    def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy",
+             trust: bool = False) -> "Answerer":
         path = Path(path)
         if (path / "model.safetensors").is_file():
             from moviechat.export import load_hf
@@ -72,7 +73,7 @@ class Answerer:
         else:
             from moviechat.runs import load_run
 
-            cfg, tokenizer, model, _ = load_run(path)
+            cfg, tokenizer, model, _ = load_run(path, trust)
         return cls(cfg, tokenizer, model, max_new_tokens, generation=generation)
 
     def frame_tokens(self, feats: np.ndarray, meta: dict, key: str) -> tuple[torch.Tensor, list[float]]:
@@ -92,17 +93,16 @@ class Answerer:
         if seconds is None:
             return None
         source = meta.get("video", key)
-        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
-            raise DataError(f"{source}: time={seconds} must be a finite number of seconds >= 0")
         return frame_at(seconds, stamps, key, source, meta.get("duration"))
 
     def _fragment_end(self, t: int) -> int:
         return (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
 
-    def _result(self, ids: torch.Tensor, t: Optional[int]) -> dict:
+    def _result(self, ids: torch.Tensor, read: MemoryRead) -> dict:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        t = read.frame
         return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text),
-                "generation": self.generation}
+                "generation": self.generation, **({"past_end": True} if read.past_end else {})}
 
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
@@ -142,7 +142,7 @@ class Answerer:
             stream.push(tokens[pushed:t])
             pushed = t
             reads[i] = MemoryRead(stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)]),
-                                  stream.n_position, t)
+                                  stream.n_position, t, past_end(questions[i][1], meta.get("duration")))
         if any(t is None for t in frames):
             stream.push(tokens[pushed:])
             stream.finish()
@@ -158,7 +158,7 @@ class Answerer:
             part = range(start, min(start + self.batch_size, len(questions)))
             ids = self.model.answer_many([reads[i].memory for i in part], [self.prompt.prompt_ids(questions[i]) for i in part],
                                          self.max_new_tokens, self.stop, [reads[i].n_position for i in part])
-            replies += [self._result(ids_i, reads[i].frame) for ids_i, i in zip(ids, part)]
+            replies += [self._result(ids_i, reads[i]) for ids_i, i in zip(ids, part)]
         return replies
 
 

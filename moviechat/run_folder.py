@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from moviechat.atomic import write_text_atomic
 from moviechat.checkpointing import step_folders
@@ -33,11 +33,33 @@ class RunFolderError(RuntimeError):
     """A run folder cannot be used as asked; the message says how to proceed."""
 
 
-def claim(run_dir: Path, resume: bool) -> None:
-    """Refuse to start a new run in a folder that holds another run's checkpoints."""
-    if not resume and (step_folders(run_dir / "checkpoints") or (run_dir / "checkpoints" / "latest").exists()):
-        raise RunFolderError(f"{run_dir} already holds checkpoints of a run; continue it with --resume {run_dir}, "
-                             f"or start a new run with another run.name")
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether a folder holds (part of) a run: checkpoints, or metrics of one that died before its first."""
+    return bool(step_folders(run_dir / "checkpoints") or (run_dir / "checkpoints" / "latest").exists()
+                or (run_dir / "metrics.jsonl").exists())
+
+
+def claim(run_dir: Path, checkpoint: Optional[tuple[Path, str]]) -> bool:
+    """Whether this start may write ``run_dir``; refuses with :class:`RunFolderError` otherwise.
+
+    Without a checkpoint to resume, the folder must hold no run. Resuming a checkpoint of the same folder
+    continues that run. Resuming another run's checkpoint under this name starts ``run_dir`` from it (a
+    fork, returns True) only when ``run_dir`` holds no run: the other run is only read, never pruned or cut.
+    """
+    if checkpoint is None:
+        if holds_a_run(run_dir):
+            what = "checkpoints" if step_folders(run_dir / "checkpoints") else "metrics.jsonl of a run (no checkpoint)"
+            raise RunFolderError(f"{run_dir} already holds {what}; continue it with --resume {run_dir}, or start a "
+                                 f"new run with another run.name (or remove the folder)")
+        return False
+    source = checkpoint[0].parent
+    if source.resolve() == run_dir.resolve():
+        return False
+    if holds_a_run(run_dir):
+        raise RunFolderError(f"--resume {checkpoint[0] / checkpoint[1]} belongs to run {source}, but run.name points "
+                             f"at {run_dir}, which holds another run; resume {source} under its own name (drop "
+                             f"run.name), or give a new run.name to start a new run from that checkpoint")
+    return True
 
 
 def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -57,11 +79,12 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
             if old.get(k) != now.get(k) and not k.startswith(FREE_KEYS)}
 
 
-def check_resume_config(run_dir: Path, new: dict[str, Any], allow: bool, step: int) -> None:
-    """Refuse a resume whose config changes what is trained, unless ``allow``; record allowed changes."""
+def check_resume_config(source: Path, new: dict[str, Any], allow: bool, step: int, run_dir: Path) -> None:
+    """Refuse a resume whose config changes what is trained from the config of run ``source``, unless
+    ``allow``; record allowed changes in ``run_dir`` (the run being written)."""
     from moviechat.config import as_dict, load_config
 
-    saved_path = run_dir / "config.yaml"
+    saved_path = source / "config.yaml"
     if not saved_path.is_file():
         return
     changes = config_changes(as_dict(load_config(saved_path)), new)
@@ -69,8 +92,9 @@ def check_resume_config(run_dir: Path, new: dict[str, Any], allow: bool, step: i
         return
     listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))
     if not allow:
-        raise RunFolderError(f"resuming {run_dir} with a config that changes what is trained ({listed}); "
+        raise RunFolderError(f"resuming {source} with a config that changes what is trained ({listed}); "
                              f"pass --allow-config-change to do it anyway (it is recorded in the run folder)")
+    run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "config_changes.jsonl", "a") as f:
         f.write(json.dumps({"time": time.time(), "step": step, "changes": {k: list(v) for k, v in changes.items()}},
                            default=str) + "\n")

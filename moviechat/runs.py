@@ -8,17 +8,20 @@ import torch
 
 from moviechat.checkpointing import resolve_checkpoint
 from moviechat.config import Config, load_config
+from moviechat.safe_load import check_files, load_pt
 
 
-def trained_state(root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """The trained parameters of a checkpoint in fp32; ZeRO shards are consolidated by DeepSpeed's utility."""
+def trained_state(root: Path, tag: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The trained parameters of a checkpoint in fp32; ZeRO shards are consolidated by DeepSpeed's utility
+    (its files checked first: it loads them with ``weights_only=False``)."""
     folder = root / tag
+    check_files(sorted(folder.glob("*.pt")), trust)
     if any(folder.glob("zero_pp_rank_*_optim_states.pt")) or any(folder.glob("bf16_zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag, exclude_frozen_parameters=True)
     else:  # ZeRO stage 0: the module's trained parameters are saved as they are
-        state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        state = load_pt(folder / "mp_rank_00_model_states.pt", trust)["module"]
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
@@ -31,8 +34,9 @@ def build_from_config(cfg: Config, tokenizer):
     return MODELS.build(cfg.model.name, cfg.model, cfg.memory, tokenizer, verbose=False)
 
 
-def load_run(path: str | Path):
-    """(config, tokenizer, model in eval mode, checkpoint folder) of a run folder or checkpoint."""
+def load_run(path: str | Path, trust: bool = False):
+    """(config, tokenizer, model in eval mode, checkpoint folder) of a run folder or checkpoint; ``trust``
+    loads checkpoint files that need more than plain data (``moviechat.safe_load``)."""
     from transformers import AutoTokenizer
 
     root, tag = resolve_checkpoint(path)
@@ -40,7 +44,7 @@ def load_run(path: str | Path):
     cfg = load_config(run_dir / "config.yaml")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
     model = build_from_config(cfg, tokenizer)
-    state = trained_state(root, tag)
+    state = trained_state(root, tag, trust)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(trainable - set(state))
     if missing:

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -22,7 +22,8 @@ from tqdm import tqdm
 from moviechat.atomic import write_text_atomic
 from moviechat.checkpointing import (PORTABLE, load_checkpoint, loadable_checkpoint, remove_leftovers,
                                      save_checkpoint, saved_layout, step_of)
-from moviechat.elastic import Layout, check_layout, merged_train_state, portable_state, restore_portable
+from moviechat.train_state import Layout, TrainState
+from moviechat.elastic import check_layout, merged_train_state, portable_state, restore_portable
 from moviechat.config import Config, as_dict, save_config
 from moviechat.data import Collator, DataError, build_datasets
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
@@ -31,31 +32,24 @@ from moviechat.metrics import JsonlLogger
 from moviechat.models.llm import run_tokenizer
 from moviechat.optim import build_optimizer, describe_groups, lr_lambda
 from moviechat.registry import MODELS
+from moviechat.safe_load import load_pt
 from moviechat.run_folder import check_resume_config, claim, truncate_metrics, write_status
 from moviechat.runtime import deepspeed_config, environment, rng_state, seed_everything, set_rng_state
 
 import moviechat.models  # noqa: F401  (registers the model builders)
 
 
-@dataclass
-class TrainState:
-    """Everything besides the engine that a resumed run needs to continue exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    positions: dict[int, int] = field(default_factory=dict)  # data stream -> samples consumed this epoch
-    skipped: dict[int, int] = field(default_factory=dict)  # data stream -> samples skipped this epoch (on_error=skip)
-    skipped_before: int = 0  # samples skipped in earlier epochs (this rank)
-
-
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: Optional[str] = None, allow_config_change: bool = False):
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: Optional[str] = None, allow_config_change: bool = False,
+                 trust_checkpoint: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        claim(self.run_dir, resume is not None)  # every rank decides alike, before any collective
-        self.checkpoint = loadable_checkpoint(resume) if resume else None
+        self.trust = trust_checkpoint
+        self.checkpoint = loadable_checkpoint(resume, trust_checkpoint) if resume else None
+        self.forked = claim(self.run_dir, self.checkpoint)  # every rank decides alike, before any collective
         if self.checkpoint is not None:
-            check_resume_config(self.checkpoint[0].parent, as_dict(cfg), allow_config_change, step_of(self.checkpoint[1]))
+            check_resume_config(self.checkpoint[0].parent, as_dict(cfg), allow_config_change,
+                                step_of(self.checkpoint[1]), self.run_dir)
         self.rank, self.world_size, self.device = init_distributed()
         import deepspeed
 
@@ -86,6 +80,9 @@ class Trainer:
             lambda values, what: all_reduce_sum(values, self.device, what), self.world_size)
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
+        if self.rank == 0 and self.forked:
+            print(f"new run folder {self.run_dir}, started from {self.checkpoint[0] / self.checkpoint[1]} of run "
+                  f"{self.checkpoint[0].parent} (left as it is)", flush=True)
         if self.rank == 0:
             left = remove_leftovers(self.run_dir / "checkpoints")
             if left:
@@ -102,7 +99,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------ set-up
 
     def _tokenizer(self):
-        saved = self.run_dir / "tokenizer"
+        source = self.checkpoint[0].parent if self.checkpoint is not None else self.run_dir
+        saved = source / "tokenizer"
         if saved.is_dir() and not self.cfg.model.llm.path:  # a resumed tiny run reuses its exact vocabulary
             from transformers import AutoTokenizer
 
@@ -130,17 +128,17 @@ class Trainer:
         return Layout(self.world_size, max(self.cfg.data.num_workers, 1), self.engine.train_batch_size())
 
     def _resume(self, root: Path, tag: str) -> None:
-        saved = saved_layout(root / tag)
+        saved = saved_layout(root / tag, self.trust)
         if saved is not None and saved != self.layout():
             check_layout(saved, self.layout(), root / tag)
         if saved is not None and saved.processes != self.world_size:
-            portable = torch.load(root / tag / PORTABLE, map_location="cpu", weights_only=False)
+            portable = load_pt(root / tag / PORTABLE, self.trust)
             restore_portable(self.engine, self.model, self.scheduler, portable)
             self.state = merged_train_state(portable["train_states"])
             seed_everything(self.cfg.run.seed + 1000 * self.rank + self.state.step)  # dropout: new per-rank streams
             how = f"written by {saved.processes} process(es), elastic"
         else:
-            state = load_checkpoint(self.engine, root, tag, self.rank)
+            state = load_checkpoint(self.engine, root, tag, self.rank, self.trust)
             self.state = state["train_state"]
             set_rng_state(state["rng"])
             how = "same layout"
@@ -157,7 +155,8 @@ class Trainer:
     def _loader(self, dataset, collate, batch_size: int, workers: int) -> DataLoader:
         # Its own generator: creating an iterator must not draw from the global RNG (exact resume).
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                          generator=torch.Generator().manual_seed(self.cfg.run.seed))
+                          generator=torch.Generator().manual_seed(self.cfg.run.seed),
+                          worker_init_fn=ignore_stop_signals if workers else None)
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Training batches forever, epoch after epoch, from where the state says this rank stopped."""
@@ -262,9 +261,13 @@ class Trainer:
         return last_eval
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stop_requested:  # the second one: leave at once (a partial checkpoint is removed at the next start)
+        now = time.monotonic()
+        if self.stop_requested and now - self.first_signal > SAME_STOP_SECONDS:
+            # a second request: leave at once (a partial checkpoint is removed at the next start)
             print(f"second signal {signum}: exiting without a checkpoint", flush=True)
             os._exit(128 + signum)
+        if not self.stop_requested:  # a copy within the window is the same request (torchrun forwards the
+            self.first_signal = now   # signal that the job's whole process group already got)
         self.stop_requested = True
 
     def _grad_norm(self) -> Optional[float]:
@@ -331,6 +334,16 @@ class Trainer:
             self.logger.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+SAME_STOP_SECONDS = 3.0
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGINT to the main process, which finishes its step, saves and stops
+    them; a preempted job signals its whole process group, and a worker that died of it crashed the run."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _float(value) -> Optional[float]:

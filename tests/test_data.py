@@ -91,8 +91,10 @@ def test_epochs_reshuffle_and_resume_continues_the_same_stream(tmp_path):
 def test_breakpoint_time_maps_to_the_sampled_frame_at_or_before():
     stamps = [0.0, 2.0, 4.0, 6.0]
     assert [frame_at(s, stamps, "k", "src") for s in (0.0, 1.9, 2.0, 5.5, 9.0)] == [0, 0, 1, 2, 3]
-    with pytest.raises(DataError, match="past the video's end"):
-        frame_at(9.0, stamps, "k", "src", duration=8.0)
+    assert frame_at(9.0, stamps, "k", "src", duration=8.0) == 3  # past the end: the last frame (counted by callers)
+    for bad in (float("nan"), -1.0, True, "3"):
+        with pytest.raises(DataError, match="must be a finite number of seconds"):
+            frame_at(bad, stamps, "k", "src")
     vid = VideoFeatures("k", np.zeros((40, Q, D), np.float16), default_meta(40, "tokens", fps=2.0), "src")
     ds = VideoQADataset(None, {"k": [QA("q", "a", "breakpoint", 7.4)]}, {"k"}, feature_kind="tokens",
                         token_shape=(Q, D), sampling=FrameSampling(10), seed=0)
@@ -124,7 +126,9 @@ def test_moviechat1k_annotation_parses_times_in_seconds_and_captions(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(time=900), r"breakpoint\[0\]\.time=900 is past the video's end"),
+    (dict(time=float("nan")), r"breakpoint\[0\]\.time=nan must be a frame index"),
+    (dict(time=True), r"breakpoint\[0\]\.time=True must be a frame index"),
+    (dict(time="12"), r"breakpoint\[0\]\.time='12' must be a frame index"),
     (dict(question="  "), r"breakpoint\[0\]\.question is empty"),
     (dict(answer=""), r"breakpoint\[0\]\.answer is empty"),
 ])
@@ -280,10 +284,13 @@ def test_on_error_skip_counts_bad_annotation_entries_files_and_videos_without_fe
     data.annotations, data.shards, data.folder, data.on_error = str(ann), str(tmp_path / "s-*.tar"), None, "skip"
     data.val_fraction = 0.3
     source = source_from_annotations(data, 0)
-    assert dict(source.skips.counts) == {"bad annotation entry": 2, "bad annotation file": 1,
+    assert dict(source.skips.counts) == {"bad annotation entry": 1, "bad annotation file": 1,
                                          "annotated video without features": 1}
-    assert len(source.qas["v000"]) == 2 and "v001" not in source.qas and source.missing == ["v999"]
-    assert "skipped (bad annotation entry): " in capsys.readouterr().out
+    # the breakpoint at num_frame is kept, asked at the last frame, and counted
+    assert len(source.qas["v000"]) == 3 and "v001" not in source.qas and source.missing == ["v999"]
+    assert [qa.past_end for qa in source.qas["v000"]] == [False, False, True]
+    out = capsys.readouterr().out
+    assert "skipped (bad annotation entry): " in out and "1 breakpoint(s) at or past their video's end" in out
     data.on_error = "raise"
     with pytest.raises(DataError, match=r"v000.json: global\[1\].question is empty"):
         source_from_annotations(data, 0)

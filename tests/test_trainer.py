@@ -105,11 +105,13 @@ def test_a_second_signal_exits_at_once():
     code = ("from moviechat.trainer import Trainer\n"
             "t = Trainer.__new__(Trainer)\nt.stop_requested = False\n"
             "t._on_signal(2, None)\nprint('first: stop requested', t.stop_requested, flush=True)\n"
-            "t._on_signal(2, None)\nprint('not reached')\n")
+            "t._on_signal(2, None)\nprint('a copy at once is the same request', flush=True)\n"
+            "t.first_signal -= 10\nt._on_signal(2, None)\nprint('not reached')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=os.environ | {"DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 128 + signal.SIGINT
-    assert "first: stop requested True" in proc.stdout and "second signal 2: exiting without a checkpoint" in proc.stdout
+    assert "first: stop requested True" in proc.stdout and "a copy at once is the same request" in proc.stdout
+    assert "second signal 2: exiting without a checkpoint" in proc.stdout
     assert "not reached" not in proc.stdout
 
 

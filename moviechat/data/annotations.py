@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -25,12 +26,41 @@ class QA:
     mode: str  # "global" or "breakpoint"
     seconds: Optional[float] = None  # breakpoint time in seconds from the start of the video
     qtype: str = ""
+    past_end: bool = False  # a breakpoint at or past info.num_frame: asked at the video's last frame
 
 
 def video_key(info: dict, path: Path) -> str:
-    """The feature-store key of an annotated video: the stem of ``info.video_path`` (else the file's)."""
+    """The feature-store key of an annotated video: the stem of ``info.video_path`` (else the file's); only
+    the last suffix goes, so ``my.video.mp4`` is ``my.video``."""
     video_path = info.get("video_path")
     return Path(video_path).stem if video_path else path.stem
+
+
+def _number(value, where: str, path: Path, integer: bool = False) -> float:
+    """A finite JSON number (not a boolean, not a string), else DataError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            integer and value != int(value)):
+        raise DataError(f"{path}: {where}={value!r} must be a finite {'integer' if integer else 'number'}")
+    return value
+
+
+def _header(data, path: Path) -> tuple[dict, float, int]:
+    """``info`` of an annotation and its checked fps and num_frame."""
+    if not isinstance(data, dict) or not isinstance(data.get("info"), dict):
+        raise DataError(f"{path}: not a MovieChat-1K annotation (needs an object with an 'info' object)")
+    info = data["info"]
+    for field_name in ("fps", "num_frame"):
+        if field_name not in info:
+            raise DataError(f"{path}: info.{field_name} is missing")
+    fps, num_frame = _number(info["fps"], "info.fps", path), int(_number(info["num_frame"], "info.num_frame", path, True))
+    if fps <= 0 or num_frame < 1:
+        raise DataError(f"{path}: info.fps={fps} must be > 0 and info.num_frame={num_frame} >= 1")
+    if info.get("video_path") is not None and not isinstance(info["video_path"], str):
+        raise DataError(f"{path}: info.video_path={info['video_path']!r} must be a string")
+    for mode in ("global", "breakpoint"):
+        if not isinstance(data.get(mode, []), list):
+            raise DataError(f"{path}: {mode!r} must be a list of questions, got {data[mode]!r}")
+    return info, fps, num_frame
 
 
 def parse_moviechat1k(path: str | Path, include_caption: bool = False,
@@ -40,12 +70,9 @@ def parse_moviechat1k(path: str | Path, include_caption: bool = False,
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        info = data["info"]
-        fps, num_frame = float(info["fps"]), int(info["num_frame"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a MovieChat-1K annotation ({type(e).__name__}: {e})") from None
-    if fps <= 0:
-        raise DataError(f"{path}: info.fps={fps} must be > 0")
+    info, fps, num_frame = _header(data, path)
     entries = [("global", i, item) for i, item in enumerate(data.get("global", []))]
     entries += [("breakpoint", i, item) for i, item in enumerate(data.get("breakpoint", []))]
     qas: list[QA] = []
@@ -56,7 +83,7 @@ def parse_moviechat1k(path: str | Path, include_caption: bool = False,
             if skips is None:
                 raise
             skips.add("bad annotation entry", str(e))
-    if include_caption and data.get("caption"):
+    if include_caption and isinstance(data.get("caption"), str) and data["caption"].strip():
         qas.append(QA(CAPTION_QUESTION, str(data["caption"]).strip(), "global", None, "caption"))
     return video_key(info, path), qas
 
@@ -66,13 +93,11 @@ def _entry(mode: str, item, path: Path, where: str, fps: float, num_frame: int) 
         raise DataError(f"{path}: {where} is not an object")
     question, answer = _text(item, "question", path, where), _text(item, "answer", path, where)
     if mode == "global":
-        return QA(question, answer, "global", None, item.get("type", "global"))
+        return QA(question, answer, "global", None, str(item.get("type", "global")))
     time = item.get("time")
-    if not isinstance(time, (int, float)) or time < 0:
+    if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time) or time < 0:
         raise DataError(f"{path}: {where}.time={time!r} must be a frame index >= 0")
-    if time >= num_frame:
-        raise DataError(f"{path}: {where}.time={time} is past the video's end (info.num_frame={num_frame})")
-    return QA(question, answer, "breakpoint", time / fps, item.get("type", "breakpoint"))
+    return QA(question, answer, "breakpoint", time / fps, str(item.get("type", "breakpoint")), past_end=time >= num_frame)
 
 
 def _text(item: dict, field: str, path: Path, where: str) -> str:
@@ -113,6 +138,10 @@ def load_annotations(folder: str | Path, include_caption: bool = False,
             skips.add("bad annotation file", str(e))
             continue
         out[key] = qas
+    late = sum(qa.past_end for qas in out.values() for qa in qas)
+    if late:
+        print(f"{folder}: {late} breakpoint(s) at or past their video's end (info.num_frame), answered at its last "
+              f"frame", flush=True)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import random
 import tarfile
 from collections import Counter
@@ -94,10 +95,45 @@ class PreprocessCheck:
               f"and infer on the same pixels", flush=True)
 
 
+def check_key(key: str, store: str) -> str:
+    """A video key as a store may use it: a relative path below the store's root (sub-folders with ``/``),
+    never ``..``, an absolute path or a backslash, which would read outside it."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if (not isinstance(key, str) or not key.strip() or key.startswith("/") or "\\" in key or "\0" in key
+            or any(p in ("", ".", "..") for p in parts)):
+        raise DataError(f"video key {key!r} is not a relative path inside {store} (no '..', absolute path, empty "
+                        f"part or backslash): refused")
+    return key
+
+
+def check_meta(meta, num_frames: int, where: str) -> None:
+    """Metadata a reader can rely on: an object whose ``timestamps`` are one finite, non-decreasing number of
+    seconds per frame, and whose ``fps`` / ``duration``, when given, are finite numbers >= 0."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: metadata must be a JSON object, got {type(meta).__name__}")
+    stamps = meta.get("timestamps")
+    if not isinstance(stamps, list) or len(stamps) != num_frames:
+        raise DataError(f"{where}: metadata needs one timestamp per frame ({num_frames}), "
+                        f"got {len(stamps) if isinstance(stamps, list) else repr(stamps)}")
+    for i, t in enumerate(stamps):
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise DataError(f"{where}: timestamps[{i}]={t!r} must be a finite number of seconds")
+        if i and t < stamps[i - 1]:
+            raise DataError(f"{where}: timestamps[{i}]={t} comes before timestamps[{i - 1}]={stamps[i - 1]} "
+                            f"(timestamps must not decrease)")
+    for field_name in ("fps", "duration"):
+        value = meta.get(field_name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise DataError(f"{where}: metadata {field_name}={value!r} must be a finite number >= 0")
+
+
 def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expect_kind: Optional[str] = None,
                       expect_shape: Optional[tuple[int, int]] = None) -> None:
     """Raise DataError naming ``source`` and ``key`` unless the features are usable as they are."""
     where = f"{source}: video {key!r}"
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: metadata must be a JSON object, got {type(meta).__name__}")
     if meta.get("kind") not in FEATURE_KINDS:
         raise DataError(f"{where}: metadata kind={meta.get('kind')!r} must be one of {FEATURE_KINDS}")
     if expect_kind is not None and meta["kind"] != expect_kind:
@@ -117,10 +153,7 @@ def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expe
     if not np.isfinite(feats).all():
         bad = int((~np.isfinite(feats)).any(axis=(1, 2)).sum())
         raise DataError(f"{where}: {bad} frame(s) contain NaN or Inf")
-    stamps = meta.get("timestamps")
-    if stamps is None or len(stamps) != feats.shape[0]:
-        raise DataError(f"{where}: metadata needs one timestamp per frame ({feats.shape[0]}), "
-                        f"got {None if stamps is None else len(stamps)}")
+    check_meta(meta, feats.shape[0], where)
 
 
 # ------------------------------------------------------------------------------------------- writing

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from moviechat.atomic import torch_save_atomic
+from moviechat.safe_load import load_pt
 from moviechat.models.qformer import qformer_from_original, qformer_to_original
 from moviechat.models.vision import is_bare_vit, vision_from_lavis, vision_to_lavis
 
@@ -97,7 +98,7 @@ def read_state(path: str | Path) -> tuple[dict[str, Tensor], str]:
         from safetensors.torch import load_file
 
         return load_file(str(path)), "ours"
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_pt(path)  # released .pth files are plain state dicts: no code runs to read them
     if isinstance(ckpt, dict) and ckpt.get("format") == OUR_FORMAT:
         return ckpt["model"], "ours"
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):

@@ -1,0 +1,86 @@
+"""Reading ``.pt`` / ``.pth`` files without running code from them.
+
+A pickle can name any importable function and have it called on load; ``torch.load(weights_only=True)``
+allows only tensors, containers and an allow-list of types. Every file this framework reads goes through
+:func:`load_pt`: our checkpoints (trainer state, the portable state), DeepSpeed's files (checked here before
+DeepSpeed, which loads with ``weights_only=False``, reads them) and released MovieChat / Video-LLaMA / BLIP-2
+``.pth`` files (plain state dicts). A file that needs any other type is refused, naming the file and the
+type; ``trust=True`` (``--trust-checkpoint``) loads a file its user vouches for as it is.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+TRUST_HINT = "pass --trust-checkpoint only if you vouch for this file"
+
+
+class UnsafeFileError(RuntimeError):
+    """A file that would need a type outside the allow-list (possibly code) to load."""
+
+
+def allowed_types() -> list:
+    """What our checkpoints and DeepSpeed's hold besides tensors and containers: plain data classes and
+    enums, numpy arrays (RNG states). None of them runs code when rebuilt."""
+    import numpy as np
+
+    from moviechat.train_state import Layout, TrainState
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    dtypes = [type(np.dtype(t)) for t in ("u1", "u4", "i8", "f2", "f4", "f8", "b1")]
+    types = [TrainState, Layout, np.ndarray, np.dtype, reconstruct, *dtypes]
+    try:  # what DeepSpeed's ZeRO optimizer files hold
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        types += [LossScaler, ZeroStageEnum, fragment_address]
+    except ImportError:
+        pass
+    return types
+
+
+def _names(types: Iterable) -> set[str]:
+    return {f"{t.__module__}.{t.__qualname__}" for t in types}
+
+
+def load_pt(path: str | Path, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """``torch.load`` that runs no code (see the module docstring); raises :class:`UnsafeFileError`."""
+    if trust:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    types = allowed_types()
+    try:
+        with torch.serialization.safe_globals(types):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = refused_globals(path, types)
+        if unsafe:
+            raise UnsafeFileError(f"{path}: refused to load: it needs {', '.join(unsafe)}, which could run code; "
+                                  f"{TRUST_HINT}") from None
+        raise pickle.UnpicklingError(f"{path}: {str(e).splitlines()[0] if str(e) else 'not a torch file'}") from None
+
+
+def refused_globals(path: str | Path, types: Iterable = ()) -> list[str]:
+    """The globals a file names that ``weights_only`` loading would refuse ([] for a corrupt file)."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001  (unreadable: not a question of safety)
+        return []
+    return sorted(set(needed) - _names(types))
+
+
+def check_files(files: Iterable[Path], trust: bool = False) -> None:
+    """Raise :class:`UnsafeFileError` for the first file that names a refused type (files DeepSpeed is about
+    to load with ``weights_only=False``); corrupt files are left to the caller's own check."""
+    if trust:
+        return
+    types = allowed_types()
+    for f in files:
+        unsafe = refused_globals(f, types)
+        if unsafe:
+            raise UnsafeFileError(f"{f}: refused to load: it needs {', '.join(unsafe)}, which could run code; "
+                                  f"{TRUST_HINT}")
