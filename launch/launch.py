@@ -12,6 +12,7 @@ requeues the job, which resumes from the run folder's latest checkpoint (run.nam
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import subprocess
 import sys
@@ -58,28 +59,44 @@ SBATCH = """#!/bin/bash
 # Rendezvous from SLURM: the first node of the allocation is the master.
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT={port}
+RUN_DIR={run_dir}
 cd {repo}
 # SIGTERM (preemption or time limit) reaches the trainer, which checkpoints and records status "stopped"
 # in <run>/status.json (torchrun does not pass its exit status 75 on); such a job is requeued.
 trap 'echo "SIGTERM: forwarding to the trainer"; kill -TERM $SRUN_PID' TERM
-RESUME=""
-[ -f "{run_dir}/checkpoints/latest" ] && RESUME="--resume {run_dir}"
+RESUME=()
+[ -f "$RUN_DIR/checkpoints/latest" ] && RESUME=(--resume "$RUN_DIR")
 srun --kill-on-bad-exit=1 torchrun --nnodes=$SLURM_NNODES --nproc_per_node={gpus} --node_rank=$SLURM_NODEID \\
     --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT --rdzv_id=$SLURM_JOB_ID \\
-    train.py {train_args} $RESUME &
+    train.py {train_args} "${{RESUME[@]}}" &
 SRUN_PID=$!
 wait $SRUN_PID; STATUS=$?
 [ $STATUS -gt 128 ] && {{ wait $SRUN_PID; STATUS=$?; }}  # the trap interrupted the first wait
-if grep -q '"status": "stopped"' "{run_dir}/status.json" 2>/dev/null; then scontrol requeue $SLURM_JOB_ID; fi
+if grep -q '"status": "stopped"' "$RUN_DIR/status.json" 2>/dev/null; then scontrol requeue $SLURM_JOB_ID; fi
 exit $STATUS
 """
 
 
+DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.:/@+=,-]+")
+
+
+def directive(flag: str, value) -> str:
+    """A value for an ``#SBATCH`` line, which no shell reads (so quoting does not apply): refused unless plain."""
+    value = str(value)
+    if not DIRECTIVE_VALUE.fullmatch(value):
+        raise SystemExit(f"slurm: {flag}={value!r}: only letters, digits and _ . : / @ + = , - can go into an "
+                         f"#SBATCH line")
+    return value
+
+
 def slurm_script(args, run_dir: str) -> str:
+    """The sbatch script; every value the shell reads is quoted (``shlex.quote``)."""
     return SBATCH.format(
-        name=args.name, nodes=args.nodes, gpus=args.gpus, cpus=args.cpus, time=args.time, log_dir=args.log_dir,
-        partition=f"#SBATCH --partition={args.partition}" if args.partition else "", port=args.master_port,
-        repo=REPO, run_dir=run_dir, train_args=" ".join(shlex.quote(a) for a in train_args(args)),
+        name=directive("--name", args.name), nodes=int(args.nodes), gpus=int(args.gpus), cpus=int(args.cpus),
+        time=directive("--time", args.time), log_dir=directive("--log-dir", args.log_dir),
+        partition=f"#SBATCH --partition={directive('--partition', args.partition)}" if args.partition else "",
+        port=int(args.master_port), repo=shlex.quote(str(REPO)), run_dir=shlex.quote(run_dir),
+        train_args=" ".join(shlex.quote(a) for a in train_args(args)),
     )
 
 

@@ -24,59 +24,64 @@ from typing import Any, Optional
 from moviechat.atomic import write_text_atomic
 from moviechat.config import ConfigError, load_config
 from moviechat.run_folder import STOPPED_EXIT
-from moviechat.sweeps import SweepConfig, aggregate, expand, load_sweep, run_result, slug
+from moviechat.sweeps import (SweepConfig, aggregate, check_unique_names, expand, load_sweep, run_result, slug,
+                              swept_keys)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def overrides_of(sweep: SweepConfig, setting: dict[str, Any], sweep_dir: Path) -> list[str]:
+def overrides_of(sweep: SweepConfig, setting: dict[str, Any], sweep_dir: Path, name: str) -> list[str]:
     shared = [f"run.output_dir={sweep_dir}", f"train.token_cache_dir={sweep_dir / 'token_cache'}"]
-    return shared + list(sweep.overrides) + [f"{k}={v}" for k, v in setting.items()] + [f"run.name={slug(setting)}"]
+    return shared + list(sweep.overrides) + [f"{k}={v}" for k, v in setting.items()] + [f"run.name={name}"]
 
 
 def validate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path) -> None:
     """Every setting must be a valid config before anything runs."""
+    check_unique_names(settings)
     for setting in settings:
         try:
             load_config(REPO / sweep.base if not Path(sweep.base).is_absolute() else sweep.base,
-                        overrides_of(sweep, setting, sweep_dir))
+                        overrides_of(sweep, setting, sweep_dir, slug(setting, swept_keys(settings))))
         except ConfigError as e:
             raise ConfigError(f"sweep setting {setting}: {e}") from None
 
 
 def run_local(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path, max_settings: Optional[int]) -> None:
-    ran = 0
+    ran, keys = 0, swept_keys(settings)
     for setting in settings:
-        run_dir = sweep_dir / slug(setting)
+        name = slug(setting, keys)
+        run_dir = sweep_dir / name
         if (run_dir / "result.json").is_file():
-            print(f"[sweep] skip {slug(setting)}: finished", flush=True)
+            print(f"[sweep] skip {name}: finished", flush=True)
             continue
         if max_settings is not None and ran >= max_settings:
             print(f"[sweep] stop: --max-settings {max_settings} reached", flush=True)
             return
         resume = ["--resume", str(run_dir)] if (run_dir / "checkpoints" / "latest").is_file() else []
-        cmd = [sys.executable, str(REPO / "train.py"), "--cfg", str(REPO / sweep.base), *overrides_of(sweep, setting, sweep_dir), *resume]
-        print(f"[sweep] run {slug(setting)}: {' '.join(cmd)}", flush=True)
+        cmd = [sys.executable, str(REPO / "train.py"), "--cfg", str(REPO / sweep.base), *overrides_of(sweep, setting, sweep_dir, name), *resume]
+        print(f"[sweep] run {name}: {' '.join(cmd)}", flush=True)
         start = time.time()
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL if not sys.stdout.isatty() else None)
         if proc.returncode == STOPPED_EXIT:
-            print(f"[sweep] {slug(setting)} stopped at a checkpoint; rerun the sweep to resume it", flush=True)
+            print(f"[sweep] {name} stopped at a checkpoint; rerun the sweep to resume it", flush=True)
             raise SystemExit(STOPPED_EXIT)
         if proc.returncode != 0:
-            raise SystemExit(f"[sweep] {slug(setting)} failed (exit {proc.returncode}); rerun the sweep to resume it")
+            raise SystemExit(f"[sweep] {name} failed (exit {proc.returncode}); rerun the sweep to resume it")
         write_text_atomic(run_dir / "result.json", json.dumps(run_result(run_dir, setting, time.time() - start), indent=2))
         ran += 1
 
 
 def run_slurm(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path, args) -> None:
     """One SLURM job per unfinished setting, through ``launch/launch.py slurm``."""
+    keys = swept_keys(settings)
     for setting in settings:
-        if (sweep_dir / slug(setting) / "result.json").is_file():
+        name = slug(setting, keys)
+        if (sweep_dir / name / "result.json").is_file():
             continue
         cmd = [sys.executable, str(REPO / "launch" / "launch.py"), "slurm", "--cfg", sweep.base, "--gpus", str(args.gpus),
-               "--nodes", "1", "--name", slug(setting), "--script", str(sweep_dir / "slurm" / f"{slug(setting)}.sbatch"),
+               "--nodes", "1", "--name", name, "--script", str(sweep_dir / "slurm" / f"{name}.sbatch"),
                "--log-dir", str(sweep_dir / "slurm"), *(["--dry-run"] if args.dry_run else []),
-               *overrides_of(sweep, setting, sweep_dir)]
+               *overrides_of(sweep, setting, sweep_dir, name)]
         subprocess.run(cmd, cwd=REPO, check=True)
 
 

@@ -98,9 +98,12 @@ class VideoFileLookup:
         raise DataError(f"no video file for {video!r} in {self.folder} ({', '.join(VIDEO_SUFFIXES)})")
 
     def __call__(self, video: str) -> tuple[np.ndarray, dict]:
+        return self.read(self.path_of(video))
+
+    def read(self, path: Path) -> tuple[np.ndarray, dict]:
+        """A video file the user named (not a key): decoded and encoded."""
         from moviechat.data.video import read_frames
 
-        path = self.path_of(video)
         frames, stamps, duration = read_frames(path, fps=self.fps, num_frames=self.num_frames)
         feats = self.encoder(frames, 64, self.device).numpy()
         return feats, feature_meta("eva", stamps, duration, self.fps or 0, self.cfg.model.vision.preprocess,

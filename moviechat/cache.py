@@ -1,13 +1,16 @@
 """Frame-token cache: with the image Q-Former frozen, EVA features -> frame tokens once per video.
 
-Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file and the
-video, so a changed Q-Former never reads stale tokens. In memory (LRU, bounded in MiB) and optionally on
+Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file's identity
+(path, size, modification time and a hash of its first and last MiB: re-extracted features at the same path
+miss) and the video, so a changed Q-Former or feature file never gives stale tokens. In memory (LRU, bounded in MiB) and optionally on
 disk, shared by runs and sweeps.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,7 +18,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from moviechat.atomic import torch_save_atomic
+from safetensors.torch import load_file, save_file
+
+from moviechat.atomic import atomic_path
 
 
 def weights_digest(*modules: nn.Module) -> str:
@@ -29,6 +34,30 @@ def weights_digest(*modules: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+EDGE_BYTES = 2**20
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256(f"{path}|{size}|{mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(EDGE_BYTES))
+        if size > EDGE_BYTES:
+            f.seek(max(size - EDGE_BYTES, EDGE_BYTES))
+            h.update(f.read(EDGE_BYTES))
+    return h.hexdigest()[:24]
+
+
+def file_identity(source: str) -> str:
+    """What a feature file is now: path, size, mtime and its first and last MiB (hashed once per version
+    of the file in a process); ``source`` itself when it is not a file."""
+    try:
+        stat = os.stat(source)
+    except (OSError, ValueError):
+        return source
+    return _identity(os.path.realpath(source), stat.st_size, stat.st_mtime_ns)
+
+
 class FrameTokenCache:
     def __init__(self, qformer_digest: str, max_mb: int, folder: Optional[str] = None):
         self.digest = qformer_digest
@@ -40,7 +69,7 @@ class FrameTokenCache:
         self.misses = 0
 
     def key(self, source: str, video_id: str, num_frames: int) -> str:
-        return hashlib.sha256(f"{source}|{video_id}|{num_frames}".encode()).hexdigest()[:24]
+        return hashlib.sha256(f"{file_identity(source)}|{video_id}|{num_frames}".encode()).hexdigest()[:24]
 
     def get(self, source: str, video_id: str, features: Tensor, encode: Callable[[Tensor], Tensor]) -> Tensor:
         """Frame tokens of a video: from memory, from disk, or ``encode(features)`` (then stored)."""
@@ -49,16 +78,18 @@ class FrameTokenCache:
             self.hits += 1
             self.memory.move_to_end(key)
             return self.memory[key]
-        path = self.folder / f"{key}.pt" if self.folder else None
+        path = self.folder / f"{key}.safetensors" if self.folder else None
         if path is not None and path.is_file():
             self.hits += 1
-            tokens = torch.load(path, map_location="cpu", weights_only=True)
+            tokens = load_file(str(path))["tokens"]
         else:
             self.misses += 1
             with torch.no_grad():
                 tokens = encode(features).to("cpu", torch.float16)
             if path is not None:
-                torch_save_atomic(tokens, path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    save_file({"tokens": tokens.contiguous()}, str(tmp))
         self._remember(key, tokens)
         return tokens
 

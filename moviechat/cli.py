@@ -10,13 +10,14 @@ USAGE_EXIT = 2
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (a path, a file, a value), not a bug: their message is the whole story."""
+    from moviechat.batch_answering import OutputBusy
     from moviechat.checkpointing import CheckpointNotFound
     from moviechat.config import ConfigError
     from moviechat.data.stores import DataError
     from moviechat.run_folder import RunFolderError
     from moviechat.safe_load import UnsafeFileError
 
-    return (ConfigError, DataError, CheckpointNotFound, RunFolderError, UnsafeFileError, FileNotFoundError)
+    return (ConfigError, DataError, CheckpointNotFound, RunFolderError, UnsafeFileError, OutputBusy, FileNotFoundError)
 
 
 def run_cli(main: Callable[[], int]) -> int:

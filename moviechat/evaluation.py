@@ -33,7 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from moviechat.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
 from moviechat.data.stores import DataError
-from moviechat.judge import JudgeClient, parse_judgement
+from moviechat.cli import run_cli
+from moviechat.judge import JudgeClient, check_judge_url, parse_judgement
 from moviechat.metrics import exact_match, normalize_answer, normalized_match, token_f1
 from moviechat.prompt import PromptFormat
 
@@ -61,15 +62,22 @@ def video_fps(annotations: str | Path) -> dict[str, float]:
 
 
 def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[JudgeClient] = None):
-    """(per-question rows, summary by mode); predictions without a reference are counted as unmatched."""
-    rows, unmatched = [], 0
+    """(per-question rows, summary by mode); predictions without a reference are counted as unmatched, a
+    second prediction for a question already scored is counted as a duplicate and left out (the first
+    one counts: a question is scored once, however often a file holds it)."""
+    rows, unmatched, duplicates, seen = [], 0, 0, set()
     for p in predictions:
         mode = p.get("mode") or ("breakpoint" if p.get("time") is not None else "global")
         seconds = None if p.get("time") is None else round(float(p["time"]), 2)
-        ref = refs.get((str(p["video"]), mode, normalize_answer(p["question"]), seconds))
+        key = (str(p["video"]), mode, normalize_answer(p["question"]), seconds)
+        ref = refs.get(key)
         if ref is None:
             unmatched += 1
             continue
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
         pred = str(p.get("prediction", ""))
         row = {"video": p["video"], "mode": mode, "time": p.get("time"), "question": p["question"], "answer": ref,
                "prediction": pred, "exact": exact_match(pred, ref), "normalized": normalized_match(pred, ref),
@@ -80,7 +88,9 @@ def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[Ju
             row.update(judge_reply=raw, judge_pred=verdict and verdict["pred"], judge_score=verdict and verdict["score"],
                        judge_status="ok" if verdict else ("failed" if raw is None else "malformed"))
         rows.append(row)
-    return rows, score_summary(rows, unmatched, judge)
+    summary = score_summary(rows, unmatched, judge)
+    summary["duplicate_predictions"] = duplicates
+    return rows, summary
 
 
 BOOTSTRAP_SAMPLES = 1000
@@ -135,7 +145,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {mode} | " + " | ".join(_cell(summary[mode], c) for c in cols) + " |")
     judge = f"\njudge: {summary['judge_model']}\n" if summary.get("judge_model") else ""
     return ("\n".join(lines) + f"\n\n[95% bootstrap interval over videos]\n{judge}"
-            f"unmatched predictions: {summary['unmatched_predictions']}\n")
+            f"unmatched predictions: {summary['unmatched_predictions']}\n"
+            f"duplicate predictions (scored once): {summary.get('duplicate_predictions', 0)}\n")
 
 
 def _cell(entry: dict[str, Any], col: str) -> str:
@@ -260,8 +271,8 @@ def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]
             problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
         except ValueError as e:
             row, problem = None, f"not JSON ({e})"
-        if problem is None and not {"video", "question"} <= set(row):
-            problem = "needs 'video' and 'question'"
+        if problem is None:
+            problem = prediction_problem(row)
         if problem is None:
             rows.append(row)
         elif skip_bad:
@@ -271,6 +282,23 @@ def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]
     if bad:
         print(f"skipped {len(bad)} malformed prediction line(s) of {path}: {bad[:20]}")
     return rows
+
+
+def prediction_problem(row: dict) -> Optional[str]:
+    """What makes a prediction row unusable, or None: ``video`` and ``question`` non-empty strings, ``time``
+    absent/null or a finite number of seconds >= 0, ``prediction`` (when given) a string."""
+    for key in ("video", "question"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            return f"{key!r} must be a non-empty string, got {row.get(key)!r}"
+    time = row.get("time")
+    if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time)
+                             or time < 0):
+        return f"'time'={time!r} must be a number of seconds >= 0 or null"
+    if row.get("prediction") is not None and not isinstance(row["prediction"], str):
+        return f"'prediction'={row['prediction']!r} must be a string"
+    if row.get("mode") not in (None, "global", "breakpoint"):
+        return f"'mode'={row['mode']!r} must be 'global' or 'breakpoint'"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,20 +311,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--judge-cache", help="JSONL cache of judgements (default: OUT/judge_cache.jsonl)")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave out malformed prediction lines (counted)")
+    p.add_argument("--judge-allow-insecure", action="store_true",
+                   help="send the API key to a judge URL that is neither https:// nor on this machine")
     args = p.parse_args(argv)
+    if args.judge_url and not args.judge_model:
+        p.error("--judge-model is required with --judge-url (it is recorded with the results)")
+    return run_cli(lambda: _score(args))
+
+
+def _score(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    try:
-        predictions = read_predictions(Path(args.predictions), args.skip_bad_lines)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not Path(args.predictions).is_file():
+        raise DataError(f"--predictions {args.predictions}: no such file")
+    predictions = read_predictions(Path(args.predictions), args.skip_bad_lines)
     judge = None
     if args.judge_url:
-        if not args.judge_model:
-            p.error("--judge-model is required with --judge-url (it is recorded with the results)")
-        judge = JudgeClient(args.judge_url, args.judge_model, Path(args.judge_cache or out / "judge_cache.jsonl"),
-                            os.environ.get(args.judge_key_env))
+        key = os.environ.get(args.judge_key_env)
+        check_judge_url(args.judge_url, key is not None, args.judge_allow_insecure)
+        judge = JudgeClient(args.judge_url, args.judge_model, Path(args.judge_cache or out / "judge_cache.jsonl"), key)
     rows, summary = evaluate(predictions, references(args.annotations), judge)
+    if summary["duplicate_predictions"]:
+        print(f"{args.predictions}: {summary['duplicate_predictions']} duplicate prediction(s) of questions already "
+              f"scored: each question counted once")
     write_results(rows, summary, out, video_fps(args.annotations))
     print(markdown(summary))
     return 0

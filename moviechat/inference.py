@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from moviechat.cli import run_cli
 from moviechat.batch_answering import (FeatureLookup, VideoFileLookup, answer_file, load_features,
                                        questions_from_annotations)
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
@@ -176,7 +177,9 @@ def decode_sampling(args: argparse.Namespace) -> tuple[Optional[float], Optional
 
 def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple[np.ndarray, dict]:
     """Decode a video and run the frozen EVA encoder (``model.vision.weights``) over its frames."""
-    return VideoFileLookup(cfg, Path(path).parent, fps)(str(path))
+    if not Path(path).is_file():
+        raise DataError(f"--video-file {path}: no such file")
+    return VideoFileLookup(cfg, Path(path).parent, fps).read(Path(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,18 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                                          "later runs (keyed by file, sampling, preprocessing and weights)")
     p.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy",
                    help="greedy, or the paper's sampling (temperature 1.0, top-p 0.9, 300 new tokens, seeded per video)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoint files that need more than plain data (only files you vouch for)")
     args = p.parse_args(argv)
-    try:
-        return _run(p, args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for flag in ("batch_size", "limit", "max_new_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')}={value} must be >= 1")
+    return run_cli(lambda: _run(p, args))
 
 
 def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        p.error(f"--batch-size={args.batch_size} must be >= 1")
-    answerer = Answerer.load(args.run, args.max_new_tokens, args.generation)
+    answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint)
     answerer.batch_size = args.batch_size
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)

@@ -12,9 +12,12 @@ import json
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
+
+from moviechat.data.stores import DataError
 
 JUDGE_SYSTEM = (
     "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "
@@ -49,6 +52,31 @@ def parse_judgement(text: str) -> Optional[dict[str, Any]]:
     return {"pred": str(value["pred"]).lower(), "score": score}
 
 
+def check_judge_url(url: str, sends_key: bool, allow_insecure: bool) -> None:
+    """The API key goes only to ``https://`` URLs or to this machine (loopback); anything else needs
+    ``allow_insecure``, and is said at start."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise DataError(f"--judge-url {url!r} must be an http(s) URL")
+    if not sends_key or parsed.scheme == "https" or _loopback(parsed.hostname):
+        return
+    if not allow_insecure:
+        raise DataError(f"--judge-url {url} is plain http to another machine: the API key would travel unencrypted; "
+                        f"use https://, a loopback address, or pass --judge-allow-insecure")
+    print(f"warning: sending the judge API key unencrypted to {url} (--judge-allow-insecure)", flush=True)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class JudgeClient:
     """A judge behind any OpenAI-compatible ``/chat/completions`` endpoint, with a JSONL cache."""
 
@@ -60,10 +88,16 @@ class JudgeClient:
         self.cache_path = cache
         self.cache: dict[str, str] = {}
         if cache.is_file():
+            bad = 0
             for line in cache.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.cache[row["key"]] = row["reply"]
+                try:
+                    row = json.loads(line) if line.strip() else None
+                    if row is not None:
+                        self.cache[row["key"]] = row["reply"]
+                except (ValueError, KeyError, TypeError):  # a half-written line of a killed run: judged again
+                    bad += 1
+            if bad:
+                print(f"warning: {cache}: {bad} unreadable line(s) ignored; those judgements are requested again")
         self.requests = 0
         self.failures = 0
 

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -67,9 +67,40 @@ def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
     return out
 
 
-def slug(setting: dict[str, Any]) -> str:
-    parts = [f"{k.split('.')[-1]}-{v}" for k, v in setting.items()]
+def short_names(keys: Iterable[str]) -> dict[str, str]:
+    """Each dotted key by its shortest tail that no other key shares (``dropout`` where it is the only one,
+    ``video_qformer.dropout`` beside ``lora.dropout``)."""
+    keys = list(dict.fromkeys(keys))
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
+                break
+        out[key] = tail
+    return out
+
+
+def slug(setting: dict[str, Any], keys: Optional[Iterable[str]] = None) -> str:
+    """The run folder name of a setting; ``keys``: every key the sweep sets (so names never collide)."""
+    names = short_names(list(keys or []) + list(setting))
+    parts = [f"{names[k]}-{v}" for k, v in setting.items()]
     return re.sub(r"[^A-Za-z0-9_.=-]", "_", "_".join(parts)) or "base"
+
+
+def swept_keys(settings: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for s in settings for k in s))
+
+
+def check_unique_names(settings: list[dict[str, Any]]) -> None:
+    """Two settings must never share a run folder."""
+    keys, seen = swept_keys(settings), {}
+    for setting in settings:
+        name = slug(setting, keys)
+        if name in seen and seen[name] != setting:
+            raise ConfigError(f"sweep settings {seen[name]} and {setting} would share the run folder {name!r}")
+        seen[name] = setting
 
 
 def run_result(run_dir: Path, setting: dict[str, Any], wall: float) -> dict[str, Any]:
@@ -93,10 +124,10 @@ def aggregate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
     """Results of the finished settings -> results.csv, results.md and plots; returns the rows."""
     rows = []
     for setting in settings:
-        path = sweep_dir / slug(setting) / "result.json"
-        if not path.is_file() and (sweep_dir / slug(setting) / "metrics.jsonl").is_file():
+        path = sweep_dir / slug(setting, swept_keys(settings)) / "result.json"
+        if not path.is_file() and (sweep_dir / slug(setting, swept_keys(settings)) / "metrics.jsonl").is_file():
             try:  # a SLURM run finished: summarise it here
-                write_text_atomic(path, json.dumps(run_result(sweep_dir / slug(setting), setting, float("nan")), indent=2))
+                write_text_atomic(path, json.dumps(run_result(sweep_dir / slug(setting, swept_keys(settings)), setting, float("nan")), indent=2))
             except RuntimeError:
                 pass
         if path.is_file():

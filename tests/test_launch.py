@@ -29,7 +29,7 @@ def test_launchers_dry_run_print_the_commands(tmp_path, capsys):
     assert launch.main(["slurm", "--nodes", "2", "--gpus", "8", "--cfg", cfg, "--dry-run", "run.name=big"]) == 0
     out = capsys.readouterr().out
     assert "#SBATCH --nodes=2" in out and "--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT" in out
-    assert "scontrol requeue" in out and "--resume runs/big" in out and out.strip().endswith("sbatch runs/slurm/job.sbatch")
+    assert "scontrol requeue" in out and "RUN_DIR=runs/big" in out and 'RESUME=(--resume "$RUN_DIR")' in out and out.strip().endswith("sbatch runs/slurm/job.sbatch")
     with pytest.raises(SystemExit, match="run.name"):
         launch.main(["slurm", "--cfg", cfg, "--dry-run"])
 

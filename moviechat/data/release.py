@@ -12,6 +12,7 @@ a video that cannot be read raises :class:`DataError` naming the file, for the c
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import tarfile
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ def _chunk(name: str, opener: Callable[[], IO[bytes]], suffix: str, frame_shape:
 
         def read() -> np.ndarray:
             with opener() as f:
+                if not isinstance(f, io.BufferedReader):  # a tar member: numpy wants a real file or bytes
+                    f = io.BytesIO(f.read())
                 return np.lib.format.read_array(f, allow_pickle=False)
 
         return Chunk(name, shape[0], read)

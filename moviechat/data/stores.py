@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-import webdataset as wds
+from webdataset import tariterators
 
 from moviechat.atomic import atomic_path
 
@@ -236,6 +236,25 @@ def write_folder(videos: Sequence[VideoFeatures], folder: str | Path) -> None:
 # ------------------------------------------------------------------------------------------- reading
 
 
+MEMBER_SUFFIXES = ("feats.npy", "json")
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """(video key, field) of a shard member: the key is everything before a known field suffix, so keys
+    with dots (``my.video.feats.npy``) stay whole; webdataset's default split at the first dot would not."""
+    for suffix in MEMBER_SUFFIXES:
+        if name.endswith("." + suffix):
+            return name[: -len(suffix) - 1], suffix
+    return tariterators.base_plus_ext(name)
+
+
+def shard_samples(shards: Sequence[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """Webdataset's tar reading (streamed, member by member) grouped by :func:`member_key`."""
+    streams = tariterators.url_opener([{"url": s} for s in shards], handler=handler)
+    files = tariterators.tar_file_expander(streams, handler=handler)
+    return tariterators.group_by_keys(files, keys=member_key, handler=handler)
+
+
 def assign(items: Sequence, stream: int, num_streams: int) -> list:
     """The items of one (rank, worker) stream: every ``num_streams``-th, so streams never overlap."""
     return list(items[stream::num_streams])
@@ -267,7 +286,7 @@ class ShardStore:
             try:
                 with tarfile.open(shard) as tar:
                     for name in tar.getnames():
-                        keys.setdefault(name.split(".", 1)[0], shard)
+                        keys.setdefault(member_key(name)[0], shard)
             except (tarfile.TarError, OSError, EOFError) as e:
                 if self.on_error != "skip":
                     raise DataError(f"{shard}: unreadable or truncated shard: {e}") from None
@@ -290,9 +309,8 @@ class ShardStore:
             print(f"unreadable shard, the rest of it is skipped: {exn!r}", flush=True)
             return True
 
-        dataset = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=handler)
         seen = set()
-        for raw in dataset:
+        for raw in shard_samples(mine, handler):
             seen.add(raw.get("__key__"))
             video = self._decode(raw, skips)
             if video is not None:
