@@ -38,7 +38,9 @@ EDGE_BYTES = 2**20
 
 
 @functools.lru_cache(maxsize=4096)
-def _identity(path: str, size: int, mtime_ns: int) -> str:
+def _identity(path: str, size: int, mtime_ns: int, _changed: tuple[int, int]) -> str:
+    """``_changed`` (inode, ctime) only keys the memo: any rewrite of the file changes it, even one that
+    restores the size and mtime, so a file is hashed again after it changed and never served stale."""
     h = hashlib.sha256(f"{path}|{size}|{mtime_ns}".encode())
     with open(path, "rb") as f:
         h.update(f.read(EDGE_BYTES))
@@ -55,7 +57,7 @@ def file_identity(source: str) -> str:
         stat = os.stat(source)
     except (OSError, ValueError):
         return source
-    return _identity(os.path.realpath(source), stat.st_size, stat.st_mtime_ns)
+    return _identity(os.path.realpath(source), stat.st_size, stat.st_mtime_ns, (stat.st_ino, stat.st_ctime_ns))
 
 
 class FrameTokenCache:

@@ -2,6 +2,7 @@
 signals (issue 15). Each scenario runs the real train.py on the tiny config."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -58,7 +59,7 @@ def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_
     before = steps(run)
     proc = attempt(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1")
     assert proc.returncode == 2
-    assert f"already holds checkpoints of a run; continue it with --resume {run}" in proc.stderr
+    assert f"already holds checkpoints; continue it with --resume {run}" in proc.stderr
     assert "another run.name" in proc.stderr and steps(run) == before
 
 
@@ -187,3 +188,135 @@ def test_inference_and_evaluation_refuse_bad_input_naming_it(tmp_path, capsys):
     assert f"{preds}: line 2: a JSON int, not an object" in capsys.readouterr().err
     rows = evaluation.read_predictions(preds, skip_bad=True)
     assert len(rows) == 1 and "skipped 2 malformed prediction line(s)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ second pass (issue 24): security, ownership
+
+
+class RunsCode:
+    """A pickle that runs a shell command when loaded with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant(path, marker):
+    import torch
+
+    torch.save({"module": RunsCode(marker)}, path)
+
+
+def test_a_crafted_pickle_runs_no_code_on_resume_inference_or_export_and_is_named(tmp_path, capsys):
+    from moviechat import export, inference
+
+    run_train(tmp_path, "run.name=p", "train.max_steps=2", "train.save_every=1", "train.eval_every=0",
+              "train.eval_generate=0")
+    run, marker = tmp_path / "p", tmp_path / "pwned"
+    for name in ("trainer_state_rank0.pt", "mp_rank_00_model_states.pt"):  # ours, and one DeepSpeed reads
+        target = run / "checkpoints" / "step00000002" / name
+        original = target.read_bytes()
+        plant(target, marker)
+        proc = attempt(tmp_path, "run.name=p", "train.max_steps=3", resume=str(run))
+        assert proc.returncode == 2 and f"unsafe checkpoint: {target}: refused to load: it needs " in proc.stderr
+        assert "system" in proc.stderr and "--trust-checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+        assert inference.main([str(run), "--features", "x.npy", "--question", "q"]) == 2
+        assert export.main([str(run), "--out", str(tmp_path / "e.pth")]) == 2
+        err = capsys.readouterr().err
+        assert err.count(f"error: {target}: refused to load") == 2 and not marker.exists()
+        target.write_bytes(original)
+    assert not marker.exists() and export.main([str(run), "--out", str(tmp_path / "e.pth")]) == 0
+
+
+def test_released_pth_files_load_as_plain_state_dicts_and_others_are_refused(tmp_path):
+    import argparse
+
+    import torch
+
+    from moviechat.models.weight_names import read_state
+    from moviechat.safe_load import UnsafeFileError, load_pt
+
+    torch.save({"model": {"llama_proj.weight": torch.ones(2, 2)}}, tmp_path / "ok.pth")
+    assert torch.equal(load_pt(tmp_path / "ok.pth")["model"]["llama_proj.weight"], torch.ones(2, 2))
+    torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "odd.pth")
+    with pytest.raises(UnsafeFileError, match=r"odd.pth: refused to load: it needs argparse.Namespace"):
+        load_pt(tmp_path / "odd.pth")
+    assert load_pt(tmp_path / "odd.pth", trust=True)["model"] == argparse.Namespace(a=1)  # --trust-checkpoint
+    plant(tmp_path / "bad.pth", tmp_path / "pwned")
+    with pytest.raises(UnsafeFileError):
+        read_state(tmp_path / "bad.pth")  # what load_weights reads released MovieChat / BLIP-2 files with
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(tmp_path):
+    tmp, run = tmp_path, tmp_path / "r"
+    run_train(tmp, "run.name=r", *BASE)
+    run_train(tmp, "run.name=other", "train.max_steps=4", "train.save_every=2", "train.eval_every=0",
+              "train.eval_generate=0")
+    other = tmp / "other"
+    before = {p: p.read_bytes() for p in [other / "metrics.jsonl", *sorted((other / "checkpoints").rglob("*.pt"))]}
+    r_before = steps(run)
+    proc = attempt(tmp, "run.name=other", *BASE, resume=str(run / "checkpoints" / "step00000004"))
+    assert proc.returncode == 2 and f"belongs to run {run}, but run.name points at {other}, which holds another run" \
+        in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before and steps(run) == r_before
+    # a new name: a new run folder started from that checkpoint, said at start; the source is left alone
+    proc = attempt(tmp, "run.name=fork", *BASE, "train.keep_last=1", resume=str(run / "checkpoints" / "step00000004"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"new run folder {tmp / 'fork'}, started from {run / 'checkpoints' / 'step00000004'}" in proc.stdout
+    assert steps(run) == r_before and steps(tmp / "fork") == ["step00000006"]
+    assert [r["step"] for r in read_jsonl(tmp / "fork" / "metrics.jsonl") if "loss" in r] == [5, 6]
+
+
+def test_a_folder_with_metrics_but_no_checkpoint_is_refused(tmp_path):
+    (tmp_path / "died").mkdir()
+    (tmp_path / "died" / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    proc = attempt(tmp_path, "run.name=died", "train.max_steps=1")
+    assert proc.returncode == 2 and "already holds metrics.jsonl of a run (no checkpoint)" in proc.stderr
+    assert (tmp_path / "died" / "metrics.jsonl").read_text() == '{"step": 1, "loss": 3.0}\n'
+
+
+def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(tmp_path):
+    tmp, run = tmp_path, tmp_path / "r"
+    run_train(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1", "train.eval_every=0", "train.eval_generate=0")
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
+    (latest / "mp_rank_00_model_states.pt").unlink()
+    proc = attempt(tmp, "run.name=r", "train.max_steps=3", resume=str(run))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"warning: checkpoint {latest} cannot be loaded ({latest} lacks the model states" in proc.stdout
+    assert "resuming from" in proc.stdout
+
+
+def test_resume_of_a_missing_run_is_one_line_and_exit_2(tmp_path):
+    proc = attempt(tmp_path, "train.max_steps=1", resume=str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "run folder error: no checkpoint at" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores")
+def test_sigterm_to_a_two_process_torchrun_job_with_loader_workers_checkpoints_and_stops(tmp_path):
+    """As SLURM preempts: SIGTERM to the job's whole process group (torchrun, trainers, loader workers)."""
+    import signal
+    import time
+
+    from test_trainer import train_cmd
+
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = train_cmd(tmp_path, "run.name=pre", "train.max_steps=100000", "train.eval_every=0", "train.eval_generate=0",
+                    "data.num_workers=1", nproc=2)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run, deadline = tmp_path / "pre", time.time() + 300
+    while time.time() < deadline and (not (run / "metrics.jsonl").exists() or len(losses(run)) < 3):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert "DataLoader worker" not in err, err[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "stopped", err[-3000:]
+    assert (run / "checkpoints" / "latest").read_text() == f"step{status['step']:08d}" and status["step"] >= 3
+    assert "stopped by a signal" in out

@@ -93,7 +93,7 @@ def _chunk(name: str, opener: Callable[[], IO[bytes]], suffix: str, frame_shape:
 
         def read() -> np.ndarray:
             with opener() as f:
-                if not isinstance(f, io.BufferedReader):  # a tar member: numpy wants a real file or bytes
+                if not isinstance(getattr(f, "raw", None), io.FileIO):  # a tar member: numpy wants a file or bytes
                     f = io.BytesIO(f.read())
                 return np.lib.format.read_array(f, allow_pickle=False)
 
