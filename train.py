@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from moviechat.cli import stop_if_only_checking
+
+    stop_if_only_checking()
     from moviechat.checkpointing import CheckpointNotFound
     from moviechat.run_folder import STOPPED_EXIT, RunFolderError
     from moviechat.safe_load import UnsafeFileError

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from moviechat.atomic import write_text_atomic
+from moviechat.cli import stop_if_only_checking
 from moviechat.data.annotations import parse_moviechat1k
 from moviechat.data.release import open_chunks, read_chunk, read_video, release_sources
 from moviechat.data.stores import VideoFeatures, feature_meta, write_shards
@@ -111,6 +112,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("give --release DIR, or both --annotations and --features")
     if args.shard_size < 1:
         p.error(f"--shard-size={args.shard_size} must be >= 1")
+    if args.cfg:
+        _config(args.cfg)
+    stop_if_only_checking()
     return args
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from moviechat.cli import stop_if_only_checking
 from moviechat.config import load_config
 from moviechat.data.stores import DataError, VideoFeatures, feature_meta, write_shards
 from moviechat.data.video import read_frames
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.cfg, args.overrides)
+    stop_if_only_checking()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     src, out = Path(args.videos), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

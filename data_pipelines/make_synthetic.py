@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from moviechat.config import load_config
+from moviechat.cli import stop_if_only_checking
 from moviechat.data.synthetic import write_synthetic_set
 
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.cfg, args.overrides)
+    stop_if_only_checking()
     q = cfg.model.image_qformer
     out = write_synthetic_set(cfg.data.synthetic, q.num_query_tokens, q.hidden_size, Path(args.out))
     print(f"synthetic set ({cfg.data.synthetic.num_videos} videos of [T, {q.num_query_tokens}, {q.hidden_size}] tokens): {out}")

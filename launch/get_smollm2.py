@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="the Hugging Face folder to write (default: %(default)s)")
     p.add_argument("--check", action="store_true", help="also ask the saved model a question")
     args = p.parse_args(argv)
+    from moviechat.cli import stop_if_only_checking
+
+    stop_if_only_checking()
     out = Path(args.out).resolve()
     if not (out / DONE).is_file():
         if out.exists():

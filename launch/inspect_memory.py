@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-from moviechat.config import load_config
+from moviechat.cli import stop_if_only_checking
+from moviechat.config import ConfigError, load_config
 from moviechat.data import build_datasets
 from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import SkipCounter
@@ -62,14 +63,22 @@ def _step(stamps) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", required=True)
+    p.add_argument("--cfg", default="configs/experiments/tiny_synthetic.yaml",
+                   help="experiment config whose data and memory are drawn (default: %(default)s)")
     p.add_argument("--setting", action="append", default=[], help="space-separated dotted overrides; repeatable")
-    p.add_argument("--video")
+    p.add_argument("--video", help="video key (default: the first of the data set)")
     p.add_argument("--t", type=float, help="breakpoint time in seconds (default: the middle of the video)")
-    p.add_argument("--out", default="memory.png")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", default="memory.png", help="the picture to write (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every setting")
     args = p.parse_args(argv)
-    base = load_config(args.cfg, args.overrides)
+    try:
+        base = load_config(args.cfg, args.overrides)
+        for setting in args.setting:
+            load_config(args.cfg, args.overrides + shlex.split(setting))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    stop_if_only_checking()
     video = find_video(base, args.video)
     settings = args.setting or [""]
     import matplotlib

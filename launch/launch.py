@@ -132,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--log-dir", default="runs/slurm")
             s.add_argument("--script", default="runs/slurm/job.sbatch")
     args = p.parse_args(argv)
+    from moviechat.cli import stop_if_only_checking
+
+    if args.mode != "slurm":
+        stop_if_only_checking()
     if args.mode == "slurm":
         script = slurm_script(args, run_dir_of(args))
+        stop_if_only_checking()
         command = ["sbatch", args.script]
         print(f"# {args.script}\n{script}")
         if not args.dry_run:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moviechat.atomic import write_text_atomic
+from moviechat.cli import stop_if_only_checking
 from moviechat.config import ConfigError, load_config
 from moviechat.run_folder import STOPPED_EXIT
 from moviechat.sweeps import (SweepConfig, aggregate, check_unique_names, expand, load_sweep, run_result, slug,
@@ -71,6 +72,17 @@ def run_local(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
         ran += 1
 
 
+def print_plan(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """What a local sweep would run, setting by setting; nothing runs."""
+    keys = swept_keys(settings)
+    for setting in settings:
+        name = slug(setting, keys)
+        state = "finished" if (sweep_dir / name / "result.json").is_file() else (
+            "resume" if (sweep_dir / name / "checkpoints" / "latest").is_file() else "to run")
+        cmd = [sys.executable, "train.py", "--cfg", sweep.base, *overrides_of(sweep, setting, sweep_dir, name)]
+        print(f"[sweep] {name} ({state}): {' '.join(cmd)}", flush=True)
+
+
 def run_slurm(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path, args) -> None:
     """One SLURM job per unfinished setting, through ``launch/launch.py slurm``."""
     keys = swept_keys(settings)
@@ -87,11 +99,13 @@ def run_slurm(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", required=True)
-    p.add_argument("--slurm", action="store_true")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--gpus", type=int, default=8)
-    p.add_argument("--aggregate-only", action="store_true")
+    p.add_argument("--sweep", required=True, help="sweep file (configs/sweeps/*.yaml)")
+    p.add_argument("--slurm", action="store_true", help="submit one SLURM job per unfinished setting")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each setting's run folder and command (with --slurm: its sbatch script); run nothing")
+    p.add_argument("--gpus", type=int, default=8, help="with --slurm: GPUs per job (default: %(default)s)")
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="only rebuild results.csv, results.md and the plots from the settings that finished")
     p.add_argument("--max-settings", type=int, help="run at most this many unfinished settings, then stop")
     p.add_argument("--seeds", type=int, help="runs per setting (run.seed = 0..N-1); overrides the sweep file's seeds")
     args = p.parse_args(argv)
@@ -107,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sweep config error: {e}", file=sys.stderr)
         return 2
+    stop_if_only_checking()
     print(f"[sweep] {len(settings)} settings -> {sweep_dir}", flush=True)
     if args.slurm:
         run_slurm(sweep, settings, sweep_dir, args)
+    elif args.dry_run:
+        print_plan(sweep, settings, sweep_dir)
+        return 0
     elif not args.aggregate_only:
         run_local(sweep, settings, sweep_dir, args.max_settings)
     aggregate(sweep, settings, sweep_dir)

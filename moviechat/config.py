@@ -336,13 +336,23 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {getattr(e, 'full_key', '?')}: {_first_line(e)}") from None
-    except ConfigError:
-        raise
+        key = getattr(e, "full_key", "?")
+        raise ConfigError(f"{_blame(path, overrides, str(key))}: {key}: {_first_line(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{_blame(path, overrides, str(e))}: {e}") from None
     except ValueError as e:  # a section's own check (memory.*, ...) already names its key
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{_blame(path, overrides, str(e))}: {e}") from None
     assert isinstance(cfg, Config)
     return cfg
+
+
+def _blame(path, overrides: Sequence[str], message: str) -> str:
+    """Where a bad value came from: the command-line override that sets a key the message names, else the file."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if message.startswith(key) or f"{key}=" in message or f"{key} " in message:
+            return f"command-line override {item!r}"
+    return str(path)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from moviechat.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
 from moviechat.data.stores import DataError
-from moviechat.cli import run_cli
+from moviechat.cli import run_cli, stop_if_only_checking
 from moviechat.judge import JudgeClient, check_judge_url, parse_judgement
 from moviechat.metrics import exact_match, normalize_answer, normalized_match, token_f1
 from moviechat.prompt import PromptFormat
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.judge_url and not args.judge_model:
         p.error("--judge-model is required with --judge-url (it is recorded with the results)")
+    stop_if_only_checking()
     return run_cli(lambda: _score(args))
 
 

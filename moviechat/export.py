@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from moviechat.atomic import atomic_path, torch_save_atomic, write_text_atomic
-from moviechat.cli import run_cli
+from moviechat.cli import run_cli, stop_if_only_checking
 from moviechat.config import save_config, to_yaml
 from moviechat.data import Collator, Sample
 from moviechat.models.weight_names import load_weights, to_original_names
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoint files that need more than plain data (only files you vouch for)")
     args = p.parse_args(argv)
+    stop_if_only_checking()
 
     def run() -> int:
         out = export(args.run, args.format, args.out, args.merge_lora, args.trust_checkpoint)

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from moviechat.cli import run_cli
+from moviechat.cli import run_cli, stop_if_only_checking
 from moviechat.batch_answering import (FeatureLookup, VideoFileLookup, answer_file, load_features,
                                        questions_from_annotations)
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')}={value} must be >= 1")
+    stop_if_only_checking()
     return run_cli(lambda: _run(p, args))
 
 
