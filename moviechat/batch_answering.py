@@ -34,9 +34,11 @@ from moviechat.data.stores import (DataError, check_key, feature_meta, read_npy_
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 
 
-def load_features(path: str | Path, kind_default: str) -> tuple[np.ndarray, dict]:
-    """A ``<key>.npy`` (with an optional ``<key>.json`` of metadata beside it)."""
-    video = read_npy_video(path, kind_default)
+def load_features(path: str | Path, kind_default: str, warn: bool = False) -> tuple[np.ndarray, dict]:
+    """A ``<key>.npy`` or ``<key>.feats.npy`` (with an optional ``<key>.json`` of metadata beside it)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such features file")
+    video = read_npy_video(path, kind_default, warn=warn)
     validate_features(video.feats, video.meta, video.key, video.source)
     return video.feats, video.meta
 
@@ -92,7 +94,7 @@ class VideoFileLookup:
 
     def path_of(self, video: str) -> Path:
         check_key(video, f"--videos {self.folder}")
-        for suffix in VIDEO_SUFFIXES:
+        for suffix in VIDEO_SUFFIXES + tuple(s.upper() for s in VIDEO_SUFFIXES):  # lmms-eval also tries .MP4
             if (self.folder / f"{video}{suffix}").is_file():
                 return self.folder / f"{video}{suffix}"
         raise DataError(f"no video file for {video!r} in {self.folder} ({', '.join(VIDEO_SUFFIXES)})")
@@ -110,12 +112,32 @@ class VideoFileLookup:
                                    video=str(path), sampling=self.sampling)
 
 
-def questions_from_annotations(folder: str | Path, limit: Optional[int] = None) -> list[dict]:
-    """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds)."""
+SPLITS = ("all", "heldout", "train")
+
+
+def run_split(key: str, val_fraction: float, seed: int) -> str:
+    """Which side of a run's own train/held-out split a video falls on (the split is by a hash of each key)."""
+    from moviechat.data.annotations import split_by_video
+
+    return "heldout" if split_by_video([key], val_fraction, seed)[1] else "train"
+
+
+def questions_from_annotations(folder: str | Path, limit: Optional[int] = None, split: str = "all",
+                               run_cfg=None) -> list[dict]:
+    """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds),
+    each marked with the side of ``run_cfg``'s train/held-out split its video is on; ``split`` keeps one
+    side. ``limit`` applies after the split."""
     from moviechat.data.annotations import load_annotations
 
-    rows = [{"video": key, "question": qa.question, "time": qa.seconds}
-            for key, qas in sorted(load_annotations(folder).items()) for qa in qas]
+    if split not in SPLITS:
+        raise DataError(f"--split {split!r} must be one of {SPLITS}")
+    rows = []
+    for key, qas in sorted(load_annotations(folder, require_answers=False).items()):
+        side = run_split(key, run_cfg.data.val_fraction, run_cfg.run.seed) if run_cfg is not None else None
+        if split != "all" and side != split:
+            continue
+        rows += [{"video": key, "question": qa.question, "time": qa.seconds, **({"split": side} if side else {})}
+                 for qa in qas]
     return rows[:limit] if limit else rows
 
 

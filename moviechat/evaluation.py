@@ -1,17 +1,14 @@
-"""Evaluation: held-out accuracy during training, and MovieChat-1K style scoring of prediction files.
-
-:class:`HeldOutEvaluator` (the trainer calls it): held-out loss and accuracy by generation, overall, per
-mode and per question type, beside the prior baseline, reduced over ranks with fixed metric names.
-
-Scoring of predictions against annotations, global and breakpoint separately:
+"""Scoring prediction files against MovieChat-1K style annotations, global and breakpoint separately
+(held-out accuracy during training is ``moviechat.heldout``):
 
     python -m moviechat.evaluation --predictions preds.jsonl --annotations ANN_DIR --out results/ \
-        [--judge-url http://host:port/v1 --judge-model NAME [--judge-key-env OPENAI_API_KEY]]
+        [--judge-url http://host:port/v1 --judge-model NAME [--judge-protocol lmms-eval]]
 
 Offline scores need no service: exact match, normalised match and token F1. The field's protocol adds a
 judge model that reads question, reference and prediction and returns ``{'pred': 'yes'|'no', 'score':
-0-5}``: accuracy is the share of "yes", score the mean. Judgements are cached (a rerun costs nothing),
-requests retried, malformed replies counted, and the judge's model name recorded with the results.
+0-5}``; ``--judge-protocol`` picks whose request, parsing and aggregation (``moviechat.judge_protocols``:
+lmms-eval's, MovieChat's, Video-ChatGPT's, or our forgiving one). Judgements are cached (a rerun costs
+nothing), requests retried, malformed and failed replies counted, and protocol and judge model recorded.
 Every score comes with a 95% bootstrap interval over videos. Writes ``per_question.jsonl``, ``summary.json``,
 ``summary.md``, ``lmms_eval_{global,breakpoint}.jsonl`` (fields ``video_name``, ``question``, ``answer``,
 ``time`` as the frame index, ``pred``, as lmms-eval's moviechat tasks name them) and
@@ -26,33 +23,39 @@ import math
 import os
 import random
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from moviechat.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
 from moviechat.data.stores import DataError
 from moviechat.cli import run_cli, stop_if_only_checking
-from moviechat.judge import JudgeClient, check_judge_url, parse_judgement
+from moviechat.judge import JudgeClient, check_judge_url
+from moviechat.judge_protocols import PROTOCOLS
 from moviechat.metrics import exact_match, normalize_answer, normalized_match, token_f1
-from moviechat.prompt import PromptFormat
 
-def references(annotations: str | Path) -> dict[tuple, str]:
-    """Reference answers by (video, mode, normalised question, breakpoint second rounded to 0.01)."""
+def references(annotations: str | Path) -> dict[tuple, Any]:
+    """Reference questions (``QA``) by (video, mode, normalised question, breakpoint second rounded to 0.01)."""
     out = {}
-    for key, qas in load_annotations(annotations).items():
+    try:
+        loaded = load_annotations(annotations)
+    except DataError as e:
+        if "answer is empty or missing" not in str(e):
+            raise
+        raise DataError(f"{e}: scoring needs the ground truth (the test release's gt/, not its questions-only "
+                        f"annotations/)") from None
+    for key, qas in loaded.items():
         for qa in qas:
-            out[(key, qa.mode, normalize_answer(qa.question), None if qa.seconds is None else round(qa.seconds, 2))] = qa.answer
+            out[(key, qa.mode, normalize_answer(qa.question), None if qa.seconds is None else round(qa.seconds, 2))] = qa
     return out
 
 
 def video_fps(annotations: str | Path) -> dict[str, float]:
     """``info.fps`` of every annotated video (breakpoint times go back to frame indices with it)."""
-    from moviechat.data.annotations import video_key
+    from moviechat.data.annotations import annotation_files, video_key
 
     out = {}
-    for f in sorted(Path(annotations).glob("*.json")):
+    for f in annotation_files(annotations):
         try:
             info = json.loads(f.read_text())["info"]
             out[video_key(info, f)] = float(info["fps"])
@@ -61,7 +64,7 @@ def video_fps(annotations: str | Path) -> dict[str, float]:
     return out
 
 
-def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[JudgeClient] = None):
+def evaluate(predictions: list[dict], refs: dict[tuple, Any], judge: Optional[JudgeClient] = None):
     """(per-question rows, summary by mode); predictions without a reference are counted as unmatched, a
     second prediction for a question already scored is counted as a duplicate and left out (the first
     one counts: a question is scored once, however often a file holds it)."""
@@ -70,10 +73,11 @@ def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[Ju
         mode = p.get("mode") or ("breakpoint" if p.get("time") is not None else "global")
         seconds = None if p.get("time") is None else round(float(p["time"]), 2)
         key = (str(p["video"]), mode, normalize_answer(p["question"]), seconds)
-        ref = refs.get(key)
-        if ref is None:
+        qa = refs.get(key)
+        if qa is None:
             unmatched += 1
             continue
+        ref = qa.answer
         if key in seen:
             duplicates += 1
             continue
@@ -81,12 +85,11 @@ def evaluate(predictions: list[dict], refs: dict[tuple, str], judge: Optional[Ju
         pred = str(p.get("prediction", ""))
         row = {"video": p["video"], "mode": mode, "time": p.get("time"), "question": p["question"], "answer": ref,
                "prediction": pred, "exact": exact_match(pred, ref), "normalized": normalized_match(pred, ref),
-               "f1": token_f1(pred, ref)}
-        if judge is not None:
-            raw = judge.reply(p["question"], ref, pred)
-            verdict = parse_judgement(raw) if raw is not None else None
-            row.update(judge_reply=raw, judge_pred=verdict and verdict["pred"], judge_score=verdict and verdict["score"],
-                       judge_status="ok" if verdict else ("failed" if raw is None else "malformed"))
+               "f1": token_f1(pred, ref), "past_end": qa.past_end}
+        if judge is not None:  # the judge reads the texts as the annotation writes them, as the scorers do
+            raw = judge.reply(qa.raw[0] or qa.question, qa.raw[1] or ref, pred)
+            verdict = judge.protocol.verdict(raw)
+            row.update(judge_reply=raw, judge_acc=verdict.acc, judge_score=verdict.score, judge_status=verdict.status)
         rows.append(row)
     summary = score_summary(rows, unmatched, judge)
     summary["duplicate_predictions"] = duplicates
@@ -118,15 +121,18 @@ def bootstrap_ci(rows: list[dict], value: Callable[[dict], Optional[float]], see
 
 def score_summary(rows: list[dict], unmatched: int, judge: Optional[JudgeClient]) -> dict[str, Any]:
     """Per mode: the scores and, beside each, its 95% bootstrap interval over videos (``<metric>_ci``)."""
-    summary: dict[str, Any] = {"unmatched_predictions": unmatched, "judge_model": judge.model if judge else None}
+    summary: dict[str, Any] = {"unmatched_predictions": unmatched, "judge_model": judge.model if judge else None,
+                               "judge_protocol": judge.protocol.name if judge else None,
+                               "judge_protocol_source": judge.protocol.source if judge else None,
+                               "judge_models_reported": sorted(judge.reported) if judge else None,
+                               "breakpoints_past_end": sum(bool(r.get("past_end")) for r in rows)}
     for mode in ("global", "breakpoint", "all"):
         sel = [r for r in rows if mode == "all" or r["mode"] == mode]
         entry: dict[str, Any] = {"n": len(sel), "videos": len({str(r["video"]) for r in sel})}
         values: dict[str, Callable[[dict], Optional[float]]] = {m: (lambda r, m=m: r[m]) for m in ("exact", "normalized", "f1")}
-        if judge is not None:
-            ok = lambda r: r["judge_status"] == "ok"  # noqa: E731
-            values["judge_accuracy"] = lambda r: float(r["judge_pred"] == "yes") if ok(r) else None
-            values["judge_score"] = lambda r: float(r["judge_score"]) if ok(r) else None
+        if judge is not None:  # each the mean over the questions the protocol gives a value (None: left out)
+            values["judge_accuracy"] = lambda r: r["judge_acc"]
+            values["judge_score"] = lambda r: r["judge_score"]
             entry["judge_malformed"] = sum(r["judge_status"] == "malformed" for r in sel)
             entry["judge_failed"] = sum(r["judge_status"] == "failed" for r in sel)
         for metric, value in values.items():
@@ -143,7 +149,12 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = ["| mode | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for mode in ("global", "breakpoint", "all"):
         lines.append(f"| {mode} | " + " | ".join(_cell(summary[mode], c) for c in cols) + " |")
-    judge = f"\njudge: {summary['judge_model']}\n" if summary.get("judge_model") else ""
+    judge = (f"\njudge: {summary['judge_model']}, protocol {summary['judge_protocol']} "
+             f"({summary['judge_protocol_source']})\n" if summary.get("judge_model") else "")
+    if summary.get("breakpoints_past_end"):
+        judge += (f"{summary['breakpoints_past_end']} breakpoint(s) past the video's end, answered at its last "
+                  f"frame\n")
+    judge += f"split scored: {summary['split']}\n" if summary.get("split") else ""
     return ("\n".join(lines) + f"\n\n[95% bootstrap interval over videos]\n{judge}"
             f"unmatched predictions: {summary['unmatched_predictions']}\n"
             f"duplicate predictions (scored once): {summary.get('duplicate_predictions', 0)}\n")
@@ -184,79 +195,7 @@ def _frame(row: dict, fps: dict[str, float]) -> Optional[int]:
     return round(float(row["time"]) * rate) if rate else row["time"]
 
 
-# ------------------------------------------------------------------------------- held-out evaluation
-
-
-def prior_answers(qas_by_video: dict[str, list], keys: Iterable[str]) -> dict[str, str]:
-    """The most frequent training answer of each question type: the baseline accuracy to beat."""
-    by_type: dict[str, Counter] = {}
-    for key in keys:
-        for qa in qas_by_video[key]:
-            by_type.setdefault(qa.qtype, Counter())[normalize_answer(qa.answer)] += 1
-    return {qtype: counts.most_common(1)[0][0] for qtype, counts in by_type.items()}
-
-
-def accuracy_groups(qas_by_video: dict[str, list]) -> list[str]:
-    """Every accuracy group a data set can report, known before training: the same list on every rank,
-    whatever questions a rank's evaluation happens to hold."""
-    types = sorted({qa.qtype for qas in qas_by_video.values() for qa in qas if qa.qtype})
-    return ["all", "global", "breakpoint", "prior"] + [f"type_{t}" for t in types]
-
-
-class HeldOutEvaluator:
-    """Held-out loss (teacher forcing) and QA accuracy (greedy generation) of the model being trained.
-
-    ``batches(limit, with_answers)`` yields this rank's held-out batches on the model's device; ``limit``
-    is per rank. Every rank reduces one vector of fixed length and order (loss sums, then correct and
-    total per group of :func:`accuracy_groups`), so ranks that saw different question types, or different
-    numbers of questions, agree; a group no rank saw is left out of the record rather than shown as 0%.
-    """
-
-    def __init__(self, engine, batches: Callable[[Optional[int], bool], Iterator[dict[str, Any]]], tokenizer,
-                 groups: list[str], prior: dict[str, str], prompt: PromptFormat, reduce: Callable[..., list[float]],
-                 world_size: int = 1):
-        self.engine, self.batches, self.tokenizer = engine, batches, tokenizer
-        self.groups, self.prior, self.prompt, self.stop = groups, prior, prompt, prompt.stop()
-        self.reduce, self.world_size = reduce, world_size
-
-    def __call__(self, step: int, loss_samples: int, generate_samples: int, max_new_tokens: int) -> dict[str, Any]:
-        per_rank = lambda n: math.ceil(n / self.world_size) if n else None  # noqa: E731
-        loss_sum, tokens = self._loss(per_rank(loss_samples))
-        counts = self._accuracy(per_rank(generate_samples), max_new_tokens) if generate_samples else {}
-        vector = [loss_sum, tokens] + [c for g in self.groups for c in counts.get(g, (0.0, 0.0))]
-        reduced = self.reduce(vector, what="held-out evaluation")
-        record: dict[str, Any] = {"step": step, "eval/loss": reduced[0] / max(reduced[1], 1)}
-        if not generate_samples:
-            return record
-        for i, group in enumerate(self.groups):
-            correct, total = reduced[2 + 2 * i], reduced[3 + 2 * i]
-            if total:
-                record["eval/acc" if group == "all" else f"eval/acc_{group}"] = correct / total
-                record[f"eval/n_{group}"] = int(total)
-        return record
-
-    def _loss(self, limit: Optional[int]) -> tuple[float, float]:
-        loss_sum, tokens = 0.0, 0.0
-        for batch in self.batches(limit, True):
-            out = self.engine(batch)
-            n = float(out["num_tokens"])
-            loss_sum += float(out["loss"]) * n
-            tokens += n
-        return loss_sum, tokens
-
-    def _accuracy(self, limit: Optional[int], max_new_tokens: int) -> dict[str, list[float]]:
-        counts = {g: [0.0, 0.0] for g in self.groups}
-        for batch in self.batches(limit, False):
-            generated = self.engine.module.generate(batch, max_new_tokens, self.stop)
-            for ids, answer, mode, qtype in zip(generated, batch["answers"], batch["modes"], batch["qtypes"]):
-                hit = normalized_match(self.prompt.extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
-                for group in {"all", mode, f"type_{qtype}" if qtype else mode}:
-                    counts[group][0] += hit
-                    counts[group][1] += 1
-                counts["prior"][0] += normalized_match(self.prior.get(qtype, ""), answer)
-                counts["prior"][1] += 1
-        return counts
-
+from moviechat.heldout import HeldOutEvaluator, accuracy_groups, prior_answers  # noqa: E402,F401  (re-exported)
 
 
 def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]:
@@ -284,6 +223,19 @@ def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]
     return rows
 
 
+def select_split(rows: list[dict], split: str, source) -> list[dict]:
+    """The predictions of one side of the run's split (each row says its side); 'all' keeps every row."""
+    if split == "all":
+        return rows
+    unmarked = sum("split" not in r for r in rows)
+    if unmarked:
+        raise DataError(f"{source}: {unmarked} prediction(s) without 'split': answer with moviechat.inference "
+                        f"--annotations (which records it), or score with --split all")
+    kept = [r for r in rows if r["split"] == split]
+    print(f"scoring split {split!r}: {len(kept)} of {len(rows)} prediction(s)", flush=True)
+    return kept
+
+
 def prediction_problem(row: dict) -> Optional[str]:
     """What makes a prediction row unusable, or None: ``video`` and ``question`` non-empty strings, ``time``
     absent/null or a finite number of seconds >= 0, ``prediction`` (when given) a string."""
@@ -301,15 +253,33 @@ def prediction_problem(row: dict) -> Optional[str]:
     return None
 
 
+CLI_HELP = """Score predictions against MovieChat-1K style annotations, global and breakpoint separately.
+
+Offline scores (no service): exact match, normalised match, token F1, each with a 95% bootstrap interval
+over videos. With --judge-url, a judge model behind an OpenAI-compatible API grades every answer as the
+field does. Writes OUT/summary.json, summary.md, per_question.jsonl and the layouts lmms-eval and MovieChat
+read (lmms_eval_{global,breakpoint}.jsonl, moviechat_{global,breakpoint}.json).
+
+  python -m moviechat.evaluation --predictions preds.jsonl --annotations ANN_DIR --out eval/
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--annotations", required=True)
-    p.add_argument("--out", default="eval_results")
+    p = argparse.ArgumentParser(description=CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="JSONL of predictions (moviechat.inference --out)")
+    p.add_argument("--annotations", required=True,
+                   help="MovieChat-1K style annotation JSONs with answers (found in sub-folders too)")
+    p.add_argument("--out", default="eval_results", help="results folder (default: %(default)s)")
     p.add_argument("--judge-url", help="base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1")
-    p.add_argument("--judge-model")
+    p.add_argument("--judge-model", help="passed to the API as it is and recorded with the results")
+    p.add_argument("--judge-protocol", choices=sorted(PROTOCOLS), default="lmms-eval",
+                   help="whose request, parsing and aggregation (default: %(default)s, the harness published "
+                        "MovieChat-1K numbers are compared with; see moviechat/judge_protocols.py)")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--judge-cache", help="JSONL cache of judgements (default: OUT/judge_cache.jsonl)")
+    p.add_argument("--split", choices=("all", "heldout", "train"), default="all",
+                   help="score only the predictions whose 'split' (written by moviechat.inference --annotations) is "
+                        "this side of the run's train/held-out split")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave out malformed prediction lines (counted)")
     p.add_argument("--judge-allow-insecure", action="store_true",
                    help="send the API key to a judge URL that is neither https:// nor on this machine")
@@ -324,13 +294,16 @@ def _score(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not Path(args.predictions).is_file():
         raise DataError(f"--predictions {args.predictions}: no such file")
-    predictions = read_predictions(Path(args.predictions), args.skip_bad_lines)
+    predictions = select_split(read_predictions(Path(args.predictions), args.skip_bad_lines), args.split,
+                               args.predictions)
     judge = None
     if args.judge_url:
         key = os.environ.get(args.judge_key_env)
         check_judge_url(args.judge_url, key is not None, args.judge_allow_insecure)
-        judge = JudgeClient(args.judge_url, args.judge_model, Path(args.judge_cache or out / "judge_cache.jsonl"), key)
+        judge = JudgeClient(args.judge_url, args.judge_model, Path(args.judge_cache or out / "judge_cache.jsonl"), key,
+                            protocol=PROTOCOLS[args.judge_protocol])
     rows, summary = evaluate(predictions, references(args.annotations), judge)
+    summary["split"] = args.split
     if summary["duplicate_predictions"]:
         print(f"{args.predictions}: {summary['duplicate_predictions']} duplicate prediction(s) of questions already "
               f"scored: each question counted once")

@@ -30,7 +30,7 @@ import torch
 
 from moviechat.cli import run_cli, stop_if_only_checking
 from moviechat.batch_answering import (FeatureLookup, VideoFileLookup, answer_file, load_features,
-                                       questions_from_annotations)
+                                       questions_from_annotations, SPLITS)
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
 from moviechat.data.stores import DataError, PreprocessCheck
 from moviechat.memory import StreamingMemory
@@ -187,12 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("--question")
     p.add_argument("--time", type=float, help="breakpoint time in seconds (omit for global mode)")
-    p.add_argument("--features", help="a <key>.npy file (EVA features or frame tokens)")
+    p.add_argument("--features", help="a <key>.npy or <key>.feats.npy file (EVA features or frame tokens), its "
+                                       "<key>.json beside it (tar -xf SHARD KEY.feats.npy KEY.json takes both out of a shard)")
     p.add_argument("--video-file", help="a video file: decoded and encoded with the EVA ViT of the run's config")
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--questions", help="JSONL of questions (batch mode)")
     p.add_argument("--annotations", help="batch mode: every question of a MovieChat-1K style annotations folder")
     p.add_argument("--limit", type=int, help="with --annotations: at most this many questions")
+    p.add_argument("--split", choices=SPLITS, default="all",
+                   help="with --annotations: only the videos the run held out, only its training videos, or all "
+                        "(every prediction records its video's side as 'split')")
     p.add_argument("--features-dir")
     p.add_argument("--videos", help="batch mode over video files: <DIR>/<key>.mp4, through the run's EVA encoder")
     p.add_argument("--num-frames", type=int, help="with --videos: decode this many frames spread over each video "
@@ -224,7 +228,13 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint)
     answerer.batch_size = args.batch_size
     if args.questions or args.annotations:
-        questions = Path(args.questions) if args.questions else questions_from_annotations(args.annotations, args.limit)
+        questions = Path(args.questions) if args.questions else questions_from_annotations(
+            args.annotations, args.limit, args.split, answerer.cfg)
+        if args.annotations:
+            videos = len({q["video"] for q in questions})
+            print(f"split {args.split!r} of the run's train/held-out split (data.val_fraction="
+                  f"{answerer.cfg.data.val_fraction}, run.seed={answerer.cfg.run.seed}): {len(questions)} question(s) "
+                  f"of {videos} video(s)", flush=True)
         if args.videos:
             lookup = VideoFileLookup(answerer.cfg, args.videos, *decode_sampling(args))
         else:
@@ -240,7 +250,7 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.video_file:
         feats, meta = features_of_video_file(answerer.cfg, args.video_file, args.fps)
     else:
-        feats, meta = load_features(args.features, args.kind)
+        feats, meta = load_features(args.features, args.kind, warn=True)
     result = answerer.answer(feats, meta, args.question, args.time, str(args.features or args.video_file))
     print(json.dumps({"question": args.question, "time": args.time, **result}))
     return 0

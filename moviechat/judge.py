@@ -1,15 +1,14 @@
 """A judge model behind any OpenAI-compatible ``/chat/completions`` endpoint, as MovieChat-1K scoring uses it.
 
-The judge reads question, reference and prediction and replies ``{'pred': 'yes'|'no', 'score': 0-5}``.
-Replies are cached in a JSONL file (a rerun costs nothing), requests retried, malformed replies counted.
+The judge reads question, reference and prediction and replies ``{'pred': 'yes'|'no', 'score': 0-5}``; what
+is sent and how the reply is read is the protocol's (``moviechat.judge_protocols``). Replies are cached in a
+JSONL file keyed by protocol, model and texts (a rerun costs nothing), requests retried.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -18,39 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moviechat.data.stores import DataError
-
-JUDGE_SYSTEM = (
-    "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "
-    "question-answer pairs. Compare the predicted answer with the correct answer and determine if they match "
-    "meaningfully. Consider synonyms or paraphrases as valid matches."
-)
-JUDGE_USER = (
-    "Please evaluate the following video-based question-answer pair:\n\nQuestion: {question}\nCorrect Answer: {answer}\n"
-    "Predicted Answer: {prediction}\n\nProvide your evaluation only as a yes/no and score where the score is an integer "
-    "value between 0 and 5, with 5 indicating the highest meaningful match. Reply with a Python dictionary string with "
-    "keys 'pred' ('yes' or 'no') and 'score' (an integer), for example {{'pred': 'yes', 'score': 4}}, and nothing else."
-)
-
-
-def parse_judgement(text: str) -> Optional[dict[str, Any]]:
-    """``{'pred': 'yes'|'no', 'score': 0..5}`` from a judge's reply, or None when it is malformed."""
-    match = re.search(r"\{.*?\}", text or "", flags=re.S)
-    if not match:
-        return None
-    try:
-        value = ast.literal_eval(match.group(0))
-    except (ValueError, SyntaxError):
-        return None
-    if not isinstance(value, dict) or str(value.get("pred", "")).lower() not in ("yes", "no"):
-        return None
-    try:
-        score = float(value.get("score"))
-    except (TypeError, ValueError):
-        return None
-    if not 0 <= score <= 5:
-        return None
-    return {"pred": str(value["pred"]).lower(), "score": score}
-
+from moviechat.judge_protocols import PROTOCOLS, JudgeProtocol
 
 def check_judge_url(url: str, sends_key: bool, allow_insecure: bool) -> None:
     """The API key goes only to ``https://`` URLs or to this machine (loopback); anything else needs
@@ -81,12 +48,13 @@ class JudgeClient:
     """A judge behind any OpenAI-compatible ``/chat/completions`` endpoint, with a JSONL cache."""
 
     def __init__(self, base_url: str, model: str, cache: Path, api_key: Optional[str] = None, retries: int = 3,
-                 timeout: float = 60.0, backoff: float = 1.0):
+                 timeout: float = 60.0, backoff: float = 1.0, protocol: JudgeProtocol = PROTOCOLS["lmms-eval"]):
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key = model, api_key
+        self.model, self.api_key, self.protocol = model, api_key, protocol
         self.retries, self.timeout, self.backoff = retries, timeout, backoff
         self.cache_path = cache
         self.cache: dict[str, str] = {}
+        self.reported: set[str] = set()  # the model names the server said it answered with
         if cache.is_file():
             bad = 0
             for line in cache.read_text().splitlines():
@@ -102,30 +70,37 @@ class JudgeClient:
         self.failures = 0
 
     def key(self, question: str, answer: str, prediction: str) -> str:
-        return hashlib.sha256(json.dumps([self.model, question, answer, prediction]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([self.protocol.name, self.model, question, answer, prediction]).encode()).hexdigest()
 
     def reply(self, question: str, answer: str, prediction: str) -> Optional[str]:
         """The judge's raw reply (cached), or None when every attempt failed."""
         key = self.key(question, answer, prediction)
         if key in self.cache:
             return self.cache[key]
-        payload = {"model": self.model, "temperature": 0, "max_tokens": 64, "messages": [
-            {"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_USER.format(question=question, answer=answer, prediction=prediction)}]}
-        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
+        payload = self.protocol.payload(self.model, question, answer, prediction)
+        headers = ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}) | {"Content-Type": "application/json"}
         for attempt in range(self.retries):
             self.requests += 1
             try:
                 request = urllib.request.Request(self.url, json.dumps(payload).encode(), headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    text = json.loads(response.read())["choices"][0]["message"]["content"]
-                self.cache[key] = text
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache_path, "a") as f:
-                    f.write(json.dumps({"key": key, "model": self.model, "reply": text}) + "\n")
+                    data = json.loads(response.read())
+                text = data["choices"][0]["message"]["content"]
+                if self.protocol.empty_is_failure and not str(text).strip():
+                    raise ValueError("empty reply")  # lmms-eval asks again
+                self._remember(key, text, data.get("model"))
                 return text
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, ValueError):
+            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, TypeError, ValueError):
                 if attempt + 1 < self.retries:
                     time.sleep(self.backoff * 2**attempt)
         self.failures += 1
         return None
+
+    def _remember(self, key: str, text: str, reported: Optional[str]) -> None:
+        self.cache[key] = text
+        if reported:
+            self.reported.add(str(reported))
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_path, "a") as f:
+            f.write(json.dumps({"key": key, "model": self.model, "protocol": self.protocol.name, "reply": text,
+                                "reported_model": reported}) + "\n")

@@ -209,8 +209,11 @@ def plot(rows: list[dict[str, Any]], keys: list[str], metrics: list[str], out: P
                 per_seed = [_mean([r.get(metric) for r in rows if r["setting"].get(key) == v and r["setting"].get(SEED) == s])
                             for s in seeds]
                 stats.append(mean_ci([m for m in per_seed if m is not None]))
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            # a line only joins ordered values; categories (merge / fifo) are separate points
             ax.errorbar([str(v) for v in values], [m if m is not None else float("nan") for m, _ in stats],
-                        yerr=[h or 0.0 for _, h in stats], marker="o", capsize=3)
+                        yerr=[h or 0.0 for _, h in stats] if len(seeds) > 1 else None, marker="o", capsize=3,
+                        linestyle="-" if numeric else "none")
             prior = _mean([r.get("eval/acc_prior") for r in rows])
             if prior is not None and metric in ("eval/acc", "eval/acc_global", "eval/acc_breakpoint"):
                 ax.axhline(prior, color="grey", linestyle="--", linewidth=1)
@@ -220,7 +223,8 @@ def plot(rows: list[dict[str, Any]], keys: list[str], metrics: list[str], out: P
             ax.set_ylim(0, 1)
         for ax in list(axes.flat)[len(metrics):]:
             ax.axis("off")
-        fig.suptitle(f"held-out accuracy vs {key} (mean over {len(seeds)} seed(s), 95% CI)", fontsize=10)
+        spread = "mean over {} seeds, 95% CI".format(len(seeds)) if len(seeds) > 1 else "one seed: no interval"
+        fig.suptitle(f"held-out accuracy vs {key} ({spread})", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / f"acc_vs_{key.split('.')[-1]}.png", dpi=110)
         plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 
 from pathlib import Path
@@ -27,7 +28,8 @@ from moviechat.elastic import check_layout, merged_train_state, portable_state, 
 from moviechat.config import Config, as_dict, save_config
 from moviechat.data import Collator, DataError, build_datasets
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
-from moviechat.evaluation import HeldOutEvaluator, accuracy_groups, prior_answers
+from moviechat.heldout import HeldOutEvaluator, accuracy_groups, prior_answers
+from moviechat.curves import plot_curves
 from moviechat.metrics import JsonlLogger
 from moviechat.models.llm import run_tokenizer
 from moviechat.optim import build_optimizer, describe_groups, lr_lambda
@@ -215,7 +217,10 @@ class Trainer:
         cfg = self.cfg.train
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         batches = self.batches()
-        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        # a progress bar on a terminal; in a log file (SLURM, nohup) one line per train.log_every instead
+        self.tty = sys.stderr.isatty()
+        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=self.rank != 0 or not self.tty, desc="train",
+                   dynamic_ncols=True)
         window = {"loss": 0.0, "micro": 0, "samples": 0, "time": 0.0, "memory": 0.0}
         last_eval: dict[str, Any] = {}
         try:
@@ -288,6 +293,9 @@ class Trainer:
             "memory_time_share": memory / max(seconds, 1e-9), "time": time.time(),
         }
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if self.rank == 0 and not getattr(self, "tty", True):
+            print(f"step {record['step']}/{self.cfg.train.max_steps}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
+                  f"{record['samples_per_s']:.1f} samples/s", flush=True)
         self._log(record)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -298,7 +306,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Held-out loss and accuracy (``moviechat.evaluation.HeldOutEvaluator``), logged and returned."""
+        """Held-out loss and accuracy (``moviechat.heldout.HeldOutEvaluator``), logged and returned."""
         cfg = self.cfg.train
         self.engine.eval()
         record = self.evaluator(self.state.step, cfg.eval_samples, cfg.eval_generate, cfg.max_new_tokens)
@@ -307,6 +315,7 @@ class Trainer:
         if self.rank == 0:
             shown = {k: round(v, 4) for k, v in record.items() if k.startswith(("eval/loss", "eval/acc"))}
             tqdm.write(f"step {self.state.step}: {shown}")
+            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
         return record
 
     # ------------------------------------------------------------------------------------ checkpoints

@@ -14,7 +14,7 @@ from conftest import TINY, tiny_tokenizer
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.distributed import all_reduce_sum, init_distributed
-from moviechat.evaluation import HeldOutEvaluator
+from moviechat.heldout import HeldOutEvaluator
 from moviechat.models import build_moviechat
 from moviechat.prompt import PromptFormat
 

@@ -152,10 +152,11 @@ def test_judge_on_a_localhost_stub_counts_malformed_and_caches(tmp_path):
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
         args = ["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "j"), "--judge-url", url,
-                "--judge-model", "stub-judge-1"]
+                "--judge-model", "stub-judge-1", "--judge-protocol", "ours"]
         assert evaluation.main(args) == 0
         summary = json.loads((tmp_path / "j" / "summary.json").read_text())
-        assert summary["judge_model"] == "stub-judge-1"
+        assert summary["judge_model"] == "stub-judge-1" and summary["judge_protocol"] == "ours"
+        assert summary["judge_models_reported"] == ["stub-judge-1"]
         assert summary["global"]["judge_accuracy"] == 1.0 and summary["global"]["judge_score"] == 5
         assert summary["breakpoint"]["judge_malformed"] == 1 and summary["breakpoint"]["judge_accuracy"] is None
         assert StubJudge.count == 2
@@ -171,15 +172,19 @@ def test_judge_failures_are_retried_then_counted(tmp_path):
     rows, summary = evaluation.evaluate([json.loads(x) for x in preds.read_text().splitlines()],
                                         evaluation.references(ann), judge)
     assert judge.requests == 4 and summary["all"]["judge_failed"] == 2
+    # lmms-eval (the default) keeps a failed judgement in the mean as "no" / 0
+    assert summary["all"]["judge_accuracy"] == 0.0 and summary["all"]["judge_score"] == 0.0
 
 
 @pytest.mark.parametrize("reply, expected", [
-    ("{'pred': 'yes', 'score': 4}", {"pred": "yes", "score": 4.0}),
-    ('Here: {"pred": "no", "score": 1}', {"pred": "no", "score": 1.0}),
+    ("{'pred': 'yes', 'score': 4}", (1.0, 4.0)), ('Here: {"pred": "no", "score": 1}', (0.0, 1.0)),
     ("{'pred': 'maybe', 'score': 3}", None), ("{'pred': 'yes', 'score': 9}", None), ("no dict", None),
 ])
-def test_parse_judgement(reply, expected):
-    assert evaluation.parse_judgement(reply) == expected
+def test_our_forgiving_parser(reply, expected):
+    from moviechat.judge_protocols import ours_verdict
+
+    verdict = ours_verdict(reply)
+    assert ((verdict.acc, verdict.score) if verdict.status == "ok" else None) == expected
 
 
 def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path, capsys):

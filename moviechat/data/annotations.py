@@ -27,6 +27,9 @@ class QA:
     seconds: Optional[float] = None  # breakpoint time in seconds from the start of the video
     qtype: str = ""
     past_end: bool = False  # a breakpoint at or past info.num_frame: asked at the video's last frame
+    raw: tuple[str, str] = ("", "")  # question and answer exactly as the file writes them (what judges are sent)
+    frame: Optional[float] = None  # a breakpoint's ``time`` as written: a frame index of the original video
+    num_frame: Optional[int] = None  # ``info.num_frame`` of its video
 
 
 def video_key(info: dict, path: Path) -> str:
@@ -64,7 +67,7 @@ def _header(data, path: Path) -> tuple[dict, float, int]:
 
 
 def parse_moviechat1k(path: str | Path, include_caption: bool = False,
-                      skips: Optional[SkipCounter] = None) -> tuple[str, list[QA]]:
+                      skips: Optional[SkipCounter] = None, require_answers: bool = True) -> tuple[str, list[QA]]:
     """One annotation file -> (video key, its QA records). A bad entry raises DataError naming it, or, with
     ``skips`` (``data.on_error=skip``), is counted there and left out."""
     path = Path(path)
@@ -78,7 +81,7 @@ def parse_moviechat1k(path: str | Path, include_caption: bool = False,
     qas: list[QA] = []
     for mode, i, item in entries:
         try:
-            qas.append(_entry(mode, item, path, f"{mode}[{i}]", fps, num_frame))
+            qas.append(_entry(mode, item, path, f"{mode}[{i}]", fps, num_frame, require_answers))
         except DataError as e:
             if skips is None:
                 raise
@@ -88,16 +91,20 @@ def parse_moviechat1k(path: str | Path, include_caption: bool = False,
     return video_key(info, path), qas
 
 
-def _entry(mode: str, item, path: Path, where: str, fps: float, num_frame: int) -> QA:
+def _entry(mode: str, item, path: Path, where: str, fps: float, num_frame: int, require_answers: bool = True) -> QA:
     if not isinstance(item, dict):
         raise DataError(f"{path}: {where} is not an object")
-    question, answer = _text(item, "question", path, where), _text(item, "answer", path, where)
+    question = _text(item, "question", path, where)
+    # the test release's annotations/ hold questions only: enough to answer, not to train or score
+    answer = _text(item, "answer", path, where) if require_answers or item.get("answer") is not None else ""
+    raw = (item["question"], item.get("answer") or "")
     if mode == "global":
-        return QA(question, answer, "global", None, str(item.get("type", "global")))
+        return QA(question, answer, "global", None, str(item.get("type", "global")), raw=raw, num_frame=num_frame)
     time = item.get("time")
     if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time) or time < 0:
         raise DataError(f"{path}: {where}.time={time!r} must be a frame index >= 0")
-    return QA(question, answer, "breakpoint", time / fps, str(item.get("type", "breakpoint")), past_end=time >= num_frame)
+    return QA(question, answer, "breakpoint", time / fps, str(item.get("type", "breakpoint")), past_end=time >= num_frame,
+              raw=raw, frame=time, num_frame=num_frame)
 
 
 def _text(item: dict, field: str, path: Path, where: str) -> str:
@@ -118,18 +125,27 @@ def annotation_json(key: str, qas: Sequence[QA], fps: float, num_frame: int, cap
     }
 
 
+def annotation_files(folder: str | Path) -> list[Path]:
+    """The ``*.json`` files of an annotations folder; when it holds none directly, those below it (the test
+    release ships ``gt/gt/*.json`` beside ``gt/__init__.py``). Other files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"annotations folder not found: {folder}")
+    return sorted(folder.glob("*.json")) or sorted(p for p in folder.rglob("*.json") if p.is_file())
+
+
 def load_annotations(folder: str | Path, include_caption: bool = False,
-                     skips: Optional[SkipCounter] = None) -> dict[str, list[QA]]:
+                     skips: Optional[SkipCounter] = None, require_answers: bool = True) -> dict[str, list[QA]]:
     """Every ``*.json`` of a folder, by video key; with ``skips``, a malformed file or entry is counted
     there and left out instead of stopping (``data.on_error=skip``)."""
     folder = Path(folder)
-    files = sorted(folder.glob("*.json"))
+    files = annotation_files(folder)
     if not files:
         raise DataError(f"no annotation files (*.json) in {folder}")
     out: dict[str, list[QA]] = {}
     for f in files:
         try:
-            key, qas = parse_moviechat1k(f, include_caption, skips)
+            key, qas = parse_moviechat1k(f, include_caption, skips, require_answers)
             if key in out:
                 raise DataError(f"{f}: video {key!r} is annotated twice")
         except DataError as e:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import random
 import tarfile
 from collections import Counter
@@ -24,6 +23,7 @@ import numpy as np
 from webdataset import tariterators
 
 from moviechat.atomic import atomic_path
+from moviechat.data.keys import DataError, check_key, check_meta  # noqa: F401  (re-exported)
 
 FEATURE_KINDS = ("eva", "tokens")
 # What "EVA features" are here: the ViT's block outputs before ln_vision, as the MovieChat-1K release stores
@@ -31,10 +31,6 @@ FEATURE_KINDS = ("eva", "tokens")
 # ln_vision) are refused rather than read as the wrong thing.
 EVA_CONVENTION = "vit_blocks_before_ln_vision"
 FEATURE_DTYPES = (np.float16, np.float32)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the key."""
 
 
 @dataclass
@@ -93,39 +89,6 @@ class PreprocessCheck:
         print(f"warning: {where}: features were computed with preprocess={got!r} but model.vision.preprocess="
               f"{self.expected!r} (what inference on video files uses); set model.vision.preprocess={got} to train "
               f"and infer on the same pixels", flush=True)
-
-
-def check_key(key: str, store: str) -> str:
-    """A video key as a store may use it: a relative path below the store's root (sub-folders with ``/``),
-    never ``..``, an absolute path or a backslash, which would read outside it."""
-    parts = key.split("/") if isinstance(key, str) else []
-    if (not isinstance(key, str) or not key.strip() or key.startswith("/") or "\\" in key or "\0" in key
-            or any(p in ("", ".", "..") for p in parts)):
-        raise DataError(f"video key {key!r} is not a relative path inside {store} (no '..', absolute path, empty "
-                        f"part or backslash): refused")
-    return key
-
-
-def check_meta(meta, num_frames: int, where: str) -> None:
-    """Metadata a reader can rely on: an object whose ``timestamps`` are one finite, non-decreasing number of
-    seconds per frame, and whose ``fps`` / ``duration``, when given, are finite numbers >= 0."""
-    if not isinstance(meta, dict):
-        raise DataError(f"{where}: metadata must be a JSON object, got {type(meta).__name__}")
-    stamps = meta.get("timestamps")
-    if not isinstance(stamps, list) or len(stamps) != num_frames:
-        raise DataError(f"{where}: metadata needs one timestamp per frame ({num_frames}), "
-                        f"got {len(stamps) if isinstance(stamps, list) else repr(stamps)}")
-    for i, t in enumerate(stamps):
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise DataError(f"{where}: timestamps[{i}]={t!r} must be a finite number of seconds")
-        if i and t < stamps[i - 1]:
-            raise DataError(f"{where}: timestamps[{i}]={t} comes before timestamps[{i - 1}]={stamps[i - 1]} "
-                            f"(timestamps must not decrease)")
-    for field_name in ("fps", "duration"):
-        value = meta.get(field_name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
-            raise DataError(f"{where}: metadata {field_name}={value!r} must be a finite number >= 0")
 
 
 def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expect_kind: Optional[str] = None,
@@ -385,13 +348,24 @@ def read_shard_video(shard: str, key: str) -> VideoFeatures:
     return VideoFeatures(key, feats, meta, shard)
 
 
-def read_npy_video(path: str | Path, kind: str, fps: float = 1.0) -> VideoFeatures:
-    """``<key>.npy`` and its ``<key>.json`` metadata (or, without one, frames at ``fps`` of ``kind``)."""
+def npy_key(path: Path) -> str:
+    """The video key of a ``.npy`` file: ``<key>.npy``, or ``<key>.feats.npy`` as taken out of a shard."""
+    name = path.name
+    return name[: -len(".feats.npy")] if name.endswith(".feats.npy") else path.stem
+
+
+def read_npy_video(path: str | Path, kind: str, fps: float = 1.0, warn: bool = False) -> VideoFeatures:
+    """``<key>.npy`` (or ``<key>.feats.npy``) and its ``<key>.json`` metadata (or, without one, frames at
+    ``fps`` of ``kind``, said when ``warn``)."""
     path = Path(path)
+    key = npy_key(path)
+    side = path.with_name(f"{key}.json")
     try:
         feats = np.load(path, allow_pickle=False)
-        side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.is_file() else default_meta(len(feats), kind, fps)
     except Exception as e:
         raise DataError(f"{path}: cannot read: {e}") from None
-    return VideoFeatures(path.stem, feats, meta, str(path))
+    if warn and not side.is_file():
+        print(f"warning: no {side.name} beside {path}: its {len(feats)} frames are taken as {kind!r} at {fps} fps "
+              f"from 0 s", flush=True)
+    return VideoFeatures(key, feats, meta, str(path))
