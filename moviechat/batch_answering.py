@@ -136,7 +136,8 @@ def questions_from_annotations(folder: str | Path, limit: Optional[int] = None, 
         side = run_split(key, run_cfg.data.val_fraction, run_cfg.run.seed) if run_cfg is not None else None
         if split != "all" and side != split:
             continue
-        rows += [{"video": key, "question": qa.question, "time": qa.seconds, **({"split": side} if side else {})}
+        rows += [{"video": key, "question": qa.question, "time": qa.seconds, **({"split": side} if side else {}),
+                  **({"frame_index": qa.frame, "num_frame": qa.num_frame} if qa.mode == "breakpoint" else {})}
                  for qa in qas]
     return rows[:limit] if limit else rows
 
@@ -290,7 +291,7 @@ def _answer_file(answerer, rows: list[dict], lookup, out: Path, token_cache: Opt
     for video, items in bar:
         try:
             tokens, stamps, meta = video_tokens(answerer, lookup, video, token_cache)
-            asked = [(r["question"], r.get("time")) for r in items]
+            asked = [(r["question"], answerer.question_time(r, stamps, meta)) for r in items]
             if answerer.generation != "greedy":  # sampling is seeded per video: generate it alone
                 _write(out, items, answerer.answer_tokens(tokens, stamps, meta, asked, video), _sampled(meta))
                 counts["answered"] += len(items)

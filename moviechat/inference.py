@@ -47,8 +47,27 @@ class MemoryRead:
     past_end: bool = False  # a breakpoint past the video's end, answered at its last frame
 
 
+CONVENTIONS = ("ours", "moviechat")
+MOVIECHAT_EVAL_FRAGMENTS = 128  # N_SAMPLES of MovieChat's eval_code/result_prepare/run_inference_qa_moviechat.py
+
+
+def moviechat_breakpoint_seconds(frame: float, num_frame: int, duration: float, fragments: int) -> float:
+    """Where MovieChat's evaluation script puts a breakpoint: its fragment is ``int(time / (num_frame /
+    fragments))`` (``cal_frame_middle``) and the memory holds the fragments before it; here, the start of
+    that fragment in the decoded video. Equal to ``time / fps`` only when ``num_frame / fps`` is the decoded
+    duration."""
+    k = int(frame / (num_frame / fragments))
+    return k * duration / fragments
+
+
 class Answerer:
-    """A model, its tokenizer and config, answering questions on per-frame features."""
+    """A model, its tokenizer and config, answering questions on per-frame features.
+
+    ``breakpoint_convention`` / ``current_frame``: ``ours`` (a breakpoint at ``time / fps`` seconds, its own
+    frame as the current frame) or ``moviechat`` (MovieChat's evaluation script: the fragment by
+    :func:`moviechat_breakpoint_seconds`, the frame 1 s in, its ``cap.set(POS_FRAMES, fps)``, as the current
+    frame for every question); both are recorded with every prediction.
+    """
 
     def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32, batch_size: int = 16,
                  generation: str = "greedy", seed: int = 0):
@@ -62,6 +81,18 @@ class Answerer:
         elif generation != "greedy":
             raise ValueError(f"generation={generation!r} must be 'greedy' or 'moviechat'")
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
+        self.breakpoint_convention, self.current_frame = "ours", "ours"
+
+    def question_time(self, row: dict, stamps: list[float], meta: dict) -> Optional[float]:
+        """The breakpoint time (seconds in the decoded video) a question row is asked at, per the convention."""
+        if row.get("time") is None or self.breakpoint_convention == "ours":
+            return row.get("time")
+        if row.get("frame_index") is None or not row.get("num_frame"):
+            raise DataError(f"video {row['video']!r}: --breakpoint-convention moviechat needs each breakpoint's frame "
+                            f"index and info.num_frame: ask with --annotations")
+        duration = float(meta.get("duration") or (stamps[-1] if stamps else 0.0))
+        fragments = self.cfg.memory.fragments or MOVIECHAT_EVAL_FRAGMENTS
+        return moviechat_breakpoint_seconds(float(row["frame_index"]), int(row["num_frame"]), duration, fragments)
 
     @classmethod
     def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy",
@@ -103,7 +134,8 @@ class Answerer:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         t = read.frame
         return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text),
-                "generation": self.generation, **({"past_end": True} if read.past_end else {})}
+                "generation": self.generation, **({"past_end": True} if read.past_end else {}),
+                "breakpoint_convention": self.breakpoint_convention, "current_frame": self.current_frame}
 
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:
@@ -142,7 +174,8 @@ class Answerer:
             t = frames[i]
             stream.push(tokens[pushed:t])
             pushed = t
-            reads[i] = MemoryRead(stream.breakpoint_memory(tokens[t], upcoming=tokens[t:self._fragment_end(t)]),
+            now = t if self.current_frame == "ours" else frame_at(1.0, stamps, key, key)  # MovieChat: 1 s in
+            reads[i] = MemoryRead(stream.breakpoint_memory(tokens[now], upcoming=tokens[t:self._fragment_end(t)]),
                                   stream.n_position, t, past_end(questions[i][1], meta.get("duration")))
         if any(t is None for t in frames):
             stream.push(tokens[pushed:])
@@ -213,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "later runs (keyed by file, sampling, preprocessing and weights)")
     p.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy",
                    help="greedy, or the paper's sampling (temperature 1.0, top-p 0.9, 300 new tokens, seeded per video)")
+    p.add_argument("--breakpoint-convention", choices=CONVENTIONS, default="ours",
+                   help="where a breakpoint falls: at time / fps seconds (ours), or MovieChat's evaluation script's "
+                        "fragment int(time / (num_frame / fragments)) (moviechat; needs --annotations)")
+    p.add_argument("--current-frame", choices=CONVENTIONS, default="ours",
+                   help="a breakpoint's current frame: its own (ours) or, as MovieChat's script does, the frame 1 s in")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoint files that need more than plain data (only files you vouch for)")
     args = p.parse_args(argv)
@@ -226,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint)
+    answerer.breakpoint_convention, answerer.current_frame = args.breakpoint_convention, args.current_frame
     answerer.batch_size = args.batch_size
     if args.questions or args.annotations:
         questions = Path(args.questions) if args.questions else questions_from_annotations(
