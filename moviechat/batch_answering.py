@@ -20,7 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -142,10 +142,12 @@ def questions_from_annotations(folder: str | Path, limit: Optional[int] = None, 
     return rows[:limit] if limit else rows
 
 
-def question_id(video: str, question: str, time: Optional[float]) -> str:
-    """A question's stable id: its video, mode, text and time (not its place in a file)."""
+def question_id(video: str, question: str, time: Optional[float], given: Any = None) -> str:
+    """A question's stable id: its video, mode, text and time (not its place in a file), and the id its file
+    gives it, if any (a benchmark may ask one question twice about a video, with two answers)."""
     mode = "global" if time is None else "breakpoint"
-    return hashlib.sha256(json.dumps([str(video), mode, question.strip(), time]).encode()).hexdigest()[:20]
+    parts = [str(video), mode, question.strip(), time] + ([str(given)] if given is not None else [])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
 def read_questions(questions: Path | list[dict]) -> list[dict]:
@@ -172,7 +174,7 @@ def read_questions(questions: Path | list[dict]) -> list[dict]:
         if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time)
                                  or time < 0):
             raise DataError(f"{where}: line {i + 1}: 'time'={time!r} must be a number of seconds >= 0 (or absent)")
-        qid = question_id(row["video"], row["question"], time)
+        qid = question_id(row["video"], row["question"], time, row.get("id"))
         if qid not in seen:
             seen.add(qid)
             out.append({**row, "qid": qid})
@@ -198,7 +200,7 @@ def answered_ids(out: Path) -> set:
             continue
         try:
             row = json.loads(line)
-            done.add(row.get("qid") or question_id(row["video"], row["question"], row.get("time")))
+            done.add(row.get("qid") or question_id(row["video"], row["question"], row.get("time"), row.get("id")))
         except (ValueError, KeyError, TypeError, AttributeError):
             bad.append(number)
     if bad:

@@ -220,7 +220,8 @@ def test_questions_come_from_an_annotations_folder(tmp_path):
     ann, _ = hand_made(tmp_path)
     rows = inference.questions_from_annotations(ann)
     assert rows == [{"video": "v1", "question": "Where is he?", "time": None},
-                    {"video": "v1", "question": "What is he holding?", "time": 10.0}]
+                    {"video": "v1", "question": "What is he holding?", "time": 10.0, "frame_index": 300,
+                     "num_frame": 900}]  # the frame index as written, for --breakpoint-convention moviechat
     assert len(inference.questions_from_annotations(ann, limit=1)) == 1
 
 

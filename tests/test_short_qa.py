@@ -1,0 +1,92 @@
+"""MSVD-QA, MSRVTT-QA and ActivityNet-QA: a generated miniature of each release's format, answered on
+features and scored with the Video-ChatGPT protocol by a judge on 127.0.0.1."""
+
+import http.server
+import json
+import threading
+
+import pytest
+
+from moviechat import short_qa
+from moviechat.batch_answering import FeatureLookup, answer_file
+from moviechat.data.stores import DataError, VideoFeatures, write_folder
+from test_batch_answering import answerer_for, token_video
+
+
+def miniature(tmp_path, fmt):
+    """Two videos, three questions (one asked twice about a video, with two answers, as MSVD-QA does)."""
+    qs = [("what is the man doing", "cooking"), ("what is the man doing", "eating"), ("who is singing", "woman")]
+    if fmt == "activitynet":
+        names = ["v_0", "v_0", "v_1"]
+        (tmp_path / "test_q.json").write_text(json.dumps(
+            [{"video_name": n, "question": q, "question_id": f"{n}_{i}"} for i, (n, (q, _)) in enumerate(zip(names, qs))]))
+        (tmp_path / "test_a.json").write_text(json.dumps(
+            [{"answer": a, "type": 0, "question_id": f"{n}_{i}"} for i, (n, (_, a)) in enumerate(zip(names, qs))]))
+        return tmp_path / "test_q.json", tmp_path / "test_a.json", ["v_0", "v_1"]
+    pairs = [(0, qs[0]), (0, qs[1]), (1, qs[2])]
+    (tmp_path / "qa.json").write_text(json.dumps(
+        [{"video_id": 7 + v, "question": q, "answer": a, "id": i} for i, (v, (q, a)) in enumerate(pairs)]))
+    prefix = "video" if fmt == "msrvtt" else ""
+    return tmp_path / "qa.json", None, [f"{prefix}7", f"{prefix}8"]
+
+
+class Judge(http.server.BaseHTTPRequestHandler):
+    """Says yes (score 4) when the prediction names the answer, else no (score 1)."""
+
+    bodies: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Judge.bodies.append(body)
+        text = body["messages"][1]["content"]
+        answer = text.split("Correct Answer: ")[1].split("\n")[0]
+        pred = text.split("Predicted Answer: ")[1].split("\n")[0]
+        reply = "{'pred': 'yes', 'score': 4}" if answer in pred else "{'pred': 'no', 'score': 1}"
+        data = json.dumps({"model": body["model"], "choices": [{"message": {"content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("fmt", short_qa.FORMATS)
+def test_each_short_video_format_end_to_end(tmp_path, tiny_cfg, tokenizer, fmt):
+    questions, answers, videos = miniature(tmp_path, fmt)
+    rows = short_qa.load_short_qa(fmt, questions, answers)
+    assert [r["video"] for r in rows] == [videos[0], videos[0], videos[1]]
+    assert [r["answer"] for r in rows] == ["cooking", "eating", "woman"]
+    feats, meta = token_video(tiny_cfg)
+    write_folder([VideoFeatures(v, feats, meta, "") for v in videos], tmp_path / "features")
+    answerer = answerer_for(tiny_cfg, tokenizer)
+    out = tmp_path / "preds.jsonl"
+    counts = answer_file(answerer, rows, FeatureLookup(str(tmp_path / "features"), None, "tokens"), out)
+    assert counts["answered"] == 3  # the question asked twice is two questions (two ids)
+    preds = [json.loads(x) for x in out.read_text().splitlines()]
+    preds[0]["prediction"] = "he is cooking"  # one right answer, whatever the random model said
+    out.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    server = http.server.HTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert short_qa.main(["score", "--predictions", str(out), "--out", str(tmp_path / "eval"), "--judge-url",
+                              f"http://127.0.0.1:{server.server_address[1]}/v1", "--judge-model", "gpt-3.5"]) == 0
+    finally:
+        server.shutdown()
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    wrong = [p for p in preds if p["answer"] not in p["prediction"]]
+    assert summary["judge_protocol"] == "videochatgpt" and summary["n"] == 3
+    assert summary["judge_accuracy"] == pytest.approx((3 - len(wrong)) / 3)
+    assert summary["judge_score"] == pytest.approx((4 * (3 - len(wrong)) + len(wrong)) / 3)
+    assert "temperature" not in Judge.bodies[-1]  # Video-ChatGPT's script sends no sampling settings
+    written = json.loads((tmp_path / "eval" / "moviechat_output.json").read_text())
+    assert [set(r) for r in written] == [{"id", "question", "answer", "pred"}] * 3
+
+
+def test_short_qa_files_are_checked(tmp_path):
+    (tmp_path / "q.json").write_text(json.dumps([{"video_id": 1, "question": "q"}]))
+    with pytest.raises(DataError, match="entry 0: 'answer' is missing"):
+        short_qa.load_short_qa("msvd", tmp_path / "q.json")
+    with pytest.raises(DataError, match="needs --answers"):
+        short_qa.load_short_qa("activitynet", tmp_path / "q.json")
