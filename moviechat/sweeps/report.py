@@ -1,106 +1,25 @@
-"""Memory-ablation sweeps: the sweep file, its settings, and the report of what finished.
-
-``launch/sweep.py`` runs the settings (locally or as SLURM jobs); this module reads a sweep file,
-expands it into settings, summarises each finished run and writes ``results.csv``, ``results.md`` and
-the plots (accuracy against each swept key; a heatmap when two keys are swept).
-"""
+"""The report of a grid or list sweep: each finished run summarised, ``results.csv``, ``results.md`` and the
+plots (accuracy against each swept key, a heatmap when two keys are swept)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
-
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from typing import Any, Optional
 
 from moviechat.atomic import write_text_atomic
-from moviechat.config import ConfigError, load_config
+from moviechat.config import load_config
 from moviechat.metrics import read_jsonl
 from moviechat.run_folder import read_status
+from moviechat.sweeps.grid import SEED, SweepConfig, slug, swept_keys
 
 COLUMNS = ["setting", "eval/loss", "eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior",
            "memory_frames", "memory_tokens", "samples_per_s", "wall_s"]
-SEED = "run.seed"
 ACCURACIES = ["eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior"]
 # t_{0.975, n-1} for a 95% interval of a mean over n seeds
 _T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
-
-
-@dataclass
-class SweepConfig:
-    base: str  # the experiment every setting starts from
-    name: str
-    output_dir: str = "runs/sweeps"
-    overrides: list[str] = field(default_factory=list)  # applied to every setting
-    grid: dict[str, Any] = field(default_factory=dict)  # dotted key -> list of values (all combinations)
-    settings: list[Any] = field(default_factory=list)  # explicit settings: dotted key -> value
-    seeds: int = 1  # runs per setting, with run.seed = 0..seeds-1 (1: the base's seed); results show mean and 95% CI
-
-
-def load_sweep(path: str | Path) -> SweepConfig:
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path))
-        sweep = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
-    for key, values in sweep.grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: grid.{key} must be a non-empty list of values")
-    if sweep.seeds < 1:
-        raise ConfigError(f"{path}: seeds={sweep.seeds} must be >= 1")
-    return sweep
-
-
-def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """The grid's combinations (in the order written), then the explicit settings."""
-    keys = list(sweep.grid)
-    out = [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))] if keys else []
-    out += [dict(s) for s in sweep.settings]
-    if sweep.seeds > 1:
-        out = [{**setting, SEED: seed} for setting in out for seed in range(sweep.seeds)]
-    return out
-
-
-def short_names(keys: Iterable[str]) -> dict[str, str]:
-    """Each dotted key by its shortest tail that no other key shares (``dropout`` where it is the only one,
-    ``video_qformer.dropout`` beside ``lora.dropout``)."""
-    keys = list(dict.fromkeys(keys))
-    out = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            tail = ".".join(parts[-n:])
-            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
-                break
-        out[key] = tail
-    return out
-
-
-def slug(setting: dict[str, Any], keys: Optional[Iterable[str]] = None) -> str:
-    """The run folder name of a setting; ``keys``: every key the sweep sets (so names never collide)."""
-    names = short_names(list(keys or []) + list(setting))
-    parts = [f"{names[k]}-{v}" for k, v in setting.items()]
-    return re.sub(r"[^A-Za-z0-9_.=-]", "_", "_".join(parts)) or "base"
-
-
-def swept_keys(settings: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(k for s in settings for k in s))
-
-
-def check_unique_names(settings: list[dict[str, Any]]) -> None:
-    """Two settings must never share a run folder."""
-    keys, seen = swept_keys(settings), {}
-    for setting in settings:
-        name = slug(setting, keys)
-        if name in seen and seen[name] != setting:
-            raise ConfigError(f"sweep settings {seen[name]} and {setting} would share the run folder {name!r}")
-        seen[name] = setting
 
 
 def run_result(run_dir: Path, setting: dict[str, Any], wall: float) -> dict[str, Any]:

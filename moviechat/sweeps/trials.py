@@ -1,0 +1,157 @@
+"""One training run of a sweep or search as its own process: its command, its devices, watching its
+held-out evaluations while it runs, stopping it at its next checkpoint, and the lease that tells a later
+search whether the runner that started it is still alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from moviechat.atomic import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE = "lease.json"
+BEAT_SECONDS = 5.0
+STALE_SECONDS = 60.0  # a lease not renewed for this long belongs to a runner that is gone
+
+
+def train_command(base: str, overrides: list[str], resume: Optional[Path], gpus: int, port: int) -> list[str]:
+    """``train.py`` as one process, or through the DeepSpeed launcher when a run gets several GPUs."""
+    base_path = str(REPO / base) if not Path(base).is_absolute() else base
+    args = [str(REPO / "train.py"), "--cfg", base_path, *overrides] + (["--resume", str(resume)] if resume else [])
+    if gpus > 1:
+        return ["deepspeed", f"--num_gpus={gpus}", f"--master_port={port}", *args]
+    return [sys.executable, *args]
+
+
+class DevicePool:
+    """Device groups handed to runs one at a time (``CUDA_VISIBLE_DEVICES``); no devices: CPU runs."""
+
+    def __init__(self, devices: Optional[list[str]], per_run: int, parallel: int):
+        self.groups: queue.Queue = queue.Queue()
+        if devices:
+            if len(devices) < per_run * parallel:
+                raise ValueError(f"--devices {','.join(devices)}: {parallel} run(s) x {per_run} GPU(s) need "
+                                 f"{per_run * parallel} devices")
+            for i in range(parallel):
+                self.groups.put(",".join(devices[i * per_run:(i + 1) * per_run]))
+        else:
+            for _ in range(parallel):
+                self.groups.put(None)
+
+    @contextmanager
+    def take(self) -> Iterator[Optional[str]]:
+        group = self.groups.get()
+        try:
+            yield group
+        finally:
+            self.groups.put(group)
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stopped: bool  # we asked it to stop (pruning or our own shutdown)
+    last_line: str  # of its log, for a failure
+    wall_s: float
+
+
+class Lease:
+    """``<run>/lease.json``: host, pid and a heartbeat renewed while the run's runner lives."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LEASE
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "Lease":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._beat()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(BEAT_SECONDS):
+            self._beat()
+
+    def _beat(self) -> None:
+        write_text_atomic(self.path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()}))
+
+
+def lease_is_stale(run_dir: Path) -> bool:
+    """Whether the runner that holds a run folder is gone: no lease, an old heartbeat, or (same host) a dead pid."""
+    path = run_dir / LEASE
+    try:
+        lease = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    if time.time() - float(lease.get("beat", 0)) > STALE_SECONDS:
+        return True
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+def new_evals(metrics: Path, seen: int) -> tuple[list[dict], int]:
+    """Evaluation rows logged since the first ``seen`` lines (a half-written last line waits)."""
+    if not metrics.is_file():
+        return [], seen
+    lines = metrics.read_text().split("\n")
+    complete = lines[:-1]  # the last piece has no newline yet
+    rows = []
+    for line in complete[seen:]:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "eval/loss" in row:
+            rows.append(row)
+    return rows, len(complete)
+
+
+def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval: Callable[[dict], bool],
+                 stop_requested: Callable[[], bool], poll: float = 1.0) -> Outcome:
+    """Run ``cmd`` (logging to ``<run>/train.log``), calling ``on_eval`` for each new held-out evaluation; when it
+    returns True, or ``stop_requested()`` does, the run gets SIGTERM (it saves and exits 75)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = os.environ | ({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})
+    log = run_dir / "train.log"
+    start, seen, stopped = time.time(), 0, False
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                time.sleep(poll)
+                rows, seen = new_evals(run_dir / "metrics.jsonl", seen)
+                if not stopped and (any(on_eval(r) for r in rows) or stop_requested()):
+                    proc.send_signal(signal.SIGTERM)
+                    stopped = True
+            rows, seen = new_evals(run_dir / "metrics.jsonl", seen)
+            for row in rows:  # the final evaluation
+                on_eval(row)
+        except BaseException:
+            proc.kill()
+            raise
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    return Outcome(proc.returncode, stopped, lines[-1] if lines else "", time.time() - start)
