@@ -313,3 +313,20 @@ def test_the_converter_reads_npy_chunks_in_a_tar_and_keeps_dotted_keys(tmp_path,
     assert video.key == "my.video" and np.array_equal(video.feats, np.concatenate(chunks).astype(np.float16))
     validate_features(video.feats, video.meta, video.key, "x")
     assert list(load_annotations(out / "annotations")) == ["my.video"]
+
+
+def test_features_taken_out_of_a_shard_keep_their_metadata(tmp_path, capsys):
+    """``tar -xf SHARD KEY.feats.npy KEY.json``: the .json beside a .feats.npy is its metadata."""
+    import tarfile
+
+    from moviechat.batch_answering import load_features
+
+    meta = default_meta(3, "tokens", fps=2.0)
+    write_shards([VideoFeatures("clip", np.ones((3, 8, 32), np.float16), meta, "")], str(tmp_path / "s-%03d.tar"))
+    with tarfile.open(tmp_path / "s-000.tar") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    feats, got = load_features(tmp_path / "x" / "clip.feats.npy", "tokens")
+    assert got["timestamps"] == [0.0, 0.5, 1.0] and feats.shape == (3, 8, 32)
+    np.save(tmp_path / "bare.npy", feats)
+    load_features(tmp_path / "bare.npy", "tokens", warn=True)
+    assert "no bare.json beside" in capsys.readouterr().out

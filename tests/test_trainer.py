@@ -57,6 +57,9 @@ def test_training_reduces_loss_and_writes_the_run_folder(tmp_path):
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval/loss" in r]
     assert len(evals) == 1 and "eval/acc" in evals[0] and "eval/acc_prior" in evals[0]
     assert f"run folder:  {run}" in proc.stdout and (run / "checkpoints" / "latest").read_text() == "step00000060"
+    # not a terminal: one line per train.log_every instead of progress bars; a picture of the run
+    assert "step 60/60: loss " in proc.stdout and "it/s]" not in proc.stderr
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_gives_identical_losses(tmp_path):

@@ -18,6 +18,7 @@ the old run folder from its checkpoint, so no trial is lost or counted twice. A 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -87,9 +88,19 @@ def pruner_of(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: Optional[str]) -> optuna.Study:
-    return optuna.create_study(storage=storage_of(storage_url, sweep_dir), study_name=sweep.name,
-                               direction=sweep.search.direction, sampler=sampler_of(sweep), pruner=pruner_of(sweep),
-                               load_if_exists=True)
+    """The sweep's study, created by whichever worker comes first (under a lock beside a journal file: two
+    workers starting together must not create it twice)."""
+    lock_path = (Path(storage_url[len("journal:"):] + ".create.lock") if storage_url and storage_url.startswith("journal:")
+                 else sweep_dir / ".study.create.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:  # the storage is read inside the lock too: a journal replayed before it would miss a new study
+            storage = storage_of(storage_url, sweep_dir)
+            return optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.search.direction,
+                                       sampler=sampler_of(sweep), pruner=pruner_of(sweep), load_if_exists=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -123,7 +134,8 @@ def requeue_stale(study: optuna.Study) -> list[int]:
     out = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         run_dir = trial.user_attrs.get("run_dir")
-        if run_dir and lease_is_stale(Path(run_dir)) and requeue(study, trial, run_dir, "its runner was gone"):
+        if run_dir and lease_is_stale(Path(run_dir), trial.datetime_start) and requeue(study, trial, run_dir,
+                                                                                      "its runner was gone"):
             out.append(trial.number)
     return out
 

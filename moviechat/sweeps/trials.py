@@ -4,6 +4,7 @@ search whether the runner that started it is still alive."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import queue
@@ -94,13 +95,18 @@ class Lease:
         write_text_atomic(self.path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()}))
 
 
-def lease_is_stale(run_dir: Path) -> bool:
-    """Whether the runner that holds a run folder is gone: no lease, an old heartbeat, or (same host) a dead pid."""
+def lease_is_stale(run_dir: Path, started: Optional[datetime.datetime] = None) -> bool:
+    """Whether the runner that holds a run folder is gone: an old heartbeat, (same host) a dead pid, or no
+    lease at all for a run that ``started`` longer ago than a heartbeat may take (a runner that has just
+    asked for its trial has not written its lease yet)."""
     path = run_dir / LEASE
     try:
         lease = json.loads(path.read_text())
     except (OSError, ValueError):
-        return True
+        if started is None:
+            return True
+        now = datetime.datetime.now(started.tzinfo)
+        return (now - started).total_seconds() > STALE_SECONDS
     if time.time() - float(lease.get("beat", 0)) > STALE_SECONDS:
         return True
     if lease.get("host") == socket.gethostname():
