@@ -2,15 +2,14 @@
 reply shapes; the expected values were worked out by reading each source (and, for lmms-eval, checked by
 running its own parse_score / parse_acc / aggregate functions on the same replies)."""
 
-import http.server
 import json
-import threading
 
 import pytest
 
 from moviechat import evaluation
 from moviechat.judge import JudgeClient
 from moviechat.judge_protocols import PROTOCOLS, SYSTEM, USER
+from judge_stub import StubJudge, field, serving
 
 FAILED = None  # the request failed (HTTP error, every retry)
 
@@ -53,29 +52,12 @@ def test_the_requests_are_the_sources_own():
     assert USER.count("{question}") == 1
 
 
-class Replies(http.server.BaseHTTPRequestHandler):
-    """A judge on 127.0.0.1 that answers by the prediction; 'fail' gets HTTP 500."""
+class Replies(StubJudge):
+    """Answers by the prediction; 'fail' gets HTTP 500."""
 
-    seen: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Replies.seen.append(body)
-        pred = body["messages"][1]["content"].split("Predicted Answer: ")[1].split("\n")[0]
-        replies = {"good": "{'pred': 'yes', 'score': 4.8}", "chatty": "Sure! {'pred': 'no', 'score': 2}",
-                   "empty": ""}
-        if pred == "fail":
-            self.send_response(500)
-            self.end_headers()
-            return
-        data = json.dumps({"model": "judge-v1", "choices": [{"message": {"content": replies[pred]}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    def reply(self, body):
+        replies = {"good": "{'pred': 'yes', 'score': 4.8}", "chatty": "Sure! {'pred': 'no', 'score': 2}", "empty": ""}
+        return replies.get(field(body, "Predicted Answer"))
 
 
 def test_aggregation_failures_and_cache_per_protocol(tmp_path):
@@ -85,17 +67,12 @@ def test_aggregation_failures_and_cache_per_protocol(tmp_path):
         {"question": f"q{i}", "answer": "a"} for i in range(4)], "breakpoint": []}
     write_annotation(tmp_path / "ann", "1", ann)
     preds = [{"video": "1", "question": f"q{i}", "prediction": p} for i, p in enumerate(["good", "chatty", "empty", "fail"])]
-    server = http.server.HTTPServer(("127.0.0.1", 0), Replies)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with serving(Replies) as url:
         results = {}
         for name in ("lmms-eval", "ours"):
             judge = JudgeClient(url, "judge", tmp_path / "cache.jsonl", retries=2, backoff=0, protocol=PROTOCOLS[name])
             _, summary = evaluation.evaluate(preds, evaluation.references(tmp_path / "ann"), judge)
             results[name] = summary["all"]
-    finally:
-        server.shutdown()
     # lmms-eval: every question counts; 4.8 -> 4; chatty -> 0; empty and failed -> "no", 0
     assert results["lmms-eval"]["judge_accuracy"] == 0.25 and results["lmms-eval"]["judge_score"] == 1.0
     assert results["lmms-eval"]["judge_failed"] == 2  # the empty reply (asked again) and the HTTP 500

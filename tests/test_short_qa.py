@@ -1,15 +1,14 @@
 """MSVD-QA, MSRVTT-QA and ActivityNet-QA: a generated miniature of each release's format, answered on
 features and scored with the Video-ChatGPT protocol by a judge on 127.0.0.1."""
 
-import http.server
 import json
-import threading
 
 import pytest
 
 from moviechat import short_qa
 from moviechat.batch_answering import FeatureLookup, answer_file
 from moviechat.data.stores import DataError, VideoFeatures, write_folder
+from judge_stub import StubJudge, field, serving
 from test_batch_answering import answerer_for, token_video
 
 
@@ -30,26 +29,12 @@ def miniature(tmp_path, fmt):
     return tmp_path / "qa.json", None, [f"{prefix}7", f"{prefix}8"]
 
 
-class Judge(http.server.BaseHTTPRequestHandler):
+class Judge(StubJudge):
     """Says yes (score 4) when the prediction names the answer, else no (score 1)."""
 
-    bodies: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Judge.bodies.append(body)
-        text = body["messages"][1]["content"]
-        answer = text.split("Correct Answer: ")[1].split("\n")[0]
-        pred = text.split("Predicted Answer: ")[1].split("\n")[0]
-        reply = "{'pred': 'yes', 'score': 4}" if answer in pred else "{'pred': 'no', 'score': 1}"
-        data = json.dumps({"model": body["model"], "choices": [{"message": {"content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    def reply(self, body):
+        yes = field(body, "Correct Answer") in field(body, "Predicted Answer")
+        return "{'pred': 'yes', 'score': 4}" if yes else "{'pred': 'no', 'score': 1}"
 
 
 @pytest.mark.parametrize("fmt", short_qa.FORMATS)
@@ -67,13 +52,9 @@ def test_each_short_video_format_end_to_end(tmp_path, tiny_cfg, tokenizer, fmt):
     preds = [json.loads(x) for x in out.read_text().splitlines()]
     preds[0]["prediction"] = "he is cooking"  # one right answer, whatever the random model said
     out.write_text("".join(json.dumps(p) + "\n" for p in preds))
-    server = http.server.HTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        assert short_qa.main(["score", "--predictions", str(out), "--out", str(tmp_path / "eval"), "--judge-url",
-                              f"http://127.0.0.1:{server.server_address[1]}/v1", "--judge-model", "gpt-3.5"]) == 0
-    finally:
-        server.shutdown()
+    with serving(Judge) as url:
+        assert short_qa.main(["score", "--predictions", str(out), "--out", str(tmp_path / "eval"), "--judge-url", url,
+                              "--judge-model", "gpt-3.5"]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     wrong = [p for p in preds if p["answer"] not in p["prediction"]]
     assert summary["judge_protocol"] == "videochatgpt" and summary["n"] == 3
