@@ -84,7 +84,7 @@ def run_local(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
             cmd = train_command(sweep.base, overrides_of(sweep, setting, sweep_dir, name), resume, gpus_per_run,
                                 29600 + index)
             print(f"[sweep] run {name}{' on ' + group if group else ''}: {' '.join(cmd)}", flush=True)
-            outcome = run_training(cmd, run_dir, group, lambda row: False, stop.is_set)
+            outcome = run_training(cmd, run_dir, group, lambda row: False, stop.is_set, parallel=parallel)
         if outcome.returncode == 0:
             write_text_atomic(run_dir / "result.json", json.dumps(run_result(run_dir, setting, outcome.wall_s), indent=2))
         elif outcome.returncode == STOPPED_EXIT:

@@ -146,7 +146,7 @@ class Search:
     def __init__(self, sweep: SweepConfig, sweep_dir: Path, parallel: int, devices: Optional[list[str]],
                  gpus_per_trial: int):
         self.sweep, self.sweep_dir, self.gpus = sweep, sweep_dir, gpus_per_trial
-        self.pool = DevicePool(devices, gpus_per_trial, parallel)
+        self.pool, self.parallel = DevicePool(devices, gpus_per_trial, parallel), parallel
         self.stop = threading.Event()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -168,7 +168,8 @@ class Search:
         with Lease(run_dir), self.pool.take() as devices:
             port = 29500 + 1 + trial.number % 1000
             outcome = run_training(train_command(self.sweep.base, overrides, resume, self.gpus, port), run_dir,
-                                   devices, lambda row: self._report(trial, row), self.stop.is_set)
+                                   devices, lambda row: self._report(trial, row), self.stop.is_set,
+                                   parallel=self.parallel)
         trial.set_user_attr("wall_s", round(outcome.wall_s + trial.user_attrs.get("wall_s", 0.0), 1))
         return self._result(trial, outcome, run_dir)
 

@@ -94,7 +94,7 @@ def plot_study(study: optuna.Study, keys: list[str], out: Path) -> list[str]:
         for name, draw in plots.items():
             axes = draw()
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-            figure.set_size_inches(8, 5)
+            figure.set_size_inches(11 if name in ("slice.png", "contour.png") else 8, 5)
             figure.tight_layout()
             figure.savefig(out / name, dpi=100)
             plt.close(figure)

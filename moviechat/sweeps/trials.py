@@ -136,12 +136,21 @@ def new_evals(metrics: Path, seen: int) -> tuple[list[dict], int]:
     return rows, len(complete)
 
 
+def cpu_threads(parallel: int) -> dict[str, str]:
+    """CPU threads per run when ``parallel`` runs share this machine's cores: OpenMP threads that outnumber the
+    cores spin against each other (measured here: two runs of 2 threads each on 2 cores went 50x slower than
+    one). A user's own OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(parallel, 1)))}
+
+
 def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval: Callable[[dict], bool],
-                 stop_requested: Callable[[], bool], poll: float = 1.0) -> Outcome:
+                 stop_requested: Callable[[], bool], poll: float = 1.0, parallel: int = 1) -> Outcome:
     """Run ``cmd`` (logging to ``<run>/train.log``), calling ``on_eval`` for each new held-out evaluation; when it
     returns True, or ``stop_requested()`` does, the run gets SIGTERM (it saves and exits 75)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = os.environ | ({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})
+    env = os.environ | cpu_threads(parallel) | ({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})
     log = run_dir / "train.log"
     start, seen, stopped = time.time(), 0, False
     with open(log, "a") as out:
