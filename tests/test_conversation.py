@@ -1,0 +1,74 @@
+"""Conversations as Video-LLaMA / MovieChat tokenize them (moviechat/data/conversation.py), with the real
+SmolLM2 tokenizer. The expected texts and supervised spans are worked out by hand from the original's
+preprocess (checked once against that code itself: equal ids and labels for both record kinds)."""
+
+import pytest
+
+from moviechat.data.conversation import (IGNORE_INDEX, IMAGE, conversation_text, llava_turns, preview_record,
+                                         tokenize, videochat_turns)
+from moviechat.data.keys import DataError
+from test_real_llm import cfg, smollm2, tokenizer  # noqa: F401  (session fixtures: the real tokenizer)
+
+VIDEOCHAT = {"video": "cook/v0.mp4", "QA": [{"q": "What happens?", "a": "A dog runs.\nThen it stops."},
+                                            {"q": "Colour?", "a": "Brown — ünïcode"}]}
+LLAVA = {"id": "1", "image": "x.jpg", "conversations": [
+    {"from": "human", "value": "<image>\nWhat is in the picture?"}, {"from": "gpt", "value": "A cat on a mat."},
+    {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Grey."}]}
+
+
+def supervised(tokenizer, ids, labels) -> str:  # noqa: F811
+    return tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+
+
+def test_a_videochat_record_becomes_the_originals_text():
+    turns = videochat_turns(VIDEOCHAT, [0.0, 1.25, 2.5], "v")
+    assert conversation_text(turns) == (
+        "\n\n###Human: <Video><ImageHere></Video> The video contains 3 frames sampled at 0.0, 1.2, 2.5 seconds. "
+        "What happens?\n###Assistant: A dog runs.\nThen it stops.\n###Human: Colour?\n###Assistant: Brown — ünïcode\n###")
+
+
+def test_a_llava_record_keeps_the_originals_closing_tag():
+    text = conversation_text(llava_turns(LLAVA, "l"))
+    assert text.startswith("\n\n###Human: <Image><ImageHere>/<Image>\nWhat is in the picture?\n###Assistant: A cat")
+    assert text.endswith("###Assistant: Grey.\n###")
+
+
+def test_answers_labels_cover_exactly_the_assistant_text_and_its_end(tokenizer):  # noqa: F811
+    for turns, expected in ((videochat_turns(VIDEOCHAT, [0.0], "v"), " A dog runs.\nThen it stops.\n### Brown — ünïcode\n###"),
+                            (llava_turns(LLAVA, "l"), " A cat on a mat.\n### Grey.\n###")):
+        ids, labels, truncated = tokenize(turns, tokenizer, "answers")
+        assert supervised(tokenizer, ids, labels) == expected and not truncated
+        assert ids.count(tokenizer.convert_tokens_to_ids(IMAGE)) == 1  # one id stands for the video tokens
+
+
+def test_original_labels_mask_as_the_original_does_with_this_tokenizer(tokenizer):  # noqa: F811
+    """The original masks a human sentence from its 3rd token and walks by per-sentence token counts. With
+    SmolLM2, '\\n\\n###' tokenizes as '\\n' + '\\n###' while the header alone is one token, so the walk
+    starts one token early: the first supervised piece is '\\n###' and each human sentence keeps its first
+    two tokens (\\n###, Human) unmasked - the original's own labels here (equal to its code, checked)."""
+    ids, labels, _ = tokenize(videochat_turns(VIDEOCHAT, [0.0, 1.25, 2.5], "v"), tokenizer, "original")
+    text = preview_record(videochat_turns(VIDEOCHAT, [0.0, 1.25, 2.5], "v"), tokenizer, "original")["text"]
+    assert text == ("\n[[\n###]]Human: <Video><ImageHere></Video> The video contains 3 frames sampled at 0.0, 1.2, "
+                    "2.5 seconds. What happens?[[\n###Assistant: A dog runs.\nThen it stops.\n###]]Human: Colour?"
+                    "[[\n###Assistant: Brown — ünïcode\n###]]")
+    assert len(ids) == len(labels) and ids.count(tokenizer.convert_tokens_to_ids(IMAGE)) == 1
+
+
+def test_truncation_is_said_and_a_cut_first_answer_is_refused(tokenizer):  # noqa: F811
+    long = {"QA": [{"q": "q", "a": "short"}] + [{"q": "more?", "a": "word " * 50}] * 3}
+    ids, labels, truncated = tokenize(videochat_turns(long, [0.0], "v"), tokenizer, "answers", max_tokens=80)
+    assert truncated and len(ids) == 80
+    first = {"QA": [{"q": "q", "a": "word " * 200}]}
+    with pytest.raises(DataError, match="would cut inside its first answer"):
+        tokenize(videochat_turns(first, [0.0], "v"), tokenizer, "answers", max_tokens=80, where="f.json[0]")
+
+
+@pytest.mark.parametrize("record, make, message", [
+    ({"QA": []}, "videochat", "'QA' must be a non-empty list"),
+    ({"QA": [{"q": "<image> what?", "a": "x"}]}, "videochat", "holds '<image>' in a video record"),
+    ({"conversations": [{"from": "system", "value": "x"}]}, "llava", "'from' must be 'human' or 'gpt'"),
+    ({"conversations": []}, "llava", "'conversations' must be a non-empty list"),
+])
+def test_bad_records_are_named(record, make, message):
+    with pytest.raises(DataError, match=message):
+        videochat_turns(record, [0.0], "ann.json[3]") if make == "videochat" else llava_turns(record, "ann.json[3]")
