@@ -158,7 +158,7 @@ class Trainer:
         # Its own generator: creating an iterator must not draw from the global RNG (exact resume).
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                           generator=torch.Generator().manual_seed(self.cfg.run.seed),
-                          worker_init_fn=ignore_stop_signals if workers else None)
+                          worker_init_fn=leave_process_group if workers else None)
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Training batches forever, epoch after epoch, from where the state says this rank stopped."""
@@ -348,11 +348,13 @@ class Trainer:
 SAME_STOP_SECONDS = 3.0
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """Loader workers leave SIGTERM/SIGINT to the main process, which finishes its step, saves and stops
-    them; a preempted job signals its whole process group, and a worker that died of it crashed the run."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def leave_process_group(_worker_id: int) -> None:
+    """Loader workers leave the job's process group: a signal to the whole group (SLURM preemption, Ctrl-C,
+    ``kill -- -PGID``) then reaches the main process only, which finishes its step, saves and stops them; a
+    worker that died of it crashed the run. They still die of a signal sent to them (DataLoader and
+    multiprocessing shut them down that way; ignoring SIGTERM instead left a finished run waiting at exit),
+    and of their parent's death (DataLoader's watchdog)."""
+    os.setpgrp()
 
 
 def _float(value) -> Optional[float]:
