@@ -35,11 +35,14 @@ def overrides_of(sweep: SweepConfig, setting: dict[str, Any], sweep_dir: Path, n
 
 def validate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path) -> None:
     """Every setting (or, for a search, every searched key) must make a valid config before anything runs."""
-    if sweep.search is not None:
-        try:
-            load_config(base_path(sweep), list(sweep.overrides) + space_probe(sweep.search))
-        except ConfigError as e:
-            raise ConfigError(f"search.space: {e}") from None
+    if sweep.search is not None:  # every searched key must exist; a value the config refuses is a trial's fate
+        for probe in space_probe(sweep.search):
+            try:
+                load_config(base_path(sweep), list(sweep.overrides) + [probe])
+            except ConfigError as e:
+                if "not in '" in str(e):  # OmegaConf's "Key 'x' not in 'MemoryConfig'": no such key
+                    raise ConfigError(f"search.space: {e}") from None
+        load_config(base_path(sweep), list(sweep.overrides))  # and the base with the sweep's overrides
         return
     check_unique_names(settings)
     for setting in settings:
