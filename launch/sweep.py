@@ -115,8 +115,8 @@ def search(args: argparse.Namespace, sweep, sweep_dir: Path, devices) -> int:
     status = 0
     if not args.aggregate_only:
         print(f"[search] {sweep.name} -> {sweep_dir} (storage {storage}), {args.parallel} at a time", flush=True)
-        status = run_search(sweep, sweep_dir, storage, args.parallel, devices, args.gpus_per_trial)
-    print(write_report(open_study(sweep, sweep_dir, storage), sweep, sweep_dir))
+        status = run_search(study, sweep, sweep_dir, args.parallel, devices, args.gpus_per_trial)
+    print(write_report(study, sweep, sweep_dir))
     return status
 
 

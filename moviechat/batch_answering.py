@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,8 +27,8 @@ from tqdm import tqdm
 
 from moviechat.atomic import atomic_path
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import (DataError, check_key, feature_meta, read_npy_video, read_shard_video,
-                                   validate_features)
+from moviechat.data.keys import check_key, finite_number
+from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 
@@ -171,8 +170,7 @@ def read_questions(questions: Path | list[dict]) -> list[dict]:
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(f"{where}: line {i + 1}: {key!r} must be a non-empty string, got {row.get(key)!r}")
         time = row.get("time")
-        if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time)
-                                 or time < 0):
+        if time is not None and not finite_number(time, 0):
             raise DataError(f"{where}: line {i + 1}: 'time'={time!r} must be a number of seconds >= 0 (or absent)")
         qid = question_id(row["video"], row["question"], time, row.get("id"))
         if qid not in seen:

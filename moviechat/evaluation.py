@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import random
 import sys
 from pathlib import Path
@@ -28,9 +26,10 @@ from typing import Any, Callable, Optional
 
 from moviechat.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
+from moviechat.data.keys import finite_number
 from moviechat.data.stores import DataError
 from moviechat.cli import run_cli, stop_if_only_checking
-from moviechat.judge import JudgeClient, check_judge_url
+from moviechat.judge import JudgeClient, judge_from_args
 from moviechat.judge_protocols import PROTOCOLS
 from moviechat.metrics import exact_match, normalize_answer, normalized_match, token_f1
 
@@ -195,12 +194,11 @@ def _frame(row: dict, fps: dict[str, float]) -> Optional[int]:
     return round(float(row["time"]) * rate) if rate else row["time"]
 
 
-from moviechat.heldout import HeldOutEvaluator, accuracy_groups, prior_answers  # noqa: E402,F401  (re-exported)
-
-
 def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]:
     """The prediction rows of a JSONL file; a malformed line is an error naming file and line, or skipped
     and counted with ``skip_bad``."""
+    if not path.is_file():
+        raise DataError(f"--predictions {path}: no such file")
     rows, bad = [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -243,8 +241,7 @@ def prediction_problem(row: dict) -> Optional[str]:
         if not isinstance(row.get(key), str) or not row[key].strip():
             return f"{key!r} must be a non-empty string, got {row.get(key)!r}"
     time = row.get("time")
-    if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time)
-                             or time < 0):
+    if time is not None and not finite_number(time, 0):
         return f"'time'={time!r} must be a number of seconds >= 0 or null"
     if row.get("prediction") is not None and not isinstance(row["prediction"], str):
         return f"'prediction'={row['prediction']!r} must be a string"
@@ -292,16 +289,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not Path(args.predictions).is_file():
-        raise DataError(f"--predictions {args.predictions}: no such file")
     predictions = select_split(read_predictions(Path(args.predictions), args.skip_bad_lines), args.split,
                                args.predictions)
-    judge = None
-    if args.judge_url:
-        key = os.environ.get(args.judge_key_env)
-        check_judge_url(args.judge_url, key is not None, args.judge_allow_insecure)
-        judge = JudgeClient(args.judge_url, args.judge_model, Path(args.judge_cache or out / "judge_cache.jsonl"), key,
-                            protocol=PROTOCOLS[args.judge_protocol])
+    judge = judge_from_args(args, Path(args.judge_cache or out / "judge_cache.jsonl"))
     rows, summary = evaluate(predictions, references(args.annotations), judge)
     summary["split"] = args.split
     if summary["duplicate_predictions"]:

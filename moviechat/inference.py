@@ -169,12 +169,13 @@ class Answerer:
         tokens = tokens.float()
         frames = [self.frame_of(seconds, stamps, meta, key) for _, seconds in questions]
         stream, pushed = StreamingMemory(self.cfg.memory), 0
+        one_second = frame_at(1.0, stamps, key, key) if self.current_frame == "moviechat" else None  # MovieChat's
         reads: list[Optional[MemoryRead]] = [None] * len(questions)
         for i in sorted((i for i, t in enumerate(frames) if t is not None), key=lambda i: frames[i]):
             t = frames[i]
             stream.push(tokens[pushed:t])
             pushed = t
-            now = t if self.current_frame == "ours" else frame_at(1.0, stamps, key, key)  # MovieChat: 1 s in
+            now = t if one_second is None else one_second  # the current frame: its own, or 1 s in
             reads[i] = MemoryRead(stream.breakpoint_memory(tokens[now], upcoming=tokens[t:self._fragment_end(t)]),
                                   stream.n_position, t, past_end(questions[i][1], meta.get("duration")))
         if any(t is None for t in frames):

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from moviechat.data.stores import DataError
 from moviechat.judge_protocols import PROTOCOLS, JudgeProtocol
@@ -31,6 +32,16 @@ def check_judge_url(url: str, sends_key: bool, allow_insecure: bool) -> None:
         raise DataError(f"--judge-url {url} is plain http to another machine: the API key would travel unencrypted; "
                         f"use https://, a loopback address, or pass --judge-allow-insecure")
     print(f"warning: sending the judge API key unencrypted to {url} (--judge-allow-insecure)", flush=True)
+
+
+def judge_from_args(args, cache: Path) -> Optional["JudgeClient"]:
+    """The judge of a scoring command line (``--judge-url``, ``--judge-model``, ``--judge-key-env``,
+    ``--judge-protocol``, ``--judge-allow-insecure``), its key checked against the URL; None without a URL."""
+    if not args.judge_url:
+        return None
+    key = os.environ.get(args.judge_key_env)
+    check_judge_url(args.judge_url, key is not None, args.judge_allow_insecure)
+    return JudgeClient(args.judge_url, args.judge_model, cache, key, protocol=PROTOCOLS[args.judge_protocol])
 
 
 def _loopback(host: str) -> bool:

@@ -59,8 +59,7 @@ def load_pt(path: str | Path, trust: bool = False, map_location: Any = "cpu") ->
     except pickle.UnpicklingError as e:
         unsafe = refused_globals(path, types)
         if unsafe:
-            raise UnsafeFileError(f"{path}: refused to load: it needs {', '.join(unsafe)}, which could run code; "
-                                  f"{TRUST_HINT}") from None
+            raise refusal(path, unsafe) from None
         raise pickle.UnpicklingError(f"{path}: {str(e).splitlines()[0] if str(e) else 'not a torch file'}") from None
 
 
@@ -82,5 +81,8 @@ def check_files(files: Iterable[Path], trust: bool = False) -> None:
     for f in files:
         unsafe = refused_globals(f, types)
         if unsafe:
-            raise UnsafeFileError(f"{f}: refused to load: it needs {', '.join(unsafe)}, which could run code; "
-                                  f"{TRUST_HINT}")
+            raise refusal(f, unsafe)
+
+
+def refusal(path: str | Path, unsafe: list[str]) -> UnsafeFileError:
+    return UnsafeFileError(f"{path}: refused to load: it needs {', '.join(unsafe)}, which could run code; {TRUST_HINT}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -113,18 +112,11 @@ def _answer(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from moviechat.evaluation import read_predictions
-    from moviechat.judge import JudgeClient, check_judge_url
+    from moviechat.judge import judge_from_args
 
-    if not Path(args.predictions).is_file():
-        raise DataError(f"--predictions {args.predictions}: no such file")
     predictions = [p for p in read_predictions(Path(args.predictions)) if "answer" in p]
     out = Path(args.out)
-    judge = None
-    if args.judge_url:
-        key = os.environ.get(args.judge_key_env)
-        check_judge_url(args.judge_url, key is not None, args.judge_allow_insecure)
-        judge = JudgeClient(args.judge_url, args.judge_model, out / "judge_cache.jsonl", key,
-                            protocol=PROTOCOLS[args.judge_protocol])
+    judge = judge_from_args(args, out / "judge_cache.jsonl")
     rows, summary = score(predictions, judge)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "per_question.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

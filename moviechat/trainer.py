@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -23,20 +22,20 @@ from tqdm import tqdm
 from moviechat.atomic import write_text_atomic
 from moviechat.checkpointing import (PORTABLE, load_checkpoint, loadable_checkpoint, remove_leftovers,
                                      save_checkpoint, saved_layout, step_of)
-from moviechat.train_state import Layout, TrainState
-from moviechat.elastic import check_layout, merged_train_state, portable_state, restore_portable
 from moviechat.config import Config, as_dict, save_config
+from moviechat.curves import plot_curves
 from moviechat.data import Collator, DataError, build_datasets
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
+from moviechat.elastic import check_layout, merged_train_state, portable_state, restore_portable
 from moviechat.heldout import HeldOutEvaluator, accuracy_groups, prior_answers
-from moviechat.curves import plot_curves
 from moviechat.metrics import JsonlLogger
 from moviechat.models.llm import run_tokenizer
 from moviechat.optim import build_optimizer, describe_groups, lr_lambda
 from moviechat.registry import MODELS
-from moviechat.safe_load import load_pt
 from moviechat.run_folder import check_resume_config, claim, truncate_metrics, write_status
 from moviechat.runtime import deepspeed_config, environment, rng_state, seed_everything, set_rng_state
+from moviechat.safe_load import load_pt
+from moviechat.train_state import Layout, TrainState
 
 import moviechat.models  # noqa: F401  (registers the model builders)
 
@@ -95,6 +94,7 @@ class Trainer:
         self.logger = JsonlLogger(self.run_dir / "metrics.jsonl") if self.rank == 0 else None
         self.wandb = self._wandb() if self.rank == 0 else None
         self.stop_requested = False
+        self.tty = sys.stderr.isatty()  # a progress bar on a terminal; in a log file one line per train.log_every
         if self.rank == 0:
             self._write_run_files()
 
@@ -217,8 +217,6 @@ class Trainer:
         cfg = self.cfg.train
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         batches = self.batches()
-        # a progress bar on a terminal; in a log file (SLURM, nohup) one line per train.log_every instead
-        self.tty = sys.stderr.isatty()
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=self.rank != 0 or not self.tty, desc="train",
                    dynamic_ncols=True)
         window = {"loss": 0.0, "micro": 0, "samples": 0, "time": 0.0, "memory": 0.0}
@@ -293,7 +291,7 @@ class Trainer:
             "memory_time_share": memory / max(seconds, 1e-9), "time": time.time(),
         }
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-        if self.rank == 0 and not getattr(self, "tty", True):
+        if self.rank == 0 and not self.tty:
             print(f"step {record['step']}/{self.cfg.train.max_steps}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
                   f"{record['samples_per_s']:.1f} samples/s", flush=True)
         self._log(record)

@@ -16,7 +16,7 @@ from moviechat.batch_answering import FeatureLookup, OutputBusy, answer_file, an
 from moviechat.data.annotations import QA, annotation_json, load_annotations, parse_moviechat1k
 from moviechat.data.stores import DataError, ShardStore, SkipCounter, VideoFeatures, default_meta, validate_features, \
     write_folder, write_shards
-from test_batch_answering import QUESTIONS, answerer_for, rows_for, token_video
+from test_batch_answering import answerer_for, rows_for, token_video
 from test_data import moviechat1k_json, write_annotation
 
 

@@ -2,12 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from moviechat import evaluation
 from moviechat.batch_answering import FeatureLookup, answer_file, questions_from_annotations
-from moviechat.data.stores import DataError, VideoFeatures, feature_meta, write_folder
+from moviechat.data.stores import DataError, VideoFeatures, write_folder
 from moviechat.inference import moviechat_breakpoint_seconds
 from test_batch_answering import answerer_for, token_video
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from moviechat.data.keys import finite_number
 from moviechat.data.stores import DataError, SkipCounter
 
 CAPTION_QUESTION = "Describe the video in detail."
@@ -41,8 +41,7 @@ def video_key(info: dict, path: Path) -> str:
 
 def _number(value, where: str, path: Path, integer: bool = False) -> float:
     """A finite JSON number (not a boolean, not a string), else DataError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            integer and value != int(value)):
+    if not finite_number(value) or (integer and value != int(value)):
         raise DataError(f"{path}: {where}={value!r} must be a finite {'integer' if integer else 'number'}")
     return value
 
@@ -101,7 +100,7 @@ def _entry(mode: str, item, path: Path, where: str, fps: float, num_frame: int, 
     if mode == "global":
         return QA(question, answer, "global", None, str(item.get("type", "global")), raw=raw, num_frame=num_frame)
     time = item.get("time")
-    if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time) or time < 0:
+    if not finite_number(time, 0):
         raise DataError(f"{path}: {where}.time={time!r} must be a frame index >= 0")
     return QA(question, answer, "breakpoint", time / fps, str(item.get("type", "breakpoint")), past_end=time >= num_frame,
               raw=raw, frame=time, num_frame=num_frame)

@@ -10,6 +10,13 @@ class DataError(ValueError):
     """Bad input data; the message names the file and the key."""
 
 
+def finite_number(value, minimum: float = -math.inf) -> bool:
+    """A finite JSON number of at least ``minimum``: not a boolean (``True`` is an int in Python), not a
+    string, not NaN or infinity."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and value >= minimum)
+
+
 def check_key(key: str, store: str) -> str:
     """A video key as a store may use it: a relative path below the store's root (sub-folders with ``/``),
     never ``..``, an absolute path or a backslash, which would read outside it."""
@@ -31,13 +38,12 @@ def check_meta(meta, num_frames: int, where: str) -> None:
         raise DataError(f"{where}: metadata needs one timestamp per frame ({num_frames}), "
                         f"got {len(stamps) if isinstance(stamps, list) else repr(stamps)}")
     for i, t in enumerate(stamps):
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        if not finite_number(t):
             raise DataError(f"{where}: timestamps[{i}]={t!r} must be a finite number of seconds")
         if i and t < stamps[i - 1]:
             raise DataError(f"{where}: timestamps[{i}]={t} comes before timestamps[{i - 1}]={stamps[i - 1]} "
                             f"(timestamps must not decrease)")
     for field_name in ("fps", "duration"):
         value = meta.get(field_name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
+        if value is not None and not finite_number(value, 0):
             raise DataError(f"{where}: metadata {field_name}={value!r} must be a finite number >= 0")

@@ -7,13 +7,13 @@ sample a video the same way (docs/architecture.md, "Data walk").
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from moviechat.data.keys import finite_number
 from moviechat.data.stores import DataError
 
 
@@ -48,7 +48,7 @@ def sample_frames(timestamps: Sequence[float], num_frames: Optional[int], fragme
 def frame_at(seconds: float, timestamps: Sequence[float], key: str, source: str, duration: Optional[float] = None) -> int:
     """Index of the nearest sampled frame at or before ``seconds``; a time past the video's end falls on its
     last frame (released MovieChat-1K ground truth has such questions; :func:`past_end` tells them)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+    if not finite_number(seconds, 0):
         raise DataError(f"{source}: video {key!r}: breakpoint time {seconds!r} must be a finite number of seconds >= 0")
     return max(bisect.bisect_right(list(timestamps), seconds) - 1, 0)
 

@@ -23,7 +23,7 @@ import numpy as np
 from webdataset import tariterators
 
 from moviechat.atomic import atomic_path
-from moviechat.data.keys import DataError, check_key, check_meta  # noqa: F401  (re-exported)
+from moviechat.data.keys import DataError, check_meta  # noqa: F401  (DataError: re-exported, its old home)
 
 FEATURE_KINDS = ("eva", "tokens")
 # What "EVA features" are here: the ViT's block outputs before ln_vision, as the MovieChat-1K release stores

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from moviechat.atomic import torch_save_atomic

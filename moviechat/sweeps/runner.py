@@ -21,11 +21,7 @@ from moviechat.config import ConfigError, load_config
 from moviechat.run_folder import STOPPED_EXIT
 from moviechat.sweeps.grid import SweepConfig, check_unique_names, slug, space_probe, swept_keys
 from moviechat.sweeps.report import run_result
-from moviechat.sweeps.trials import REPO, DevicePool, run_training, train_command
-
-
-def base_path(sweep: SweepConfig) -> str:
-    return str(REPO / sweep.base) if not Path(sweep.base).is_absolute() else sweep.base
+from moviechat.sweeps.trials import REPO, DevicePool, base_path, run_training, train_command
 
 
 def overrides_of(sweep: SweepConfig, setting: dict[str, Any], sweep_dir: Path, name: str) -> list[str]:
@@ -38,16 +34,16 @@ def validate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path
     if sweep.search is not None:  # every searched key must exist; a value the config refuses is a trial's fate
         for probe in space_probe(sweep.search):
             try:
-                load_config(base_path(sweep), list(sweep.overrides) + [probe])
+                load_config(base_path(sweep.base), list(sweep.overrides) + [probe])
             except ConfigError as e:
                 if "not in '" in str(e):  # OmegaConf's "Key 'x' not in 'MemoryConfig'": no such key
                     raise ConfigError(f"search.space: {e}") from None
-        load_config(base_path(sweep), list(sweep.overrides))  # and the base with the sweep's overrides
+        load_config(base_path(sweep.base), list(sweep.overrides))  # and the base with the sweep's overrides
         return
     check_unique_names(settings)
     for setting in settings:
         try:
-            load_config(base_path(sweep), overrides_of(sweep, setting, sweep_dir, slug(setting, swept_keys(settings))))
+            load_config(base_path(sweep.base), overrides_of(sweep, setting, sweep_dir, slug(setting, swept_keys(settings))))
         except ConfigError as e:
             raise ConfigError(f"sweep setting {setting}: {e}") from None
 

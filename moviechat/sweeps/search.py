@@ -33,7 +33,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what e
 from moviechat.config import ConfigError, load_config
 from moviechat.run_folder import STOPPED_EXIT
 from moviechat.sweeps.grid import SweepConfig
-from moviechat.sweeps.trials import DevicePool, Lease, lease_is_stale, run_training, train_command
+from moviechat.sweeps.trials import DevicePool, Lease, base_path, lease_is_stale, run_training, train_command
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 ATTEMPTS_PER_TRIAL = 4  # a worker gives up after this many attempts per wanted trial (an infeasible space)
@@ -158,7 +158,7 @@ class Search:
         trial.set_user_attr("worker", self.worker)
         overrides = self.overrides(params, run_dir)
         try:
-            cfg = load_config(self._base(), overrides)
+            cfg = load_config(base_path(self.sweep.base), overrides)
         except ConfigError as e:
             trial.set_user_attr("fail_reason", f"infeasible: {e}")
             raise TrialFailed(f"trial {trial.number} infeasible: {e}") from None
@@ -177,11 +177,6 @@ class Search:
         return [f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}",
                 f"train.token_cache_dir={self.sweep_dir / 'token_cache'}", *self.sweep.overrides,
                 *(f"{k}={v}" for k, v in params.items())]
-
-    def _base(self) -> str:
-        from moviechat.sweeps.trials import REPO
-
-        return str(REPO / self.sweep.base) if not Path(self.sweep.base).is_absolute() else self.sweep.base
 
     def _report(self, trial: optuna.Trial, row: dict) -> bool:
         """Report one evaluation; True asks the run to stop (pruned)."""
@@ -209,12 +204,11 @@ class Search:
         return trial.user_attrs["last_value"]
 
 
-def run_search(sweep: SweepConfig, sweep_dir: Path, storage_url: Optional[str], parallel: int = 1,
+def run_search(study: optuna.Study, sweep: SweepConfig, sweep_dir: Path, parallel: int = 1,
                devices: Optional[list[str]] = None, gpus_per_trial: int = 1) -> int:
-    """Run trials, ``parallel`` at a time, until the study holds ``search.trials`` complete or pruned ones
-    (counting those other workers are running); returns 0, or 75 when stopped by a signal (its trials
-    are queued again)."""
-    study = open_study(sweep, sweep_dir, storage_url)
+    """Run trials of ``study`` (:func:`open_study`), ``parallel`` at a time, until it holds ``search.trials``
+    complete or pruned ones (counting those other workers are running); returns 0, or 75 when stopped by a
+    signal (its trials are queued again)."""
     stale = requeue_stale(study)
     if stale:
         print(f"[search] queued again (their runner was gone; they resume from their checkpoints): trials {stale}",

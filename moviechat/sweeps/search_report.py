@@ -16,8 +16,8 @@ import optuna
 
 from moviechat.atomic import write_text_atomic
 from moviechat.sweeps.grid import SweepConfig
+from moviechat.sweeps.search import COUNTED
 
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:

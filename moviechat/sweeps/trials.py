@@ -27,10 +27,14 @@ BEAT_SECONDS = 5.0
 STALE_SECONDS = 60.0  # a lease not renewed for this long belongs to a runner that is gone
 
 
+def base_path(base: str) -> str:
+    """A sweep's base experiment as a path (relative ones are relative to the repository)."""
+    return base if Path(base).is_absolute() else str(REPO / base)
+
+
 def train_command(base: str, overrides: list[str], resume: Optional[Path], gpus: int, port: int) -> list[str]:
     """``train.py`` as one process, or through the DeepSpeed launcher when a run gets several GPUs."""
-    base_path = str(REPO / base) if not Path(base).is_absolute() else base
-    args = [str(REPO / "train.py"), "--cfg", base_path, *overrides] + (["--resume", str(resume)] if resume else [])
+    args = [str(REPO / "train.py"), "--cfg", base_path(base), *overrides] + (["--resume", str(resume)] if resume else [])
     if gpus > 1:
         return ["deepspeed", f"--num_gpus={gpus}", f"--master_port={port}", *args]
     return [sys.executable, *args]
@@ -119,21 +123,26 @@ def lease_is_stale(run_dir: Path, started: Optional[datetime.datetime] = None) -
     return False
 
 
-def new_evals(metrics: Path, seen: int) -> tuple[list[dict], int]:
-    """Evaluation rows logged since the first ``seen`` lines (a half-written last line waits)."""
+def new_evals(metrics: Path, offset: int) -> tuple[list[dict], int]:
+    """Evaluation rows logged after byte ``offset`` and the new offset: only what was appended is read (a
+    half-written last line waits; a file that shrank, cut by a resume, is read again from its start)."""
     if not metrics.is_file():
-        return [], seen
-    lines = metrics.read_text().split("\n")
-    complete = lines[:-1]  # the last piece has no newline yet
+        return [], offset
+    with open(metrics, "rb") as f:
+        if f.seek(0, os.SEEK_END) < offset:
+            offset = 0
+        f.seek(offset)
+        data = f.read()
+    complete = data[: data.rfind(b"\n") + 1]
     rows = []
-    for line in complete[seen:]:
+    for line in complete.decode(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
         if "eval/loss" in row:
             rows.append(row)
-    return rows, len(complete)
+    return rows, offset + len(complete)
 
 
 def cpu_threads(parallel: int) -> dict[str, str]:
@@ -152,17 +161,17 @@ def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = os.environ | cpu_threads(parallel) | ({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})
     log = run_dir / "train.log"
-    start, seen, stopped = time.time(), 0, False
+    start, offset, stopped = time.time(), 0, False
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None:
                 time.sleep(poll)
-                rows, seen = new_evals(run_dir / "metrics.jsonl", seen)
+                rows, offset = new_evals(run_dir / "metrics.jsonl", offset)
                 if not stopped and (any(on_eval(r) for r in rows) or stop_requested()):
                     proc.send_signal(signal.SIGTERM)
                     stopped = True
-            rows, seen = new_evals(run_dir / "metrics.jsonl", seen)
+            rows, offset = new_evals(run_dir / "metrics.jsonl", offset)
             for row in rows:  # the final evaluation
                 on_eval(row)
         except BaseException:
