@@ -28,7 +28,7 @@ from moviechat.batch_answering import VideoFileLookup, answer_file, questions_fr
 from moviechat.config import load_config
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.inference import Answerer
-from moviechat.models.llm import run_tokenizer
+from moviechat.tokenizers import run_tokenizer
 
 
 def write_split(root: Path, videos: int, seconds: int, fps: int) -> None:

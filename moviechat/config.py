@@ -17,11 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moviechat.atomic import write_text_atomic
+from moviechat.config_error import ConfigError, first_line
+from moviechat.data_config import DataConfig
 from moviechat.memory import MemoryConfig
-
-
-class ConfigError(ValueError):
-    """A config that cannot run: names the file or override and the dotted key."""
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -137,58 +135,6 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------ data, train, run
-
-
-@dataclass
-class SyntheticConfig:
-    """The generated long-video QA set (moviechat/data/synthetic.py)."""
-
-    num_videos: int = 480
-    min_frames: int = 48
-    max_frames: int = 96
-    min_scene: int = 6
-    max_scene: int = 16
-    num_colors: int = 6
-    noise: float = 0.5
-    breakpoints: int = 2  # breakpoint questions per video ("now", and "previous" when there is one)
-    seed: int = 0
-    dir: Optional[str] = None  # where it is written; None: <run.output_dir>/data/synthetic-<settings hash>
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_frames <= self.max_frames:
-            raise ConfigError(f"data.synthetic.min_frames={self.min_frames} must be in [1, max_frames={self.max_frames}]")
-        if not 1 <= self.min_scene <= self.max_scene:
-            raise ConfigError(f"data.synthetic.min_scene={self.min_scene} must be in [1, max_scene={self.max_scene}]")
-        if not 2 <= self.num_colors <= 8:
-            raise ConfigError(f"data.synthetic.num_colors={self.num_colors} must be in [2, 8]")
-        if self.num_videos < 2:
-            raise ConfigError(f"data.synthetic.num_videos={self.num_videos} must be >= 2")
-
-
-@dataclass
-class DataConfig:
-    name: str = "synthetic"  # registry name: synthetic | moviechat1k
-    feature_kind: str = "tokens"  # what the store holds: eva (EVA features) | tokens (frame tokens)
-    shards: Optional[str] = None  # brace pattern of tar shards, e.g. data/train-{00000..00009}.tar
-    folder: Optional[str] = None  # or a folder of <key>.npy (+ <key>.json)
-    annotations: Optional[str] = None  # folder of MovieChat-1K style per-video JSON
-    val_fraction: float = 0.1  # share of videos held out (split by video, never by question)
-    include_captions: bool = False  # the dense caption as one more (global) sample per video
-    shuffle_buffer: int = 64
-    num_workers: int = 0
-    folder_fps: float = 1.0  # frame rate of folder features that have no .json beside them
-    on_error: str = "raise"  # raise | skip (skipped samples are counted and reported)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-    def __post_init__(self) -> None:
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"data.on_error={self.on_error!r} must be 'raise' or 'skip'")
-        if self.feature_kind not in ("eva", "tokens"):
-            raise ConfigError(f"data.feature_kind={self.feature_kind!r} must be 'eva' or 'tokens'")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
 
 
 @dataclass
@@ -309,10 +255,6 @@ def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Dic
     return layers + [(str(path), data)]
 
 
-def _first_line(e: OmegaConfBaseException) -> str:
-    return str(getattr(e, "msg", None) or e).splitlines()[0]
-
-
 def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
     """Merge schema defaults, the file and its defaults, and overrides; errors name the source and key."""
     merged = OmegaConf.structured(Config)
@@ -326,7 +268,7 @@ def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Di
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{source}: {getattr(e, 'full_key', '?')}: {_first_line(e)}") from None
+            raise ConfigError(f"{source}: {getattr(e, 'full_key', '?')}: {first_line(e)}") from None
     return merged
 
 
@@ -337,7 +279,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "?")
-        raise ConfigError(f"{_blame(path, overrides, str(key))}: {key}: {_first_line(e)}") from None
+        raise ConfigError(f"{_blame(path, overrides, str(key))}: {key}: {first_line(e)}") from None
     except ConfigError as e:
         raise ConfigError(f"{_blame(path, overrides, str(e))}: {e}") from None
     except ValueError as e:  # a section's own check (memory.*, ...) already names its key

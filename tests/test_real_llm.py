@@ -12,7 +12,8 @@ from moviechat import export, inference
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.models import build_moviechat
-from moviechat.models.llm import build_llm, run_tokenizer
+from moviechat.models.llm import build_llm
+from moviechat.tokenizers import run_tokenizer
 from moviechat.prompt import IMAGE_TOKEN, PromptFormat, Stop
 from moviechat.runs import load_run
 from test_export_eval import synthetic_features

@@ -1,55 +1,16 @@
-"""The language model: any causal LM from a local folder, or a tiny random LLaMA; tokenizer with
-``<ImageHere>``; freezing and optional LoRA (peft)."""
+"""The language model: any causal LM from a local folder, or a tiny random LLaMA; freezing and optional
+LoRA (peft). Its tokenizer: ``moviechat.tokenizers``."""
 
 from __future__ import annotations
-
-from typing import Iterable
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from moviechat.config import LLMConfig, LoraConfig
-from moviechat.prompt import IMAGE_TOKEN, SEPARATOR, build_prompt
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-
-
-def word_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose vocabulary is every word and punctuation run of ``corpus``.
-
-    Used with the tiny random LLM, which has no tokenizer of its own: it is built from the prompts and
-    the data set's texts, deterministically (sorted vocabulary).
-    """
-    splitter = pre_tokenizers.Whitespace()
-    words = sorted({w for text in corpus for w, _ in splitter.pre_tokenize_str(text)})
-    vocab = {tok: i for i, tok in enumerate(_SPECIALS + [w for w in words if w not in _SPECIALS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = splitter
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-
-
-def build_tokenizer(cfg: LLMConfig, corpus: Iterable[str] = ()):
-    """The LLM's tokenizer (local folder) or a word tokenizer over ``corpus``; ``<ImageHere>`` added."""
-    if cfg.path:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
-    else:
-        tokenizer = word_tokenizer(corpus)
-    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    if tokenizer.pad_token is None:  # LLaMA has none; the original pads with unk
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
-def run_tokenizer(cfg: LLMConfig, system_prompt: str, texts: Iterable[str]):
-    """The tokenizer of a run: the LLM's own, or a word tokenizer over the prompt template and ``texts``."""
-    return build_tokenizer(cfg, [build_prompt(system_prompt, ""), SEPARATOR, *texts])
 
 
 def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
