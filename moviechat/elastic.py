@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from moviechat.train_state import Layout  # noqa: F401  (re-exported)
+from moviechat.train_state import Layout, TrainState, upgrade  # noqa: F401  (Layout re-exported)
 
 
 def _zero_stage(engine) -> int:
@@ -123,10 +123,18 @@ def restore_portable(engine, model, scheduler, portable: dict[str, Any]) -> None
     engine.micro_steps = steps * engine.gradient_accumulation_steps()
 
 
-def merged_train_state(states: list):
-    """One train state holding every old rank's data-stream positions and skip counts."""
-    merged = states[0]
-    for other in states[1:]:
-        merged.positions.update(other.positions)
-        merged.skipped.update(other.skipped)
+def merged_train_state(states: list, name: str, rank: int):
+    """One train state holding every old rank's data-stream positions and skip counts, per dataset; the
+    samples read so far go to rank 0 only (they are summed over ranks when logged)."""
+    states = [upgrade(s, name) for s in states]
+    merged = TrainState(states[0].step)
+    for old in states:
+        for dataset, stream in old.data.items():
+            into = merged.stream(dataset)
+            into.epoch = stream.epoch
+            into.positions.update(stream.positions)
+            into.skipped.update(stream.skipped)
+            into.skipped_before += stream.skipped_before if rank == 0 else 0
+        for dataset, count in old.samples.items():
+            merged.samples[dataset] = merged.samples.get(dataset, 0) + (count if rank == 0 else 0)
     return merged

@@ -11,7 +11,6 @@ from moviechat.metrics import normalize_answer, normalized_match
 from moviechat.prompt import PromptFormat
 
 
-
 def prior_answers(qas_by_video: dict[str, list], keys: Iterable[str]) -> dict[str, str]:
     """The most frequent training answer of each question type: the baseline accuracy to beat."""
     by_type: dict[str, Counter] = {}
@@ -50,7 +49,7 @@ class HeldOutEvaluator:
         counts = self._accuracy(per_rank(generate_samples), max_new_tokens) if generate_samples else {}
         vector = [loss_sum, tokens] + [c for g in self.groups for c in counts.get(g, (0.0, 0.0))]
         reduced = self.reduce(vector, what="held-out evaluation")
-        record: dict[str, Any] = {"step": step, "eval/loss": reduced[0] / max(reduced[1], 1)}
+        record: dict[str, Any] = {"step": step, "eval/loss": reduced[0] / max(reduced[1], 1), "eval/tokens": int(reduced[1])}
         if not generate_samples:
             return record
         for i, group in enumerate(self.groups):
@@ -81,3 +80,22 @@ class HeldOutEvaluator:
                 counts["prior"][0] += normalized_match(self.prior.get(qtype, ""), answer)
                 counts["prior"][1] += 1
         return counts
+
+
+def combine_records(step: int, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation record for several datasets (a mixture): the loss over all their held-out tokens,
+    accuracy and prior over all their questions, and each dataset's own record as ``eval/<name>/...``."""
+    if len(records) == 1:
+        return next(iter(records.values()))
+    out: dict[str, Any] = {"step": step}
+    tokens = sum(r["eval/tokens"] for r in records.values())
+    out["eval/loss"] = sum(r["eval/loss"] * r["eval/tokens"] for r in records.values()) / max(tokens, 1)
+    out["eval/tokens"] = tokens
+    for key, n in (("eval/acc", "eval/n_all"), ("eval/acc_prior", "eval/n_prior")):
+        total = sum(r.get(n, 0) for r in records.values())
+        if total:
+            out[key] = sum(r[key] * r[n] for r in records.values() if r.get(n)) / total
+            out[n] = total
+    for name, record in records.items():
+        out.update({f"eval/{name}/{k[len('eval/'):]}": v for k, v in record.items() if k != "step"})
+    return out

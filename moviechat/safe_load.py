@@ -28,11 +28,11 @@ def allowed_types() -> list:
     enums, numpy arrays (RNG states). None of them runs code when rebuilt."""
     import numpy as np
 
-    from moviechat.train_state import Layout, TrainState
+    from moviechat.train_state import Layout, StreamState, TrainState
 
     reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
     dtypes = [type(np.dtype(t)) for t in ("u1", "u4", "i8", "f2", "f4", "f8", "b1")]
-    types = [TrainState, Layout, np.ndarray, np.dtype, reconstruct, *dtypes]
+    types = [TrainState, StreamState, Layout, np.ndarray, np.dtype, reconstruct, *dtypes]
     try:  # what DeepSpeed's ZeRO optimizer files hold
         from deepspeed.runtime.fp16.loss_scaler import LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum

@@ -24,18 +24,21 @@ from moviechat.checkpointing import (PORTABLE, load_checkpoint, loadable_checkpo
                                      save_checkpoint, saved_layout, step_of)
 from moviechat.config import Config, as_dict, save_config
 from moviechat.curves import plot_curves
-from moviechat.data import Collator, DataError, build_datasets
+from moviechat.data import Collator, DataError
+from moviechat.data.builders import DataPart, build_parts
+from moviechat.data.conversation import DialogEncoder, TextSettings
 from moviechat.distributed import all_reduce_sum, any_rank, init_distributed
 from moviechat.elastic import check_layout, merged_train_state, portable_state, restore_portable
-from moviechat.heldout import HeldOutEvaluator, accuracy_groups, prior_answers
+from moviechat.heldout import HeldOutEvaluator, accuracy_groups, combine_records, prior_answers
 from moviechat.metrics import JsonlLogger
-from moviechat.models.llm import run_tokenizer
+from moviechat.tokenizers import run_tokenizer
 from moviechat.optim import build_optimizer, describe_groups, lr_lambda
 from moviechat.registry import MODELS
 from moviechat.run_folder import check_resume_config, claim, truncate_metrics, write_status
 from moviechat.runtime import deepspeed_config, environment, rng_state, seed_everything, set_rng_state
 from moviechat.safe_load import load_pt
-from moviechat.train_state import Layout, TrainState
+from moviechat.train_batches import TrainBatches
+from moviechat.train_state import Layout, TrainState, upgrade
 
 import moviechat.models  # noqa: F401  (registers the model builders)
 
@@ -55,15 +58,21 @@ class Trainer:
         import deepspeed
 
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
-        self.source, self.train_data, self.val_data = build_datasets(cfg, self.rank, self.world_size)
+        self.parts = build_parts(cfg, self.rank, self.world_size)
         streams = self.world_size * max(cfg.data.num_workers, 1)
-        if self.source.store.units < streams:  # decided alike on every rank: all stop, none waits for the others
-            raise DataError(f"{self.source.store.units} shard(s)/file(s) cannot feed {streams} data streams "
-                            f"({self.world_size} rank(s) x {max(cfg.data.num_workers, 1)} loader worker(s)): "
-                            f"every stream needs at least one; write smaller shards or use fewer ranks/workers")
+        for part in self.parts:  # decided alike on every rank: all stop, none waits for the others
+            if part.source.store.units < streams:
+                raise DataError(f"{part.name}: {part.source.store.units} shard(s)/file(s) cannot feed {streams} data "
+                                f"streams ({self.world_size} rank(s) x {max(cfg.data.num_workers, 1)} loader worker(s)): "
+                                f"every stream needs at least one; write smaller shards or use fewer ranks/workers")
         self.tokenizer = self._tokenizer()
+        for part in self.parts:
+            conv = part.data.conversation
+            encoder = DialogEncoder(self.tokenizer, TextSettings(conv.labels, part.data.max_tokens, conv.end_sym))
+            part.train.set_encoder(encoder)
+            part.val.set_encoder(encoder)
         self.model = MODELS.build(cfg.model.name, cfg.model, cfg.memory, self.tokenizer, verbose=self.rank == 0)
-        if cfg.data.feature_kind == "eva":
+        if any(part.data.feature_kind == "eva" for part in self.parts):
             self.model.enable_token_cache(cfg.train.token_cache_mb, cfg.train.token_cache_dir)
         optimizer = build_optimizer(self.model, cfg.train)
         if self.rank == 0:
@@ -73,12 +82,9 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=self.scheduler,
                                                     config=self.ds_config)
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
-        self.collate = Collator(self.tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, cfg.data.feature_kind,
-                                prompt=cfg.model.prompt)
-        self.evaluator = HeldOutEvaluator(
-            self.engine, self._eval_batches, self.tokenizer, accuracy_groups(self.source.qas),
-            prior_answers(self.source.qas, self.source.train_keys), self.collate.format,
-            lambda values, what: all_reduce_sum(values, self.device, what), self.world_size)
+        self.collates = {part.name: Collator(self.tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len,
+                                             part.data.feature_kind, prompt=cfg.model.prompt) for part in self.parts}
+        self.evaluators = {part.name: self._evaluator(part) for part in self.parts}
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
         if self.rank == 0 and self.forked:
@@ -107,7 +113,14 @@ class Trainer:
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(saved, local_files_only=True)
-        return run_tokenizer(self.cfg.model.llm, self.cfg.model.system_prompt, self.source.texts())
+        return run_tokenizer(self.cfg.model.llm, self.cfg.model.system_prompt,
+                             [t for part in self.parts for t in part.source.texts()])
+
+    def _evaluator(self, part: DataPart) -> HeldOutEvaluator:
+        batches = lambda limit, with_answers: self._eval_batches(part, limit, with_answers)  # noqa: E731
+        return HeldOutEvaluator(self.engine, batches, self.tokenizer, accuracy_groups(part.source.qas),
+                                prior_answers(part.source.qas, part.source.train_keys), self.collates[part.name].format,
+                                lambda values, what: all_reduce_sum(values, self.device, what), self.world_size)
 
     def _wandb(self):
         if self.cfg.run.wandb == "disabled":
@@ -136,12 +149,12 @@ class Trainer:
         if saved is not None and saved.processes != self.world_size:
             portable = load_pt(root / tag / PORTABLE, self.trust)
             restore_portable(self.engine, self.model, self.scheduler, portable)
-            self.state = merged_train_state(portable["train_states"])
+            self.state = merged_train_state(portable["train_states"], self.parts[0].name, self.rank)
             seed_everything(self.cfg.run.seed + 1000 * self.rank + self.state.step)  # dropout: new per-rank streams
             how = f"written by {saved.processes} process(es), elastic"
         else:
             state = load_checkpoint(self.engine, root, tag, self.rank, self.trust)
-            self.state = state["train_state"]
+            self.state = upgrade(state["train_state"], self.parts[0].name)
             set_rng_state(state["rng"])
             how = "same layout"
         if self.rank == 0:
@@ -160,50 +173,21 @@ class Trainer:
                           generator=torch.Generator().manual_seed(self.cfg.run.seed),
                           worker_init_fn=leave_process_group if workers else None)
 
-    def batches(self) -> Iterator[dict[str, Any]]:
-        """Training batches forever, epoch after epoch, from where the state says this rank stopped."""
-        while True:
-            self.train_data.set_epoch(self.state.epoch)
-            self.train_data.set_resume(self.state.positions)
-            produced = False
-            for batch in self._loader(self.train_data, self.collate, self.micro_batch, self.cfg.data.num_workers):
-                produced = True
-                for (stream, index), skipped in zip(batch["positions"], batch["skipped"]):
-                    self.state.positions[stream] = max(self.state.positions.get(stream, 0), index + 1)
-                    self.state.skipped[stream] = max(self.state.skipped.get(stream, 0), skipped)
-                yield batch
-            if not produced and not self.state.positions:
-                raise DataError(f"rank {self.rank} has no training samples (fewer shards than ranks x workers?)")
-            self._report_skips(f"epoch {self.state.epoch}")
-            self.state.skipped_before = getattr(self.state, "skipped_before", 0) + sum(self.state.skipped.values())
-            self.state.epoch += 1
-            self.state.positions, self.state.skipped = {}, {}
-
-    def _report_skips(self, when: str) -> None:
-        count = sum(self.state.skipped.values())
-        if count:
-            print(f"[rank {self.rank}] {when}: {count} training sample(s) skipped this epoch (data.on_error=skip); "
-                  f"reasons: {dict(self.train_data.skips.counts) or 'see worker logs'}")
-
-    def _report_total_skips(self) -> None:
-        samples = getattr(self.state, "skipped_before", 0) + sum(self.state.skipped.values())
-        setup = self.source.skips
-        if samples or setup.total:
-            print(f"[rank {self.rank}] skipped in all (data.on_error=skip): {samples} training sample(s); at set-up: "
-                  f"{dict(setup.counts) or 'nothing'}")
+    def _train_loader(self, part: DataPart) -> DataLoader:
+        return self._loader(part.train, self.collates[part.name], self.micro_batch, self.cfg.data.num_workers)
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The text tensors on the device; the model moves frames itself (it may read them from its cache)."""
         return {**batch, **{k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "labels")}}
 
-    def _eval_batches(self, limit: Optional[int], with_answers: bool) -> Iterator[dict[str, Any]]:
-        """This rank's held-out batches, at most ``limit`` samples."""
-        self.val_data.set_epoch(0)
-        self.val_data.set_resume({})
+    def _eval_batches(self, part: DataPart, limit: Optional[int], with_answers: bool) -> Iterator[dict[str, Any]]:
+        """This rank's held-out batches of one dataset, at most ``limit`` samples."""
+        part.val.set_epoch(0)
+        part.val.set_resume({})
         collate = Collator(self.tokenizer, self.cfg.model.system_prompt, self.cfg.model.max_txt_len,
-                           self.cfg.data.feature_kind, with_answers=with_answers, prompt=self.cfg.model.prompt)
+                           part.data.feature_kind, with_answers=with_answers, prompt=self.cfg.model.prompt)
         seen = 0
-        for batch in self._loader(self.val_data, collate, self.micro_batch, 0):
+        for batch in self._loader(part.val, collate, self.micro_batch, 0):
             if limit is not None and seen >= limit:
                 return
             take = len(batch["frames"]) if limit is None else min(len(batch["frames"]), limit - seen)
@@ -216,7 +200,8 @@ class Trainer:
         """Train to ``train.max_steps`` (or until SIGTERM/SIGINT); returns the last evaluation."""
         cfg = self.cfg.train
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        batches = self.batches()
+        batches = TrainBatches(self.parts, self.state, self._train_loader, self.cfg.run.seed, self.rank)
+        self.batches = batches
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=self.rank != 0 or not self.tty, desc="train",
                    dynamic_ncols=True)
         window = {"loss": 0.0, "micro": 0, "samples": 0, "time": 0.0, "memory": 0.0}
@@ -224,7 +209,7 @@ class Trainer:
         try:
             while self.state.step < cfg.max_steps:
                 start = time.perf_counter()
-                batch = self.to_device(next(batches))
+                batch = self.to_device(batches.next())
                 out = self.engine(batch)  # frame tokens -> streaming memory -> video tokens -> LM loss
                 self.engine.backward(out["loss"])
                 boundary = self.engine.is_gradient_accumulation_boundary()
@@ -281,15 +266,19 @@ class Trainer:
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
 
     def _log_train(self, window: dict[str, float], bar) -> None:
-        loss_sum, micro, samples, seconds, memory = all_reduce_sum(
-            [window["loss"], window["micro"], window["samples"], window["time"], window["memory"]], self.device,
-            what="train logging")
+        names = [part.name for part in self.parts]
+        loss_sum, micro, samples, seconds, memory, *read = all_reduce_sum(
+            [window["loss"], window["micro"], window["samples"], window["time"], window["memory"],
+             *(self.state.samples.get(n, 0) for n in names)], self.device, what="train logging")
         record = {
-            "step": self.state.step, "epoch": self.state.epoch, "loss": loss_sum / max(micro, 1),
+            "step": self.state.step, "loss": loss_sum / max(micro, 1),
             "lr": self.scheduler.get_last_lr()[0], "grad_norm": window.get("grad_norm"),
             "samples_per_s": samples / max(seconds / self.world_size, 1e-9),
             "memory_time_share": memory / max(seconds, 1e-9), "time": time.time(),
+            **{f"data/{n}": int(count) for n, count in zip(names, read)},  # training samples of each dataset so far
         }
+        epochs = {n: self.state.stream(n).epoch for n in names}
+        record.update({"epoch": epochs[names[0]]} if len(names) == 1 else {f"epoch/{n}": e for n, e in epochs.items()})
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
         if self.rank == 0 and not self.tty:
             print(f"step {record['step']}/{self.cfg.train.max_steps}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
@@ -307,7 +296,9 @@ class Trainer:
         """Held-out loss and accuracy (``moviechat.heldout.HeldOutEvaluator``), logged and returned."""
         cfg = self.cfg.train
         self.engine.eval()
-        record = self.evaluator(self.state.step, cfg.eval_samples, cfg.eval_generate, cfg.max_new_tokens)
+        record = combine_records(self.state.step, {
+            name: evaluator(self.state.step, cfg.eval_samples, cfg.eval_generate, cfg.max_new_tokens)
+            for name, evaluator in self.evaluators.items()})
         self.engine.train()
         self._log(record)
         if self.rank == 0:
@@ -328,7 +319,8 @@ class Trainer:
         return path
 
     def _finish(self) -> None:
-        self._report_total_skips()
+        if getattr(self, "batches", None) is not None:
+            self.batches.report_total()
         if self.rank == 0:
             finished = self.state.step >= self.cfg.train.max_steps
             write_status(self.run_dir, "finished" if finished else "stopped", self.state.step, self.cfg.train.max_steps)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from moviechat.data.keys import finite_number
 from moviechat.data.stores import DataError, SkipCounter
@@ -30,6 +30,7 @@ class QA:
     raw: tuple[str, str] = ("", "")  # question and answer exactly as the file writes them (what judges are sent)
     frame: Optional[float] = None  # a breakpoint's ``time`` as written: a frame index of the original video
     num_frame: Optional[int] = None  # ``info.num_frame`` of its video
+    dialog: Optional[Any] = None  # an instruction or caption record (moviechat.data.conversation.Dialog)
 
 
 def video_key(info: dict, path: Path) -> str:

@@ -26,7 +26,15 @@ class Collator:
         self.with_answers = with_answers
 
     def encode(self, sample: Sample) -> tuple[list[int], list[int]]:
-        """Token ids and labels of one sample, truncated to ``max_txt_len`` text tokens."""
+        """Token ids and labels of one sample, truncated to ``max_txt_len`` text tokens (a dialog record comes
+        tokenized by its dataset, at most ``data.max_tokens``)."""
+        if sample.text is not None:
+            if self.format.name != "moviechat":
+                raise ValueError(f"{sample.dataset or 'dataset'}: instruction and caption records use the original's "
+                                 f"'moviechat' text; model.prompt={self.format.name!r} is not supported for them")
+            if self.with_answers:
+                return sample.text.ids, sample.text.labels
+            return sample.text.prompt_ids, [IGNORE_INDEX] * len(sample.text.prompt_ids)
         prompt = self.format.prompt_ids(sample.question)
         if len(prompt) > self.max_txt_len:
             raise ValueError(f"video {sample.video_id}: prompt of {len(prompt)} tokens exceeds "
@@ -64,4 +72,6 @@ class Collator:
             "qtypes": [s.qtype for s in samples],
             "positions": [s.position for s in samples],
             "skipped": [s.skipped for s in samples],
+            "datasets": [s.dataset for s in samples],
+            "truncated": [bool(s.text is not None and s.text.truncated) for s in samples],
         }

@@ -27,7 +27,8 @@ Labels, two ways:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from moviechat.data.keys import DataError
@@ -51,8 +52,43 @@ def frame_message(stamps: Sequence[float]) -> str:
     return f"The video contains {len(stamps)} frames sampled at {', '.join(str(round(t, 1)) for t in stamps)} seconds. "
 
 
+@dataclass(frozen=True)
+class Dialog:
+    """One training record's text, before the frames are known: ``videochat`` (the video and its frame message
+    go before the first question), ``llava`` (``<image>`` already replaced) or ``caption`` (one assistant turn,
+    the caption; ``prompt`` the drawn caption prompt around ``<ImageHere>``, empty for none)."""
+
+    kind: str
+    turns: tuple[Turn, ...]
+    prompt: str = ""
+    where: str = ""  # the annotation file and record, for messages
+
+    def texts(self) -> list[str]:
+        return [t.text for t in self.turns] + ([self.prompt] if self.prompt else [])
+
+    @property
+    def question(self) -> str:
+        """The last question: what held-out generation asks (with the turns before it)."""
+        return next((t.text for t in reversed(self.turns) if t.role == "human"), "")
+
+    @property
+    def answer(self) -> str:
+        """The last answer: what held-out generation is scored against."""
+        return next(t.text for t in reversed(self.turns) if t.role == "gpt")
+
+
+# Every piece of markup a conversation's text can hold, for a word tokenizer's vocabulary (tiny models).
+MARKUP_TEXTS = [HEADER + "###Human: <Video> </Video> ###Assistant: <Image> /<Image>\n###",
+                frame_message([0.5, 1.0]), " ".join(str(i) for i in range(100))]
+
+
 def videochat_turns(record: Any, stamps: Sequence[float], where: str, images: int = 1) -> list[Turn]:
     """A VideoChat-instruct record's turns, the video and its frame message before the first question."""
+    return with_video(videochat_dialog(record, where).turns, stamps, images)
+
+
+def videochat_dialog(record: Any, where: str) -> Dialog:
+    """A VideoChat-instruct record (``{"video", "QA": [{"q", "a"}, ...]}``) as a dialog."""
     qa = record.get("QA") if isinstance(record, dict) else None
     if not isinstance(qa, list) or not qa:
         raise DataError(f"{where}: 'QA' must be a non-empty list of {{q, a}}")
@@ -63,12 +99,23 @@ def videochat_turns(record: Any, stamps: Sequence[float], where: str, images: in
         if "<image>" in pair["q"] + pair["a"]:
             raise DataError(f"{where}: QA[{i}] holds '<image>' in a video record")
         turns += [Turn("human", pair["q"]), Turn("gpt", pair["a"])]
+    return Dialog("videochat", tuple(turns), where=where)
+
+
+def with_video(turns: Sequence[Turn], stamps: Sequence[float], images: int = 1) -> list[Turn]:
+    """The video and its frame message before the first question (``preprocess_multimodal``)."""
     video = "<Video>" + IMAGE * images + "</Video> " + frame_message(stamps)
-    return [Turn("human", video + turns[0].text)] + turns[1:]
+    return [Turn("human", video + turns[0].text)] + list(turns[1:])
 
 
 def llava_turns(record: Any, where: str, images: int = 1) -> list[Turn]:
     """A LLaVA-instruct record's turns, ``<image>`` replaced as the original does."""
+    return list(llava_dialog(record, where, images).turns)
+
+
+def llava_dialog(record: Any, where: str, images: int = 1) -> Dialog:
+    """A LLaVA-instruct record (``{"image", "conversations": [{"from", "value"}, ...]}``) as a dialog: exactly
+    one ``<image>``, in a human turn; every turn human or gpt."""
     conversation = record.get("conversations") if isinstance(record, dict) else None
     if not isinstance(conversation, list) or not conversation:
         raise DataError(f"{where}: 'conversations' must be a non-empty list")
@@ -79,7 +126,17 @@ def llava_turns(record: Any, where: str, images: int = 1) -> list[Turn]:
             raise DataError(f"{where}: conversations[{i}]: 'from' must be 'human' or 'gpt' with a text 'value', "
                             f"got {sentence!r}")
         turns.append(Turn(role, sentence["value"].replace("<image>", "<Image>" + IMAGE * images + "/<Image>")))
-    return turns
+    marks = sum(s["value"].count("<image>") for s in conversation)
+    if marks != 1 or "<image>" not in "".join(s["value"] for s in conversation if s["from"] == "human"):
+        raise DataError(f"{where}: a LLaVA conversation needs exactly one '<image>', in a human turn; found {marks}")
+    return Dialog("llava", tuple(turns), where=where)
+
+
+def caption_dialog(caption: Any, where: str) -> Dialog:
+    """An image or video caption (webvid, cc_sbu_align, laion): the caption is the one thing learned."""
+    if not isinstance(caption, str) or not caption.strip():
+        raise DataError(f"{where}: the caption must be a non-empty text, got {caption!r}")
+    return Dialog("caption", (Turn("gpt", caption.strip()),), where=where)
 
 
 def sentences(turns: Sequence[Turn]) -> list[str]:
@@ -172,12 +229,115 @@ def preview_record(turns: Sequence[Turn], tokenizer, labels: str = "original", m
                    where: str = "record") -> dict[str, Any]:
     """What the model sees of one record: ids, labels (-100 masked) and the text with supervised spans in [[ ]]."""
     ids, target, truncated = tokenize(turns, tokenizer, labels, max_tokens, where)
-    runs: list[tuple[bool, list[int]]] = []  # decoded run by run: a character split over tokens stays whole
-    for i, label in zip(ids, target):
-        supervised = label != IGNORE_INDEX
-        if not runs or runs[-1][0] != supervised:
-            runs.append((supervised, []))
-        runs[-1][1].append(i)
-    text = "".join(f"[[{tokenizer.decode(r)}]]" if on else tokenizer.decode(r) for on, r in runs)
-    return {"input_ids": ids, "labels": target, "truncated": truncated, "text": text}
+    return {"input_ids": ids, "labels": target, "truncated": truncated, "text": marked_text(ids, target, tokenizer)}
 
+
+def marked_text(ids: Sequence[int], labels: Sequence[int], tokenizer) -> str:
+    """The decoded text with every supervised run in ``[[ ]]`` (decoded run by run: a character split over
+    tokens stays whole)."""
+    runs: list[tuple[bool, list[int]]] = []
+    for i, label in zip(ids, labels):
+        on = label != IGNORE_INDEX
+        if not runs or runs[-1][0] != on:
+            runs.append((on, []))
+        runs[-1][1].append(i)
+    return "".join(f"[[{tokenizer.decode(r)}]]" if on else tokenizer.decode(r) for on, r in runs)
+
+
+def blip_caption(text: str, max_words: int = 50) -> str:
+    """BLIP's caption cleaning (the original's ``blip_caption`` text processor, used by webvid and laion):
+    lower case, ``.!"()*#:;~`` to spaces, runs of whitespace to one space, at most ``max_words`` words."""
+    text = re.sub(r"\s{2,}", " ", re.sub(r"([.!\"()*#:;~])", " ", text.lower())).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else text
+
+
+# ------------------------------------------------------------------------------- a record -> tokens
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """What turns a dialog into tokens (``data.conversation`` and ``data.max_tokens``)."""
+
+    labels: str = "original"
+    max_tokens: int = 512
+    end_sym: str = "###"
+
+
+def dialog_turns(dialog: Dialog, stamps: Sequence[float]) -> list[Turn]:
+    """The turns the model reads: a VideoChat record gets its video and frame message here."""
+    return with_video(dialog.turns, stamps) if dialog.kind == "videochat" else list(dialog.turns)
+
+
+def encode_dialog(dialog: Dialog, stamps: Sequence[float], tokenizer, settings: TextSettings,
+                  where: str = "record") -> tuple[list[int], list[int], bool]:
+    """(input ids with one ``<ImageHere>``, labels, truncated) of a record for training."""
+    if dialog.kind == "caption":
+        return _caption_ids(dialog, tokenizer, settings, with_answer=True)
+    return tokenize(dialog_turns(dialog, stamps), tokenizer, settings.labels, settings.max_tokens, where)
+
+
+def dialog_prompt_ids(dialog: Dialog, stamps: Sequence[float], tokenizer, settings: TextSettings) -> list[int]:
+    """The ids that ask for the last answer: the turns before it and ``###Assistant:`` (the model then writes
+    `` {answer}\\n###``), or a caption's prefix up to where the caption starts."""
+    if dialog.kind == "caption":
+        return _caption_ids(dialog, tokenizer, settings, with_answer=False)[0]
+    turns = dialog_turns(dialog, stamps)
+    last = max(i for i, t in enumerate(turns) if t.role == "gpt")
+    text = HEADER + "".join(sentences(turns[:last])) + f"###{ROLES['gpt']}:"
+    return list(tokenizer(text).input_ids)
+
+
+def _caption_ids(dialog: Dialog, tokenizer, settings: TextSettings, with_answer: bool) -> tuple[list[int], list[int], bool]:
+    """As the original's caption path: BOS, the prompt's text before and after the video (if a prompt was
+    drawn), then the caption and ``end_sym`` (at most ``max_tokens`` tokens, no special tokens), which alone
+    is learned."""
+    before, after = dialog.prompt.split(IMAGE) if dialog.prompt else ("", "")
+    piece = lambda text: list(tokenizer(text, add_special_tokens=False).input_ids) if text else []  # noqa: E731
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prefix = bos + piece(before) + [tokenizer.convert_tokens_to_ids(IMAGE)] + piece(after)
+    if not with_answer:
+        return prefix, [IGNORE_INDEX] * len(prefix), False
+    full = piece(dialog.answer + settings.end_sym)
+    caption = full[: settings.max_tokens]
+    return prefix + caption, [IGNORE_INDEX] * len(prefix) + caption, len(full) > len(caption)
+
+
+def with_caption_prompt(dialog: Dialog, prompts: Sequence[str], template: str, rng) -> Dialog:
+    """A caption dialog with one prompt drawn (``rng``) and written into ``template``; unchanged without prompts."""
+    if dialog.kind != "caption" or not prompts:
+        return dialog
+    return replace(dialog, prompt=template.format(rng.choice(list(prompts))))
+
+
+def read_prompts(path: str) -> list[str]:
+    """A prompt file as the original reads it: one per line, only the lines holding ``<ImageHere>``."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as e:
+        raise DataError(f"data.conversation.caption_prompts_file: cannot read {path}: {e}") from None
+    prompts = [line for line in lines if IMAGE in line]
+    if not prompts:
+        raise DataError(f"{path}: no line holds {IMAGE} (data.conversation.caption_prompts_file)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """A record's tokens: for training (``ids``, ``labels``) and for asking its last question (``prompt_ids``)."""
+
+    ids: list[int]
+    labels: list[int]
+    prompt_ids: list[int]
+    truncated: bool
+
+
+class DialogEncoder:
+    """Records -> tokens with one tokenizer and settings (run where the frames are sampled: the data workers)."""
+
+    def __init__(self, tokenizer, settings: TextSettings):
+        self.tokenizer, self.settings = tokenizer, settings
+
+    def __call__(self, dialog: Dialog, stamps: Sequence[float]) -> EncodedText:
+        ids, labels, truncated = encode_dialog(dialog, stamps, self.tokenizer, self.settings, dialog.where)
+        return EncodedText(ids, labels, dialog_prompt_ids(dialog, stamps, self.tokenizer, self.settings), truncated)

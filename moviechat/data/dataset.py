@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torch import Tensor
 
 from moviechat.data.annotations import QA
+from moviechat.data.conversation import MARKUP_TEXTS, Dialog, DialogEncoder, EncodedText, with_caption_prompt
 from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, PreprocessCheck, validate_features
 
@@ -36,6 +37,10 @@ class Sample:
     source: str = ""  # the shard or file the features came from
     position: tuple[int, int] = (0, 0)  # (data stream, index in that stream): where to resume
     skipped: int = 0  # samples the producing stream had skipped so far (data.on_error=skip)
+    dialog: Optional[Dialog] = None  # an instruction or caption record: its turns are the text (else question/answer)
+    stamps: tuple[float, ...] = ()  # seconds of the sampled frames (a VideoChat record's frame message)
+    dataset: str = ""  # the dataset it came from (a mixture's entry name)
+    text: Optional[EncodedText] = None  # a dialog's tokens
 
 
 @dataclass
@@ -50,15 +55,18 @@ class VideoQASource:
     skips: SkipCounter = field(default_factory=SkipCounter)  # annotation entries, files and videos left out
 
     def texts(self) -> list[str]:
-        """All questions and answers (to build a tiny model's word tokenizer)."""
-        return [t for qas in self.qas.values() for qa in qas for t in (qa.question, qa.answer)]
+        """All questions, answers and conversation turns (to build a tiny model's word tokenizer)."""
+        out = [t for qas in self.qas.values() for qa in qas for t in (qa.question, qa.answer)]
+        dialogs = [qa.dialog for qas in self.qas.values() for qa in qas if qa.dialog is not None]
+        return out + [t for d in dialogs for t in d.texts()] + (MARKUP_TEXTS if dialogs else [])
 
 
 class VideoQADataset(IterableDataset):
     def __init__(self, store, qas: dict[str, list[QA]], keys: set[str], *, feature_kind: str,
                  token_shape: tuple[int, int], sampling: FrameSampling, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise",
-                 mode_keep: Optional[dict[str, float]] = None, preprocess: Optional[str] = None):
+                 mode_keep: Optional[dict[str, float]] = None, preprocess: Optional[str] = None, name: str = "",
+                 caption_prompts: Sequence[str] = (), caption_template: str = "{}"):
         self.store = store
         self.qas = qas
         self.keys = keys
@@ -72,9 +80,16 @@ class VideoQADataset(IterableDataset):
         self.on_error = on_error
         self.mode_keep = mode_keep or {}  # probability of keeping a question of each mode
         self.check_preprocess = PreprocessCheck(preprocess)
+        self.name = name
+        self.encoder: Optional[DialogEncoder] = None  # set once the tokenizer exists (set_encoder)
+        self.caption_prompts, self.caption_template = list(caption_prompts), caption_template
         self.epoch = 0
         self.resume: dict[int, int] = {}
         self.skips = SkipCounter()
+
+    def set_encoder(self, encoder: DialogEncoder) -> None:
+        """How dialog records become tokens; a record that cannot (a cut first answer) is then a bad sample."""
+        self.encoder = encoder
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -127,9 +142,28 @@ class VideoQADataset(IterableDataset):
             time = None
             if qa.mode == "breakpoint":
                 time = frame_at(qa.seconds, stamps, video.key, video.source, video.meta.get("duration"))
-            out.append(Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype, video.source))
+            dialog, text = None, None
+            if qa.dialog is not None:
+                dialog = with_caption_prompt(qa.dialog, self.caption_prompts, self.caption_template, rng)
+                text = self._encode(dialog, stamps, video.source)
+                if text is None:
+                    continue
+            out.append(Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype, video.source,
+                              dialog=dialog, stamps=tuple(stamps), dataset=self.name, text=text))
         rng.shuffle(out)
         return out
+
+    def _encode(self, dialog: Dialog, stamps: list[float], source: str) -> Optional[EncodedText]:
+        """A record's tokens; one that cannot be learned raises, or (``on_error=skip``) is counted and None."""
+        if self.encoder is None:
+            raise DataError(f"{self.name or 'dataset'}: instruction records need a tokenizer (set_encoder) first")
+        try:
+            return self.encoder(dialog, stamps)
+        except DataError as e:
+            if self.on_error != "skip":
+                raise DataError(f"{source}: {e}") from None
+            self.skips.add("record that cannot be learned", str(e))
+            return None
 
     def _shuffled(self, samples: Iterator[Sample], rng: random.Random) -> Iterator[Sample]:
         """A seeded shuffle buffer (so questions of one video spread over batches)."""

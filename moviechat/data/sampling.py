@@ -72,4 +72,6 @@ class FrameSampling:
         return cls(memory.num_frames, memory.fragments, memory.fragment)
 
     def __call__(self, timestamps: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+        if len(timestamps) == 1:  # an image: one frame through the memory, not repeated to fill fragments
+            return np.zeros(1, dtype=np.int64), [float(timestamps[0])]
         return sample_frames(timestamps, self.num_frames, self.fragments, self.fragment_frames)

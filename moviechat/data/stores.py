@@ -15,7 +15,7 @@ import json
 import random
 import tarfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -192,6 +192,7 @@ def write_folder(videos: Sequence[VideoFeatures], folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for video in videos:
+        (folder / video.key).parent.mkdir(parents=True, exist_ok=True)
         np.save(folder / f"{video.key}.npy", video.feats, allow_pickle=False)
         (folder / f"{video.key}.json").write_text(json.dumps(video.meta))
 
@@ -319,17 +320,24 @@ class FolderStore:
     @property
     def units(self) -> int:
         """How many pieces the store splits over data streams (files)."""
-        return len(list(self.folder.glob("*.npy")))
+        return len(self._files())
+
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.rglob("*.npy"))
+
+    def key_of(self, path: Path) -> str:
+        """A file's key: its path below the folder without ``.npy`` / ``.feats.npy`` (``cook/v0.npy`` -> ``cook/v0``)."""
+        return (path.parent.relative_to(self.folder) / npy_key(path)).as_posix()
 
     def keys(self) -> dict[str, str]:
-        return {p.stem: str(p) for p in sorted(self.folder.glob("*.npy"))}
+        return {self.key_of(p): str(p) for p in self._files()}
 
     def videos(self, stream: int, num_streams: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
-        files = sorted(self.folder.glob("*.npy"))
+        files = self._files()
         random.Random(seed).shuffle(files)
         for path in assign(files, stream, num_streams):
             try:
-                yield read_npy_video(path, self.kind, self.fps)
+                yield replace(read_npy_video(path, self.kind, self.fps), key=self.key_of(path))
             except DataError as e:
                 if self.on_error != "skip":
                     raise

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from moviechat.atomic import atomic_path
-from moviechat.config import SyntheticConfig
+from moviechat.data_config import SyntheticConfig
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.stores import VideoFeatures, default_meta, write_shards
 

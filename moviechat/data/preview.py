@@ -1,0 +1,105 @@
+"""One record as the model sees it: check a new data set before spending GPU hours on it.
+
+    python -m moviechat.data.preview --cfg configs/experiments/X.yaml [key=value ...] --index N [--dataset NAME] [--text]
+
+Prints one JSON line ``{"dataset", "key", "frames", "input_ids", "labels", "text"}``: the N-th record of the
+annotation file (file order, before any split or shuffle; for MovieChat-1K style sets, the N-th question of
+the sorted files), its frames as sampled for the memory, its input ids with one ``<ImageHere>`` id where the
+video tokens go and its labels (-100 where masked). With ``--text`` the text shows the supervised spans in
+``[[ ]]``, and is printed again after the JSON line for reading. A mixture needs ``--dataset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from moviechat.cli import run_cli, stop_if_only_checking
+from moviechat.config import Config, load_config
+from moviechat.data.annotations import QA
+from moviechat.data.builders import DataPart, build_parts
+from moviechat.data.collator import Collator
+from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text, with_caption_prompt
+from moviechat.data.dataset import Sample
+from moviechat.data.instruct import READERS
+from moviechat.data.keys import DataError
+from moviechat.data.sampling import frame_at
+from moviechat.data.stores import ShardStore, VideoFeatures, read_npy_video, read_shard_video
+from moviechat.tokenizers import run_tokenizer
+
+
+def record_at(part: DataPart, builder: str, index: int) -> tuple[str, QA]:
+    """The index-th record of a dataset in file order: (feature key, its QA)."""
+    if builder in READERS:
+        records = READERS[builder](Path(part.data.annotations))
+        qas = [(r.key, QA(r.dialog.question, r.dialog.answer, "global", dialog=r.dialog)) for r in records]
+    else:
+        qas = [(key, qa) for key, items in part.source.qas.items() for qa in items]
+    if not 0 <= index < len(qas):
+        raise DataError(f"--index {index}: {part.name} has {len(qas)} record(s) (0 to {len(qas) - 1})")
+    return qas[index]
+
+
+def read_features(store, key: str) -> VideoFeatures:
+    where = store.keys().get(key)
+    if where is None:
+        raise DataError(f"record's key {key!r} has no features in the store")
+    return read_shard_video(where, key) if isinstance(store, ShardStore) else read_npy_video(where, store.kind, store.fps)
+
+
+def preview(cfg: Config, index: int, dataset: Optional[str] = None, marked: bool = False) -> dict[str, Any]:
+    parts = build_parts(cfg)
+    names = [p.name for p in parts]
+    if dataset is None and len(parts) > 1:
+        raise DataError(f"the config mixes {', '.join(names)}: choose one with --dataset")
+    part = parts[names.index(dataset)] if dataset in names else parts[0]
+    if dataset is not None and dataset not in names:
+        raise DataError(f"--dataset {dataset!r} is not in the config's datasets: {', '.join(names)}")
+    builder = next(p.builder for p in cfg.data.parts() if p.name == part.name)
+    tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, [t for p in parts for t in p.source.texts()])
+    key, qa = record_at(part, builder, index)
+    video = read_features(part.source.store, key)
+    chosen, stamps = part.train.sampling(video.meta["timestamps"])
+    frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
+    sample = Sample(key, frames, qa.question, qa.answer, qa.mode, None, qa.qtype, video.source, dataset=part.name)
+    if qa.dialog is not None:
+        dialog = with_caption_prompt(qa.dialog, part.train.caption_prompts, part.train.caption_template,
+                                     random.Random(f"{cfg.run.seed}:{key}"))
+        conv = part.data.conversation
+        encoder = DialogEncoder(tokenizer, TextSettings(conv.labels, part.data.max_tokens, conv.end_sym))
+        sample = replace(sample, dialog=dialog, stamps=tuple(stamps), text=encoder(dialog, stamps))
+    elif qa.mode == "breakpoint":
+        sample = replace(sample, time=frame_at(qa.seconds, stamps, key, video.source))
+    ids, labels = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, part.data.feature_kind,
+                           prompt=cfg.model.prompt).encode(sample)
+    return {"dataset": part.name, "key": key, "frames": int(frames.shape[0]), "input_ids": list(ids),
+            "labels": list(labels), "text": marked_text(ids, labels, tokenizer) if marked else tokenizer.decode(ids)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", required=True, help="an experiment or dataset config")
+    p.add_argument("--index", type=int, required=True, help="the record's index in its annotation file (from 0)")
+    p.add_argument("--dataset", help="which dataset of a mixture (its name under data.mixture)")
+    p.add_argument("--text", action="store_true", help="mark the supervised spans [[ ]] and print the text again")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides (data.annotations=...)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.cfg, args.overrides)
+    stop_if_only_checking()
+    out = preview(cfg, args.index, args.dataset, args.text)
+    print(json.dumps(out, ensure_ascii=False))
+    if args.text:
+        print(out["text"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
