@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test sweep bench-memory smollm2 clean-venv
+.PHONY: train train-mixture test sweep bench-memory smollm2 clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,11 @@ $(VENV)/.installed: pyproject.toml
 
 train: $(VENV)/.installed
 	$(BIN)/python train.py --cfg configs/experiments/tiny_synthetic.yaml
+
+# Video-LLaMA's stage-2 mixture in miniature: a generated instruction set (written once), then the tiny model on it
+train-mixture: $(VENV)/.installed
+	$(BIN)/python data_pipelines/make_synthetic_instruct.py --cfg configs/experiments/tiny_instruct_mixture.yaml --out data/synthetic_instruct
+	$(BIN)/python train.py --cfg configs/experiments/tiny_instruct_mixture.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -1,7 +1,12 @@
-"""Video files -> EVA ViT-g features (fp16 [T, 257, 1408]) in tar shards; optionally frame tokens.
+"""Video and image files -> EVA ViT-g features (fp16 [T, 257, 1408]) in tar shards; optionally frame tokens.
 
     python data_pipelines/extract_features.py --cfg configs/experiments/X.yaml --videos DIR --out OUT \
         [--fps 1 | --num-frames 256] [--frame-tokens] [--batch-size 64] [--shard-size 16]
+
+Every video and image below DIR is read, sub-folders too; a file's key is its path below DIR without its
+extension (``cook/v0.mp4`` -> ``cook/v0``), as the annotations of every dataset name it. An image is a video
+of one frame (at 0 s), resized and normalised as the original's image eval processor does (the training
+processor's random crop and flip do not apply to features computed once).
 
 EVA features are the ViT's block outputs before ``ln_vision`` (the MovieChat-1K release's convention).
 Weights come from the config: ``model.vision.weights`` (``eva_vit_g.pth`` as released, or a LAVIS BLIP-2
@@ -25,7 +30,7 @@ from tqdm import tqdm
 from moviechat.cli import stop_if_only_checking
 from moviechat.config import load_config
 from moviechat.data.stores import DataError, VideoFeatures, feature_meta, write_shards
-from moviechat.data.video import read_frames
+from moviechat.data.video import IMAGE_SUFFIXES, read_frames, read_image
 from moviechat.features import load_encoder
 from moviechat.models.vision import PREPROCESSING
 
@@ -37,10 +42,23 @@ def done_keys(out: Path) -> set[str]:
     return {json.loads(line)["key"] for line in index.read_text().splitlines() if line.strip()} if index.is_file() else set()
 
 
+def media_files(src: Path) -> list[Path]:
+    """The videos and images below ``src`` (or ``src`` itself), sorted."""
+    if not src.is_dir():
+        return [src]
+    return sorted(f for f in src.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+
+
+def file_key(path: Path, src: Path) -> str:
+    """A file's feature key: its path below ``src`` without the extension (the name alone for one file)."""
+    rel = path.relative_to(src) if src.is_dir() else Path(path.name)
+    return rel.with_suffix("").as_posix()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", required=True)
-    p.add_argument("--videos", required=True, help="a folder of video files, or one file")
+    p.add_argument("--videos", required=True, help="a folder of video and image files (sub-folders too), or one file")
     p.add_argument("--out", required=True)
     p.add_argument("--fps", type=float)
     p.add_argument("--num-frames", type=int)
@@ -56,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     src, out = Path(args.videos), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = sorted(f for f in src.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES) if src.is_dir() else [src]
+    files = media_files(src)
     done = done_keys(out)
-    todo = [f for f in files if f.stem not in done]
-    print(f"{len(files)} videos, {len(files) - len(todo)} already done, {len(todo)} to extract")
+    todo = [f for f in files if file_key(f, src) not in done]
+    print(f"{len(files)} videos/images, {len(files) - len(todo)} already done, {len(todo)} to extract")
     preprocess = args.preprocess or cfg.model.vision.preprocess
     encoder = load_encoder(cfg, args.frame_tokens, device, preprocess)
     kind = "tokens" if args.frame_tokens else "eva"
@@ -76,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     def extracted():
         for f in tqdm(todo, desc="videos", dynamic_ncols=True):
             try:
-                frames, stamps, duration = read_frames(f, args.fps, args.num_frames)
+                image = f.suffix.lower() in IMAGE_SUFFIXES
+                frames, stamps, duration = read_image(f) if image else read_frames(f, args.fps, args.num_frames)
             except DataError as e:
                 failures.append({"video": str(f), "error": str(e)})
                 continue
             feats = encoder(frames, args.batch_size, device).numpy()
             fps = len(stamps) / duration if duration else 0.0
             meta = feature_meta(kind, stamps, duration, fps, preprocess, video=str(f))
-            yield VideoFeatures(f.stem, feats, meta, str(f))
+            yield VideoFeatures(file_key(f, src), feats, meta, str(f))
 
     pattern = str(out / f"part-{time.strftime('%Y%m%d%H%M%S')}-%05d.tar")
     shards = write_shards(extracted(), pattern, args.shard_size, on_shard=index_shard)

@@ -2,10 +2,14 @@
 SmolLM2 tokenizer. The expected texts and supervised spans are worked out by hand from the original's
 preprocess (checked once against that code itself: equal ids and labels for both record kinds)."""
 
+import random
+
 import pytest
 
-from moviechat.data.conversation import (IGNORE_INDEX, IMAGE, conversation_text, llava_turns, preview_record,
-                                         tokenize, videochat_turns)
+from moviechat.data.conversation import (IGNORE_INDEX, IMAGE, TextSettings, blip_caption, caption_dialog,
+                                         conversation_text, dialog_prompt_ids, encode_dialog, llava_turns,
+                                         preview_record, tokenize, videochat_dialog, videochat_turns,
+                                         with_caption_prompt)
 from moviechat.data.keys import DataError
 from test_real_llm import cfg, smollm2, tokenizer  # noqa: F401  (session fixtures: the real tokenizer)
 
@@ -72,3 +76,37 @@ def test_truncation_is_said_and_a_cut_first_answer_is_refused(tokenizer):  # noq
 def test_bad_records_are_named(record, make, message):
     with pytest.raises(DataError, match=message):
         videochat_turns(record, [0.0], "ann.json[3]") if make == "videochat" else llava_turns(record, "ann.json[3]")
+
+
+def test_a_caption_pair_is_bos_video_then_the_caption_and_end_sym(tokenizer):  # noqa: F811
+    """The original's caption path: BOS, the video (no prompt in stage 1), then ``caption + end_sym`` tokenized
+    without special tokens, which alone is learned; a drawn prompt wraps the video and is not learned."""
+    dialog = caption_dialog("Ein Hund läuft.\nSchnell", "c")
+    settings = TextSettings("original", 512, "###")
+    ids, labels, truncated = encode_dialog(dialog, [0.0], tokenizer, settings)
+    caption = tokenizer("Ein Hund läuft.\nSchnell###", add_special_tokens=False).input_ids
+    image = tokenizer.convert_tokens_to_ids(IMAGE)
+    assert ids == [tokenizer.bos_token_id, image, *caption] and labels == [IGNORE_INDEX, IGNORE_INDEX, *caption]
+    assert not truncated and dialog_prompt_ids(dialog, [0.0], tokenizer, settings) == ids[:2]
+    prompted = with_caption_prompt(dialog, ["<Image><ImageHere></Image> Describe it."], "###Human: {} ###Assistant: ",
+                                   random.Random(0))
+    ids, labels, _ = encode_dialog(prompted, [0.0], tokenizer, settings)
+    assert tokenizer.decode(ids[:ids.index(image)]) == tokenizer.bos_token + "###Human: <Image>"
+    assert supervised(tokenizer, ids, labels) == "Ein Hund läuft.\nSchnell###"
+    short, _, cut = encode_dialog(dialog, [0.0], tokenizer, TextSettings("original", 8, "###"))
+    assert cut and len(short) == 2 + 8
+
+
+def test_a_videochat_question_is_asked_with_the_turns_before_it(tokenizer):  # noqa: F811
+    """Held-out generation asks the last question after the earlier turns, as the training text writes them."""
+    dialog = videochat_dialog(VIDEOCHAT, "v")
+    settings = TextSettings("answers", 512, "###")
+    ids, _, _ = encode_dialog(dialog, [0.0], tokenizer, settings)
+    prompt = dialog_prompt_ids(dialog, [0.0], tokenizer, settings)
+    assert tokenizer.decode(prompt).endswith("then it stops.\n###Human: Colour?\n###Assistant:".replace("then", "Then"))
+    assert ids[:len(prompt)] == prompt and dialog.answer == "Brown — ünïcode"
+
+
+def test_blip_caption_cleaning_is_the_originals():
+    assert blip_caption("  A Dog (brown)... runs!  Fast;  ") == "a dog brown runs fast"
+    assert blip_caption(" ".join(["w"] * 60)) == " ".join(["w"] * 50)

@@ -91,6 +91,31 @@ def test_extract_features_writes_shards_the_dataset_reads_and_resumes(tmp_path, 
     assert video.meta["preprocess"] == "moviechat1k_train"
 
 
+def test_extract_features_reads_images_as_one_frame_and_keeps_sub_folders(tmp_path, tiny_cfg, capsys):
+    from PIL import Image
+
+    media = tmp_path / "media"
+    (media / "coco" / "train2014").mkdir(parents=True)
+    (media / "cook").mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(media / "coco" / "train2014" / "img_1.jpg")
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(media / "gray.png")  # converted to RGB
+    (media / "coco" / "bad.jpg").write_bytes(b"not an image")
+    write_video(media / "cook" / "v0.mp4")
+    extract = load_script("extract_features")
+    out = tmp_path / "tokens"
+    args = ["--cfg", str(TINY), "--videos", str(media), "--out", str(out), "--fps", "2", "--frame-tokens"]
+    assert extract.main(args) == 0
+    assert "done: 3 extracted into 1 shard(s), 1 failed" in capsys.readouterr().out
+    read = {x.key: x for x in ShardStore(sorted(str(p) for p in out.glob("*.tar"))).videos(0, 1, 0, SkipCounter())}
+    assert sorted(read) == ["coco/train2014/img_1", "cook/v0", "gray"]  # the annotations' paths without extension
+    image = read["coco/train2014/img_1"]
+    assert image.feats.shape[0] == 1 and image.meta["timestamps"] == [0.0] and image.meta["duration"] == 0.0
+    assert read["cook/v0"].feats.shape[0] > 1
+    assert "bad.jpg: cannot read image" in (out / "failures.jsonl").read_text()
+    assert extract.main(args) == 0 and "3 already done, 1 to extract" in capsys.readouterr().out
+
+
 def h5_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
