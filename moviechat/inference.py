@@ -2,6 +2,7 @@
 
     python -m moviechat.inference RUN --features video.npy --question "what color is the first scene"
     python -m moviechat.inference RUN --features video.npy --question "..." --time 42.5       # breakpoint (s)
+    python -m moviechat.inference RUN --features video.npy --question "q1" --question "q2"    # a chat
     python -m moviechat.inference RUN --video-file clip.mp4 --fps 1 --question "..."           # via EVA
     python -m moviechat.inference RUN --questions q.jsonl --features-dir DIR --out preds.jsonl  # batch
     python -m moviechat.inference RUN --questions q.jsonl --shards 'data/*.tar' --out preds.jsonl
@@ -31,6 +32,7 @@ import torch
 from moviechat.cli import run_cli, stop_if_only_checking
 from moviechat.batch_answering import (FeatureLookup, VideoFileLookup, answer_file, load_features,
                                        questions_from_annotations, SPLITS)
+from moviechat.data.conversation import Dialog, TextSettings, Turn, dialog_prompt_ids
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
 from moviechat.data.stores import DataError, PreprocessCheck
 from moviechat.memory import StreamingMemory
@@ -197,6 +199,36 @@ class Answerer:
         return replies
 
 
+    @torch.no_grad()
+    def converse(self, feats: np.ndarray, meta: dict, questions: list[str], key: str = "video",
+                 style: str = "moviechat") -> list[dict]:
+        """A chat on the global memory: each question is asked after the earlier questions and the model's own
+        answers. ``style``: ``moviechat`` (the run's prompt format, MovieChat's ``Chat``) or ``instruct`` (the
+        text of Video-LLaMA's instruction data, frame message included: what a stage-2 model was trained on)."""
+        if style not in CHAT_STYLES:
+            raise ValueError(f"style={style!r} must be one of {CHAT_STYLES}")
+        tokens, stamps = self.frame_tokens(feats, meta, key)
+        read = self.memory_reads(tokens, stamps, meta, [(questions[0], None)], key)[0]
+        history: list[tuple[str, str]] = []
+        results = []
+        for question in questions:
+            prompt = (self.prompt.prompt_ids(question, history) if style == "moviechat"
+                      else instruct_prompt_ids(question, history, stamps, self.tokenizer))
+            ids = self.model.answer_many([read.memory], [prompt], self.max_new_tokens, self.stop, [read.n_position])[0]
+            results.append(self._result(ids, read))
+            history.append((question, results[-1]["prediction"]))
+        return results
+
+
+CHAT_STYLES = ("moviechat", "instruct")
+
+
+def instruct_prompt_ids(question: str, history: list[tuple[str, str]], stamps: list[float], tokenizer) -> list[int]:
+    """The ids asking ``question`` after ``history`` in the instruction data's text (moviechat.data.conversation)."""
+    turns = [Turn(role, text) for q, a in [*history, (question, "")] for role, text in (("human", q), ("gpt", a))]
+    return dialog_prompt_ids(Dialog("videochat", tuple(turns)), stamps, tokenizer, TextSettings())
+
+
 MOVIECHAT_FRAGMENTS, MOVIECHAT_FRAGMENT_FRAMES = 128, 8  # MovieChat's MovieChat-1K inference
 
 
@@ -219,7 +251,10 @@ def features_of_video_file(cfg, path: str | Path, fps: Optional[float]) -> tuple
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
-    p.add_argument("--question")
+    p.add_argument("--question", action="append",
+                   help="a question; several make a chat, each asked after the earlier ones and their answers")
+    p.add_argument("--chat-style", choices=CHAT_STYLES, default="moviechat",
+                   help="a chat's text: the run's prompt format (MovieChat's Chat) or the instruction data's (stage 2)")
     p.add_argument("--time", type=float, help="breakpoint time in seconds (omit for global mode)")
     p.add_argument("--features", help="a <key>.npy or <key>.feats.npy file (EVA features or frame tokens), its "
                                        "<key>.json beside it (tar -xf SHARD KEY.feats.npy KEY.json takes both out of a shard)")
@@ -291,8 +326,16 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         feats, meta = features_of_video_file(answerer.cfg, args.video_file, args.fps)
     else:
         feats, meta = load_features(args.features, args.kind, warn=True)
-    result = answerer.answer(feats, meta, args.question, args.time, str(args.features or args.video_file))
-    print(json.dumps({"question": args.question, "time": args.time, **result}))
+    key = str(args.features or args.video_file)
+    if len(args.question) == 1 and args.chat_style == "moviechat":
+        result = answerer.answer(feats, meta, args.question[0], args.time, key)
+        print(json.dumps({"question": args.question[0], "time": args.time, **result}))
+        return 0
+    if args.time is not None:
+        p.error("a chat (several --question, or --chat-style instruct) is asked on the global memory: drop --time")
+    for turn, (question, result) in enumerate(zip(args.question, answerer.converse(feats, meta, args.question, key,
+                                                                                 args.chat_style))):
+        print(json.dumps({"turn": turn, "question": question, **result}))
     return 0
 
 

@@ -4,7 +4,9 @@
 {question}###Assistant:``, then `` {answer}###``. ``chat`` is the tokenizer's own chat template (system
 turn, then the user turn ``<Video><ImageHere></Video> {question}``, then the assistant turn), the answer
 ending where the template ends an assistant turn (``<|im_end|>`` for ChatML). The loss covers the answer
-tokens only (docs/architecture.md, "Conventions").
+tokens only (docs/architecture.md, "Conventions"). A chat of several turns writes the earlier questions and
+answers the same way (``###Human: q1###Assistant: a1###Human: q2###Assistant:``, MovieChat's ``Chat``).
+Instruction and caption records are written as Video-LLaMA's datasets write them: ``moviechat.data.conversation``.
 
 The prompt is split at ``<ImageHere>`` and each side is tokenized alone, so the tokens around the video are
 exactly what the tokenizer gives for those texts (no piece merges across the video, no space is lost).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 IMAGE_TOKEN = "<ImageHere>"  # one added special token, replaced by the video tokens
 SEPARATOR = "###"
@@ -23,9 +25,14 @@ PROMPT_FORMATS = ("moviechat", "chat")
 _MARK = "\x00answer\x00"  # stands for the answer while the chat template is rendered
 
 
-def build_prompt(system: str, question: str) -> str:
-    """The ``moviechat`` prompt text."""
-    return f"{system}{SEPARATOR}Human: <Video>{IMAGE_TOKEN}</Video> {question}{SEPARATOR}Assistant:"
+def build_prompt(system: str, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The ``moviechat`` prompt text: MovieChat's conversation (``###`` after every message, the video in the
+    first question); ``history`` holds the earlier (question, answer) turns of a multi-turn chat."""
+    text = f"{system}{SEPARATOR}"
+    for i, (q, a) in enumerate([*history, (question, None)]):
+        text += f"Human: {f'<Video>{IMAGE_TOKEN}</Video> ' if i == 0 else ''}{q}{SEPARATOR}Assistant:"
+        text += f" {a}{SEPARATOR}" if a is not None else ""
+    return text
 
 
 @dataclass
@@ -75,9 +82,13 @@ class PromptFormat:
             raise ValueError("model.prompt=chat: the tokenizer has no chat template")
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
-    def _messages(self, question: str) -> list[dict]:
+    def _messages(self, question: str, history: Sequence[tuple[str, str]] = ()) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + [{"role": "user", "content": f"<Video>{IMAGE_TOKEN}</Video> {question}"}]
+        turns = []
+        for i, (q, a) in enumerate([*history, (question, None)]):
+            turns.append({"role": "user", "content": f"<Video>{IMAGE_TOKEN}</Video> {q}" if i == 0 else q})
+            turns += [{"role": "assistant", "content": a}] if a is not None else []
+        return system + turns
 
     def _chat_answer_parts(self) -> tuple[str, str]:
         """(text between the generation prompt and the answer, the text that ends an assistant turn)."""
@@ -91,14 +102,15 @@ class PromptFormat:
             raise ValueError("model.prompt=chat: the chat template ends an assistant turn with nothing to stop on")
         return prefix, end.rstrip()
 
-    def prompt_text(self, question: str) -> str:
+    def prompt_text(self, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
         if self.name == "moviechat":
-            return build_prompt(self.system, question)
-        return self._chat(self._messages(question), True)
+            return build_prompt(self.system, question, history)
+        return self._chat(self._messages(question, history), True)
 
-    def prompt_ids(self, question: str) -> list[int]:
-        """The prompt's tokens, with one ``<ImageHere>`` id where the video goes."""
-        before, after = self.prompt_text(question).split(IMAGE_TOKEN)
+    def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """The prompt's tokens, with one ``<ImageHere>`` id where the video goes; ``history``: the earlier
+        (question, answer) turns of a chat."""
+        before, after = self.prompt_text(question, history).split(IMAGE_TOKEN)
         bos = [self.tokenizer.bos_token_id] if self.name == "moviechat" else []  # a template brings its own
         return [*bos, *self.tokens(before), self.image_token_id, *self.tokens(after)]
 

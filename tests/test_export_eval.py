@@ -92,6 +92,34 @@ def test_inference_answers_in_both_modes_and_in_batch(lora_run, tmp_path, capsys
     assert row["prediction"] == answerer.answer(video.features.feats, video.features.meta, row["question"], row["time"], "clip")["prediction"]
 
 
+def test_a_chat_asks_each_question_after_the_earlier_answers(lora_run, tmp_path, capsys, monkeypatch):
+    cfg, _, _, _ = load_run(lora_run)
+    synthetic_features(tmp_path, cfg)
+    asked = []
+    real = inference.Answerer.converse
+    monkeypatch.setattr(inference.Answerer, "converse", lambda self, *a, **k: asked.append(a) or real(self, *a, **k))
+    args = [str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question", "what color is the first scene",
+            "--question", "how many scenes are there", "--max-new-tokens", "3"]
+    assert inference.main(args) == 0
+    turns = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [t["turn"] for t in turns] == [0, 1] and all(t["mode"] == "global" for t in turns)
+    answerer = inference.Answerer.load(lora_run, max_new_tokens=3)
+    first = turns[0]["prediction"]
+    # the second prompt holds the first question and the model's own first answer, MovieChat's Chat layout
+    text = answerer.prompt.prompt_text("how many scenes are there", [("what color is the first scene", first)])
+    assert text.endswith(f"first scene###Assistant: {first}###Human: how many scenes are there###Assistant:")
+    assert turns[0]["prediction"] == answerer.answer(*asked[0][:2], "what color is the first scene", None, "x")["prediction"]
+    assert inference.main(args[:3] + ["--question", "what color is the first scene", "--chat-style", "instruct",
+                                      "--max-new-tokens", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["turn"] == 0
+    ids = inference.instruct_prompt_ids("how many scenes are there", [("what color is the first scene", "red")],
+                                        [0.0, 1.0], answerer.tokenizer)
+    assert answerer.tokenizer.decode(ids).replace(" ", "").endswith(
+        "firstscene###Assistant:red###Human:howmanyscenesarethere###Assistant:")
+    with pytest.raises(SystemExit):
+        inference.main(args + ["--time", "3"])
+
+
 def hand_made(tmp_path):
     ann = tmp_path / "ann"
     ann.mkdir()
