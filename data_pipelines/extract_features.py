@@ -2,11 +2,14 @@
 
     python data_pipelines/extract_features.py --cfg configs/experiments/X.yaml --videos DIR --out OUT \
         [--fps 1 | --num-frames 256] [--frame-tokens] [--batch-size 64] [--shard-size 16]
+    python data_pipelines/extract_features.py --cfg X.yaml --image-shards 'laion/{00000..00099}.tar' --out OUT
 
 Every video and image below DIR is read, sub-folders too; a file's key is its path below DIR without its
 extension (``cook/v0.mp4`` -> ``cook/v0``), as the annotations of every dataset name it. An image is a video
 of one frame (at 0 s), resized and normalised as the original's image eval processor does (the training
-processor's random crop and flip do not apply to features computed once).
+processor's random crop and flip do not apply to features computed once). ``--image-shards`` reads the
+images of webdataset tar shards instead (LAION, CC/SBU as the original streams them), keyed as webdataset
+keys them, as ``laion`` / ``cc_sbu`` with ``data.annotations`` = the same shards read their captions.
 
 EVA features are the ViT's block outputs before ``ln_vision`` (the MovieChat-1K release's convention).
 Weights come from the config: ``model.vision.weights`` (``eva_vit_g.pth`` as released, or a LAVIS BLIP-2
@@ -19,17 +22,21 @@ videos are listed in ``OUT/failures.jsonl`` and counted in the summary.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import tarfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import torch
 from tqdm import tqdm
+from webdataset import tariterators
 
 from moviechat.cli import stop_if_only_checking
 from moviechat.config import load_config
-from moviechat.data.stores import DataError, VideoFeatures, feature_meta, write_shards
+from moviechat.data.stores import DataError, VideoFeatures, expand_shards, feature_meta, write_shards
 from moviechat.data.video import IMAGE_SUFFIXES, read_frames, read_image
 from moviechat.features import load_encoder
 from moviechat.models.vision import PREPROCESSING
@@ -55,10 +62,53 @@ def file_key(path: Path, src: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
+Media = Iterator[tuple[str, str, Callable[[], tuple]]]  # (key, source, read -> (frames, stamps, duration))
+
+
+def file_media(src: Path, done: set[str], fps: Optional[float], num_frames: Optional[int]) -> tuple[list[str], Media]:
+    """Every video and image file below ``src``: all keys, and the files still to extract."""
+    files = media_files(src)
+
+    def read(f: Path):
+        return read_image(f) if f.suffix.lower() in IMAGE_SUFFIXES else read_frames(f, fps, num_frames)
+
+    todo = ((file_key(f, src), str(f), lambda f=f: read(f)) for f in files if file_key(f, src) not in done)
+    return [file_key(f, src) for f in files], todo
+
+
+def shard_media(pattern: str, done: set[str]) -> tuple[list[str], Media]:
+    """The images of webdataset tar shards (LAION, CC/SBU as the original streams them), keyed as webdataset
+    keys them (``000123.jpg`` -> ``000123``): all keys, and the images still to extract, read shard by shard."""
+    shards = expand_shards(pattern)
+    if not shards:
+        raise DataError(f"--image-shards {pattern!r} matches no file")
+
+    def is_image(m) -> bool:
+        return m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
+
+    keys = []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            keys += [tariterators.base_plus_ext(m.name)[0] for m in tar if is_image(m)]
+
+    def todo() -> Media:
+        for shard in shards:
+            with tarfile.open(shard) as tar:
+                for m in tar:
+                    key = tariterators.base_plus_ext(m.name)[0] if is_image(m) else None
+                    if key is not None and key not in done:
+                        data = tar.extractfile(m).read()
+                        yield key, f"{shard}:{m.name}", lambda d=data, n=f"{shard}:{m.name}": read_image(io.BytesIO(d), n)
+
+    return keys, todo()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", required=True)
-    p.add_argument("--videos", required=True, help="a folder of video and image files (sub-folders too), or one file")
+    media = p.add_mutually_exclusive_group(required=True)
+    media.add_argument("--videos", help="a folder of video and image files (sub-folders too), or one file")
+    media.add_argument("--image-shards", help="webdataset tar shards of images (a brace pattern or glob)")
     p.add_argument("--out", required=True)
     p.add_argument("--fps", type=float)
     p.add_argument("--num-frames", type=int)
@@ -72,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.cfg, args.overrides)
     stop_if_only_checking()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    src, out = Path(args.videos), Path(args.out)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = media_files(src)
     done = done_keys(out)
-    todo = [f for f in files if file_key(f, src) not in done]
-    print(f"{len(files)} videos/images, {len(files) - len(todo)} already done, {len(todo)} to extract")
+    keys, media = (shard_media(args.image_shards, done) if args.image_shards else
+                   file_media(Path(args.videos), done, args.fps, args.num_frames))
+    todo = [k for k in keys if k not in done]
+    print(f"{len(keys)} videos/images, {len(keys) - len(todo)} already done, {len(todo)} to extract")
     preprocess = args.preprocess or cfg.model.vision.preprocess
     encoder = load_encoder(cfg, args.frame_tokens, device, preprocess)
     kind = "tokens" if args.frame_tokens else "eva"
@@ -92,17 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         written.extend(v.key for v in videos)
 
     def extracted():
-        for f in tqdm(todo, desc="videos", dynamic_ncols=True):
+        for key, source, read in tqdm(media, total=len(todo), desc="videos", dynamic_ncols=True):
             try:
-                image = f.suffix.lower() in IMAGE_SUFFIXES
-                frames, stamps, duration = read_image(f) if image else read_frames(f, args.fps, args.num_frames)
+                frames, stamps, duration = read()
             except DataError as e:
-                failures.append({"video": str(f), "error": str(e)})
+                failures.append({"video": source, "error": str(e)})
                 continue
             feats = encoder(frames, args.batch_size, device).numpy()
             fps = len(stamps) / duration if duration else 0.0
-            meta = feature_meta(kind, stamps, duration, fps, preprocess, video=str(f))
-            yield VideoFeatures(file_key(f, src), feats, meta, str(f))
+            meta = feature_meta(kind, stamps, duration, fps, preprocess, video=source)
+            yield VideoFeatures(key, feats, meta, source)
 
     pattern = str(out / f"part-{time.strftime('%Y%m%d%H%M%S')}-%05d.tar")
     shards = write_shards(extracted(), pattern, args.shard_size, on_shard=index_shard)

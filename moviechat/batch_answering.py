@@ -50,7 +50,7 @@ class FeatureLookup:
         self.folder, self.kind = (Path(folder) if folder else None), kind
         self.index: dict[str, str] = {}
         if shards:
-            from moviechat.data.builders import expand_shards
+            from moviechat.data.stores import expand_shards
             from moviechat.data.stores import ShardStore
 
             self.index = ShardStore(expand_shards(shards)).keys()

@@ -116,6 +116,40 @@ def test_extract_features_reads_images_as_one_frame_and_keeps_sub_folders(tmp_pa
     assert extract.main(args) == 0 and "3 already done, 1 to extract" in capsys.readouterr().out
 
 
+def test_laion_shards_give_captions_and_images_with_the_same_keys(tmp_path, tiny_cfg, capsys):
+    """The original's webdataset form: <key>.jpg + <key>.json in tars; captions read from the json members,
+    features extracted from the jpg members, both keyed as webdataset keys them."""
+    from PIL import Image
+
+    from moviechat.config import load_config
+    from moviechat.data.builders import build_parts
+    from moviechat.data.preview import preview
+
+    rng = np.random.default_rng(2)
+    for s in range(2):
+        with tarfile.open(tmp_path / f"laion-{s}.tar", "w") as tar:
+            for i in range(4):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                caption = json.dumps({"caption": f"A Photo: of thing #{s}{i}!"}).encode()
+                for name, data in ((f"{s:05d}{i:04d}.jpg", buf.getvalue()), (f"{s:05d}{i:04d}.json", caption)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    extract = load_script("extract_features")
+    out = tmp_path / "tokens"
+    assert extract.main(["--cfg", str(TINY), "--image-shards", str(tmp_path / "laion-{0..1}.tar"), "--out", str(out),
+                         "--frame-tokens", "--shard-size", "2"]) == 0
+    assert "done: 8 extracted into 4 shard(s), 0 failed" in capsys.readouterr().out
+    cfg = load_config(TINY, ["data.name=laion", f"data.annotations={tmp_path / 'laion-*.tar'}",
+                             f"data.shards={out / 'part-*.tar'}", "data.val_fraction=0.25"])
+    (part,) = build_parts(cfg)
+    assert len(part.source.train_keys) + len(part.source.val_keys) == 8 and not part.source.missing
+    shown = preview(cfg, 0)
+    assert shown["key"] == "000000000" and shown["frames"] == 1
+    assert part.source.qas["000000000"][0].answer == "a photo of thing 00"  # BLIP's cleaning (laion)
+
+
 def h5_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:

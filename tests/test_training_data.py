@@ -188,3 +188,21 @@ def test_a_mixture_trains_logs_its_datasets_and_resumes_with_the_same_draws(inst
     assert [full[s] for s in range(5, 9)] == [resumed[s] for s in range(5, 9)]  # same draws, same samples
     last = [r for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl") if "loss" in r][-1]
     assert all(last[f"data/{n}"] == rows[-1][f"data/{n}"] for n in names)
+
+
+def test_a_record_whose_first_answer_truncation_would_cut_is_named_or_counted(instruct):
+    common = ["data.name=videochat_instruct", f"data.annotations={instruct / 'videochat_instruct.json'}",
+              f"data.folder={instruct / 'features/videos'}", "model.image_qformer.num_query_tokens=8",
+              "data.max_tokens=16", "data.shuffle_buffer=0"]
+    for on_error in ("raise", "skip"):
+        cfg = load_config(MIXTURE.parent / "tiny_synthetic.yaml", common + [f"data.on_error={on_error}"])
+        (part,) = build_parts(cfg)
+        tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, part.source.texts())
+        part.train.set_encoder(DialogEncoder(tokenizer, TextSettings("original", 16)))
+        if on_error == "raise":
+            with pytest.raises(DataError, match=r"videochat_instruct.json: record \d+: .* tokens; truncation at 16 would "
+                                                r"cut inside its first answer"):
+                next(iter(part.train))
+        else:
+            assert list(part.train) == []
+            assert part.train.skips.counts["record that cannot be learned"] == len(part.source.train_keys)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from braceexpand import braceexpand
 
 from moviechat.config import Config
 from moviechat.data_config import DataConfig
@@ -14,18 +11,10 @@ from moviechat.data.annotations import QA, load_annotations, split_by_video
 from moviechat.data.conversation import read_prompts
 from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter
-from moviechat.data.instruct import READERS
+from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, expand_shards
+from moviechat.data.instruct import READERS, is_shard_pattern
 from moviechat.data.synthetic import synthetic_dir, write_synthetic_set
 from moviechat.registry import DATASETS
-
-
-def expand_shards(pattern: str) -> list[str]:
-    """Shard paths from a brace pattern (``x-{0000..0009}.tar``) or a glob (``x-*.tar``)."""
-    paths: list[str] = []
-    for part in braceexpand(pattern):
-        paths += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
-    return paths
 
 
 def open_store(data: DataConfig):
@@ -81,9 +70,9 @@ def source_from_records(data: DataConfig, seed: int, builder: str, prompt_format
     if prompt_format != "moviechat":
         raise DataError(f"data.name={builder}: its records are written in the original's text; model.prompt="
                         f"{prompt_format!r} is not supported for them (use model.prompt=moviechat)")
-    if not data.annotations or not Path(data.annotations).exists():
+    if not data.annotations or not (Path(data.annotations).exists() or is_shard_pattern(data.annotations)):
         raise DataError(f"data.annotations={data.annotations!r} must name the {builder} annotation file "
-                        f"(or, for webvid, a folder of CSV files)")
+                        f"(or, for webvid, a folder of CSV files; for caption pairs, their tar shards)")
     skips = SkipCounter()
     records = READERS[builder](Path(data.annotations), skips if data.on_error == "skip" else None)
     qas: dict[str, list[QA]] = {}
@@ -115,6 +104,12 @@ def build_llava_instruct(cfg: Config) -> VideoQASource:
 def build_cc_sbu_align(cfg: Config) -> VideoQASource:
     """MiniGPT-4's cc_sbu_align image-caption pairs (stage 2), captions as written."""
     return source_from_records(cfg.data, cfg.run.seed, "cc_sbu_align", cfg.model.prompt)
+
+
+@DATASETS.register("cc_sbu")
+def build_cc_sbu(cfg: Config) -> VideoQASource:
+    """CC3M/CC12M/SBU image-caption pairs (Video-LLaMA stage 1, MiniGPT-4's webdataset shards), captions cleaned."""
+    return source_from_records(cfg.data, cfg.run.seed, "cc_sbu", cfg.model.prompt)
 
 
 @DATASETS.register("laion")

@@ -4,9 +4,10 @@
   the video is ``<page_dir>/<videoid>.mp4``; the caption is cleaned as BLIP's ``blip_caption`` does.
 - ``videochat_instruct`` (VideoChat-instruct-11K): one JSON list of ``{"video": REL_PATH, "QA": [{"q", "a"}]}``.
 - ``llava_instruct`` (LLaVA-Instruct-150K): one JSON list of ``{"id", "image": FILE, "conversations": [...]}``.
-- ``cc_sbu_align`` / ``laion``: image-caption pairs, MiniGPT-4's ``filter_cap.json`` (``{"annotations":
-  [{"image_id", "caption"}]}``, the image ``<image_id>.jpg``) or a JSON list of ``{"image", "caption"}``;
-  ``laion`` cleans captions as BLIP does, ``cc_sbu_align`` takes them as written (as the originals do).
+- ``cc_sbu_align`` / ``cc_sbu`` / ``laion``: image-caption pairs, MiniGPT-4's ``filter_cap.json``
+  (``{"annotations": [{"image_id", "caption"}]}``, the image ``<image_id>.jpg``), a JSON list of ``{"image",
+  "caption"}``, or the webdataset shards the original streams (``<key>.jpg`` + ``<key>.json``); ``cc_sbu`` and
+  ``laion`` clean captions as BLIP does, ``cc_sbu_align`` takes them as written (as the originals do).
 
 A record's features are found by its key: the annotation's video or image path without its extension,
 sub-folders kept (``cook/v0.mp4`` -> ``cook/v0``).
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import csv
 import json
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
+from webdataset import tariterators
+
 from moviechat.data.conversation import Dialog, blip_caption, caption_dialog, llava_dialog, videochat_dialog
 from moviechat.data.keys import DataError, check_key
-from moviechat.data.stores import SkipCounter
+from moviechat.data.stores import SkipCounter, expand_shards
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,47 @@ def read_caption_pairs(path: Path, skips: Optional[SkipCounter] = None, clean: b
     return _collect(_json_list(path, "annotations"), path, make, skips)
 
 
+def is_shard_pattern(path: str) -> bool:
+    """Whether annotations name tar shards (one ``.tar``, a glob or a brace pattern) rather than a JSON file."""
+    return path.endswith(".tar") or any(c in path for c in "*?[{")
+
+
+def read_caption_shards(pattern: str, skips: Optional[SkipCounter] = None, clean: bool = True) -> list[Record]:
+    """The original's webdataset form of cc_sbu / laion: tar shards of ``<key>.jpg`` + ``<key>.json``
+    (``{"caption": ...}``), keys as webdataset splits member names; only the ``.json`` members are read here
+    (the features: ``extract_features.py --image-shards`` over the same shards keys them alike)."""
+    shards = expand_shards(pattern)
+    if not shards:
+        raise DataError(f"data.annotations={pattern!r} matches no shard")
+    records = []
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tar:
+                items = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile() and m.name.endswith(".json")]
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"cannot read caption shard {shard}: {e}") from None
+
+        def make(item, where):
+            name, raw = item
+            try:
+                caption = json.loads(raw).get("caption")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                raise DataError(f"{where} ({name}): not a JSON object with 'caption': {e}") from None
+            key = check_key(tariterators.base_plus_ext(name)[0], where)
+            return Record(key, caption_dialog(blip_caption(caption) if clean and isinstance(caption, str) else caption,
+                                              f"{where} ({name})"), f"{where} ({name})")
+
+        records += _collect(items, Path(shard), make, skips)
+    return records
+
+
+def read_pairs(path: Path, skips: Optional[SkipCounter] = None, clean: bool = False) -> list[Record]:
+    """Image-caption pairs: JSON (``filter_cap.json`` or a list) or, for a shard pattern, the webdataset form."""
+    if is_shard_pattern(str(path)):
+        return read_caption_shards(str(path), skips, clean)
+    return read_caption_pairs(path, skips, clean)
+
+
 def read_webvid(path: Path, skips: Optional[SkipCounter] = None) -> list[Record]:
     """A CSV file, or every ``*.csv`` of a folder (sorted), in file order."""
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
@@ -137,6 +182,7 @@ READERS: dict[str, Callable[..., list[Record]]] = {
     "webvid": read_webvid,
     "videochat_instruct": read_videochat,
     "llava_instruct": read_llava,
-    "cc_sbu_align": read_caption_pairs,
-    "laion": lambda path, skips=None: read_caption_pairs(path, skips, clean=True),
+    "cc_sbu_align": read_pairs,  # captions as written (the original's CCSBUAlignDataset)
+    "cc_sbu": lambda path, skips=None: read_pairs(path, skips, clean=True),  # cleaned by blip_caption
+    "laion": lambda path, skips=None: read_pairs(path, skips, clean=True),
 }

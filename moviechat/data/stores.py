@@ -10,6 +10,7 @@ is counted in :class:`SkipCounter` and left out.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import random
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+from braceexpand import braceexpand
 from webdataset import tariterators
 
 from moviechat.atomic import atomic_path
@@ -217,6 +219,14 @@ def shard_samples(shards: Sequence[str], handler: Callable[[Exception], bool]) -
     streams = tariterators.url_opener([{"url": s} for s in shards], handler=handler)
     files = tariterators.tar_file_expander(streams, handler=handler)
     return tariterators.group_by_keys(files, keys=member_key, handler=handler)
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Shard paths from a brace pattern (``x-{0000..0009}.tar``) or a glob (``x-*.tar``)."""
+    paths: list[str] = []
+    for part in braceexpand(pattern):
+        paths += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+    return paths
 
 
 def assign(items: Sequence, stream: int, num_streams: int) -> list:

@@ -56,14 +56,15 @@ def _targets(duration: float, fps: Optional[float], num_frames: Optional[int]) -
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, list[float], float]:
-    """An image as a video of one frame: (uint8 [1, H, W, 3], [0.0], duration 0); the original's image
-    datasets convert to RGB the same way. An unreadable file raises DataError naming it."""
+def read_image(source, name: Optional[str] = None) -> tuple[np.ndarray, list[float], float]:
+    """An image (a path, or a file object named ``name``) as a video of one frame: (uint8 [1, H, W, 3], [0.0],
+    duration 0); the original's image datasets convert to RGB the same way. An unreadable one raises
+    DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             frame = np.array(image.convert("RGB"))  # a writable copy (torch refuses read-only arrays)
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read image: {e}") from None
+        raise DataError(f"{name or source}: cannot read image: {e}") from None
     return frame[None], [0.0], 0.0
