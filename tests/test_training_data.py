@@ -206,3 +206,19 @@ def test_a_record_whose_first_answer_truncation_would_cut_is_named_or_counted(in
         else:
             assert list(part.train) == []
             assert part.train.skips.counts["record that cannot be learned"] == len(part.source.train_keys)
+
+
+def test_an_elastic_merge_keeps_every_datasets_streams_and_counts_samples_once():
+    from moviechat.elastic import merged_train_state
+    from moviechat.train_state import StreamState, TrainState, upgrade
+
+    old = [TrainState(6, {"a": StreamState(1, {0: 5}, {0: 1}, 2), "b": StreamState(0, {0: 3})}, {"a": 40, "b": 8}),
+           TrainState(6, {"a": StreamState(1, {1: 4}), "b": StreamState(0, {1: 2})}, {"a": 40, "b": 8})]
+    first, second = merged_train_state(old, "a", rank=0), merged_train_state(old, "a", rank=1)
+    assert first.step == 6 and first.data["a"].positions == {0: 5, 1: 4} and first.data["b"].positions == {0: 3, 1: 2}
+    assert first.samples == {"a": 80, "b": 16} and second.samples == {"a": 0, "b": 0}  # summed once, over all ranks
+    assert first.data["a"].skipped_before == 2 and second.data["a"].skipped_before == 0
+    before = TrainState.__new__(TrainState)  # a state pickled before mixtures: one dataset's fields on the state
+    before.__dict__.update(step=3, epoch=2, positions={0: 7}, skipped={}, skipped_before=1)
+    now = upgrade(before, "synthetic")
+    assert now.step == 3 and now.data["synthetic"].epoch == 2 and now.data["synthetic"].positions == {0: 7}
