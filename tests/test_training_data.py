@@ -2,8 +2,10 @@
 instruction set and the tiny model."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from moviechat.metrics import read_jsonl
 from moviechat.models import build_moviechat
 from moviechat.tokenizers import run_tokenizer
 from moviechat.train_batches import mixture_draw
-from test_trainer import losses, run_train
+from test_trainer import run_train, train_cmd
 
 MIXTURE = REPO / "configs" / "experiments" / "tiny_instruct_mixture.yaml"
 
@@ -171,23 +173,33 @@ def test_preview_command_prints_one_json_line(instruct, tmp_path):
     assert bad.returncode == 2 and "--index 99999: llava_instruct has 24 record(s)" in bad.stderr
 
 
-def test_a_mixture_trains_logs_its_datasets_and_resumes_with_the_same_draws(instruct, tmp_path):
+def test_a_mixture_trains_logs_its_datasets_and_resumes_after_a_kill_with_the_same_draws(instruct, tmp_path):
     common = [*mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align"),
-              "train.max_steps=8", "train.eval_every=0", "train.eval_samples=8", "train.eval_generate=4",
-              "data.mixture.llava_instruct.ratio=1", "data.mixture.cc_sbu_align.ratio=1"]
-    run_train(tmp_path, "run.name=full", "train.save_every=4", *common, cfg=MIXTURE)
-    rows = [r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
+              "train.max_steps=12", "train.save_every=4", "train.eval_every=0", "train.eval_samples=8",
+              "train.eval_generate=4", "data.mixture.llava_instruct.ratio=1", "data.mixture.cc_sbu_align.ratio=1"]
+    run_train(tmp_path, "run.name=full", *common, cfg=MIXTURE)
+    rows = {r["step"]: r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "loss" in r}
     names = ("videochat_instruct", "llava_instruct", "cc_sbu_align")
-    drawn = Counter(mixture_draw(42, s, names, (3, 1, 1)) for s in range(8))
-    assert {n: rows[-1][f"data/{n}"] for n in names} == {n: 4 * drawn[n] for n in names}
+    drawn = Counter(mixture_draw(42, s, names, (3, 1, 1)) for s in range(12))
+    sizes = {p.name: len(p.train) for p in build_parts(load_config(MIXTURE, common))}  # records per epoch
+    batches = {n: ([4] * (k // 4) + ([k % 4] if k % 4 else [])) * 4 for n, k in sizes.items()}  # micro-batch 4
+    assert {n: rows[12][f"data/{n}"] for n in names} == {n: sum(batches[n][:drawn[n]]) for n in names}
     evals = [r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "eval/loss" in r]
     assert all(f"eval/{n}/loss" in evals[-1] for n in names) and "eval/acc" in evals[-1]
-    run_train(tmp_path, "run.name=resumed", *common, cfg=MIXTURE,
-              resume=str(tmp_path / "full" / "checkpoints" / "step00000004"))
-    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
-    assert [full[s] for s in range(5, 9)] == [resumed[s] for s in range(5, 9)]  # same draws, same samples
-    last = [r for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl") if "loss" in r][-1]
-    assert all(last[f"data/{n}"] == rows[-1][f"data/{n}"] for n in names)
+    # the same run killed (SIGKILL: no checkpoint on the way out) after its step-4 checkpoint, then resumed
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(train_cmd(tmp_path, "run.name=killed", *common, cfg=MIXTURE), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "killed" / "checkpoints" / "latest").is_file():
+        time.sleep(0.2)
+    proc.kill()
+    assert proc.wait(timeout=60) == -9  # killed mid-run, not finished
+    run_train(tmp_path, "run.name=killed", *common, cfg=MIXTURE, resume=str(tmp_path / "killed"))
+    again = {r["step"]: r for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl") if "loss" in r}
+    assert sorted(again) == list(range(1, 13))
+    assert [again[s]["loss"] for s in again] == [rows[s]["loss"] for s in again]  # same draws, same samples: bitwise
+    assert all(again[s][f"data/{n}"] == rows[s][f"data/{n}"] for s in again for n in names)
 
 
 def test_a_record_whose_first_answer_truncation_would_cut_is_named_or_counted(instruct):
