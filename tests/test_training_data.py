@@ -234,3 +234,11 @@ def test_an_elastic_merge_keeps_every_datasets_streams_and_counts_samples_once()
     before.__dict__.update(step=3, epoch=2, positions={0: 7}, skipped={}, skipped_before=1)
     now = upgrade(before, "synthetic")
     assert now.step == 3 and now.data["synthetic"].epoch == 2 and now.data["synthetic"].positions == {0: 7}
+
+
+def test_a_search_can_target_one_dataset_of_a_mixture():
+    from moviechat.sweeps.grid import reported_metric
+
+    assert all(map(reported_metric, ["eval/loss", "eval/acc", "eval/acc_type_first", "eval/llava_instruct/acc",
+                                     "eval/llava_instruct/loss", "eval/videochat_instruct/acc_prior"]))
+    assert not any(map(reported_metric, ["eval/bleu", "eval/llava_instruct/bleu", "loss", "eval/a/b/acc"]))

@@ -72,15 +72,23 @@ def load_sweep(path: str | Path) -> SweepConfig:
     return sweep
 
 
+def reported_metric(metric: str) -> bool:
+    """Whether a run's evaluation rows can hold ``metric``: overall, or one dataset's of a mixture."""
+    parts = metric.split("/")
+    last = parts[-1] if len(parts) in (2, 3) and parts[0] == "eval" else ""
+    return last == "loss" or last.startswith("acc")
+
+
 def check_search(search: SearchConfig, where: str) -> None:
     """Every value of a search section that can be wrong without running anything."""
     checks = [(search.trials >= 1, f"search.trials={search.trials} must be >= 1"),
               (search.direction in ("maximize", "minimize"), f"search.direction={search.direction!r} must be maximize or minimize"),
               (search.sampler in SAMPLERS, f"search.sampler={search.sampler!r} must be one of {SAMPLERS}"),
               (search.pruner in PRUNERS, f"search.pruner={search.pruner!r} must be one of {PRUNERS}"),
-              (search.metric == "eval/loss" or search.metric.startswith("eval/acc"),
+              (reported_metric(search.metric),
                f"search.metric={search.metric!r} is not reported by a run: eval/loss, eval/acc or eval/acc_<group> "
-               f"(global, breakpoint, type_<question type>)"),
+               f"(global, breakpoint, type_<question type>), or for a mixture's dataset eval/<name>/loss, "
+               f"eval/<name>/acc, eval/<name>/acc_<group>"),
               (bool(search.space), "search.space is empty")]
     for ok, message in checks:
         if not ok:
