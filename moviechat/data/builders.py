@@ -134,11 +134,6 @@ class DataPart:
     train: VideoQADataset
     val: VideoQADataset
 
-    @property
-    def dialogs(self) -> bool:
-        """Whether its records are conversations or captions (tokenized by the dataset)."""
-        return any(qa.dialog is not None for qas in self.source.qas.values() for qa in qas)
-
 
 def build_parts(cfg: Config, rank: int = 0, world_size: int = 1) -> list[DataPart]:
     """Every dataset of the config (``data.mixture``'s entries, or ``data`` itself) with its train / val sets."""
