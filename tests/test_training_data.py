@@ -175,8 +175,8 @@ def test_preview_command_prints_one_json_line(instruct, tmp_path):
 
 def test_a_mixture_trains_logs_its_datasets_and_resumes_after_a_kill_with_the_same_draws(instruct, tmp_path):
     common = [*mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align"),
-              "train.max_steps=12", "train.save_every=4", "train.eval_every=0", "train.eval_samples=8",
-              "train.eval_generate=4", "data.mixture.llava_instruct.ratio=1", "data.mixture.cc_sbu_align.ratio=1"]
+              "train.max_steps=12", "train.save_every=4", "train.eval_every=0", "train.eval_samples=4",
+              "train.eval_generate=0", "data.mixture.llava_instruct.ratio=1", "data.mixture.cc_sbu_align.ratio=1"]
     run_train(tmp_path, "run.name=full", *common, cfg=MIXTURE)
     rows = {r["step"]: r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "loss" in r}
     names = ("videochat_instruct", "llava_instruct", "cc_sbu_align")
@@ -185,7 +185,7 @@ def test_a_mixture_trains_logs_its_datasets_and_resumes_after_a_kill_with_the_sa
     batches = {n: ([4] * (k // 4) + ([k % 4] if k % 4 else [])) * 4 for n, k in sizes.items()}  # micro-batch 4
     assert {n: rows[12][f"data/{n}"] for n in names} == {n: sum(batches[n][:drawn[n]]) for n in names}
     evals = [r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "eval/loss" in r]
-    assert all(f"eval/{n}/loss" in evals[-1] for n in names) and "eval/acc" in evals[-1]
+    assert all(f"eval/{n}/loss" in evals[-1] for n in names) and "eval/loss" in evals[-1]
     # the same run killed (SIGKILL: no checkpoint on the way out) after its step-4 checkpoint, then resumed
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(train_cmd(tmp_path, "run.name=killed", *common, cfg=MIXTURE), cwd=tmp_path, env=env,
@@ -242,3 +242,17 @@ def test_a_search_can_target_one_dataset_of_a_mixture():
     assert all(map(reported_metric, ["eval/loss", "eval/acc", "eval/acc_type_first", "eval/llava_instruct/acc",
                                      "eval/llava_instruct/loss", "eval/videochat_instruct/acc_prior"]))
     assert not any(map(reported_metric, ["eval/bleu", "eval/llava_instruct/bleu", "loss", "eval/a/b/acc"]))
+
+
+def test_a_mixtures_evaluation_weighs_each_dataset_by_its_tokens_and_questions():
+    from moviechat.heldout import combine_records
+
+    a = {"step": 5, "eval/loss": 1.0, "eval/tokens": 30, "eval/acc": 0.5, "eval/n_all": 10, "eval/acc_prior": 0.1,
+         "eval/n_prior": 10}
+    b = {"step": 5, "eval/loss": 2.0, "eval/tokens": 10, "eval/acc": 1.0, "eval/n_all": 30, "eval/acc_prior": 0.3,
+         "eval/n_prior": 30}
+    out = combine_records(5, {"a": a, "b": b})
+    assert out["eval/loss"] == pytest.approx(1.25) and out["eval/acc"] == pytest.approx(35 / 40)
+    assert out["eval/acc_prior"] == pytest.approx(0.25) and out["eval/n_all"] == 40 and out["eval/tokens"] == 40
+    assert out["eval/a/acc"] == 0.5 and out["eval/b/loss"] == 2.0 and "eval/a/step" not in out
+    assert combine_records(5, {"a": a}) is a  # one dataset: its record as it is
