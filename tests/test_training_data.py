@@ -162,9 +162,10 @@ def test_preview_on_each_shipped_dataset_config(instruct, config, name):
 
 def test_preview_command_prints_one_json_line(instruct, tmp_path):
     args = [sys.executable, "-m", "moviechat.data.preview", "--cfg", str(MIXTURE), "--dataset", "llava_instruct",
-            "--index", "0", *mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align")]
+            "--index", "0", "--text", *mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align")]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    shown = json.loads(proc.stdout.splitlines()[0])
+    shown = json.loads(proc.stdout)  # one JSON line, --text or not
+    assert "[[" in shown["text"] and shown["text"] in proc.stderr
     first = json.loads((instruct / "llava_instruct.json").read_text())[0]
     assert shown["key"] == media_key(first["image"], "") and shown["frames"] == 1
     assert set(shown) == {"dataset", "key", "frames", "input_ids", "labels", "text"}

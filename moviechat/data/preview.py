@@ -6,7 +6,7 @@ Prints one JSON line ``{"dataset", "key", "frames", "input_ids", "labels", "text
 annotation file (file order, before any split or shuffle; for MovieChat-1K style sets, the N-th question of
 the sorted files), its frames as sampled for the memory, its input ids with one ``<ImageHere>`` id where the
 video tokens go and its labels (-100 where masked). With ``--text`` the text shows the supervised spans in
-``[[ ]]``, and is printed again after the JSON line for reading. A mixture needs ``--dataset``.
+``[[ ]]``, and is also printed as it reads on stderr (stdout stays one JSON line). A mixture needs ``--dataset``.
 """
 
 from __future__ import annotations
@@ -89,15 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg", required=True, help="an experiment or dataset config")
     p.add_argument("--index", type=int, required=True, help="the record's index in its annotation file (from 0)")
     p.add_argument("--dataset", help="which dataset of a mixture (its name under data.mixture)")
-    p.add_argument("--text", action="store_true", help="mark the supervised spans [[ ]] and print the text again")
+    p.add_argument("--text", action="store_true", help="mark the supervised spans [[ ]] (also printed on stderr)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides (data.annotations=...)")
     args = p.parse_args(argv)
     cfg = load_config(args.cfg, args.overrides)
     stop_if_only_checking()
     out = preview(cfg, args.index, args.dataset, args.text)
-    print(json.dumps(out, ensure_ascii=False))
+    print(json.dumps(out, ensure_ascii=False))  # stdout: always exactly this one line
     if args.text:
-        print(out["text"])
+        print(out["text"], file=sys.stderr)
     return 0
 
 
