@@ -86,6 +86,7 @@ class Trainer:
                                              part.data.feature_kind, prompt=cfg.model.prompt) for part in self.parts}
         self.evaluators = {part.name: self._evaluator(part) for part in self.parts}
         self.state = TrainState()
+        self.batches: Optional[TrainBatches] = None  # built by train(), once the state is final
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
         if self.rank == 0 and self.forked:
             print(f"new run folder {self.run_dir}, started from {self.checkpoint[0] / self.checkpoint[1]} of run "
@@ -319,7 +320,7 @@ class Trainer:
         return path
 
     def _finish(self) -> None:
-        if getattr(self, "batches", None) is not None:
+        if self.batches is not None:
             self.batches.report_total()
         if self.rank == 0:
             finished = self.state.step >= self.cfg.train.max_steps
