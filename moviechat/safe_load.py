@@ -67,9 +67,24 @@ def refused_globals(path: str | Path, types: Iterable = ()) -> list[str]:
     """The globals a file names that ``weights_only`` loading would refuse ([] for a corrupt file)."""
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001  (not torch's zip format: scanned by loading it instead)
+        return _refused_by_loading(path, list(types))
+    return sorted(set(needed) - _names(types))
+
+
+def _refused_by_loading(path: str | Path, types: list) -> list[str]:
+    """What a file the scan cannot read holds, found by loading it with ``weights_only``: a legacy-format or
+    raw pickle that the restricted unpickler refuses cannot be shown to hold only data (its error does not
+    always name the global: a raw pickle fails on an opcode first), so it is refused; a file that fails
+    otherwise (truncated, empty) is corrupt, which is the caller's check."""
+    try:
+        with torch.serialization.safe_globals(types):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return ["pickled objects outside torch's zip format that weights_only loading refuses"]
     except Exception:  # noqa: BLE001  (unreadable: not a question of safety)
         return []
-    return sorted(set(needed) - _names(types))
+    return []
 
 
 def check_files(files: Iterable[Path], trust: bool = False) -> None:

@@ -255,6 +255,31 @@ def test_released_pth_files_load_as_plain_state_dicts_and_others_are_refused(tmp
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_crafted_pickle_outside_the_zip_format_is_refused_before_deepspeed_loads_it(tmp_path):
+    """torch's scan reads only zip-format files; a legacy-format or raw pickle is loaded with weights_only to
+    check it, so none reaches DeepSpeed's weights_only=False load. A truncated file stays the caller's check."""
+    import pickle
+
+    import torch
+
+    from moviechat.safe_load import UnsafeFileError, check_files, load_pt
+
+    marker = tmp_path / "pwned"
+    torch.save({"module": RunsCode(marker)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"module": RunsCode(marker)}))
+    for name in ("legacy.pt", "raw.pt"):
+        with pytest.raises(UnsafeFileError, match=f"{name}: refused to load: it needs pickled objects outside"):
+            check_files([tmp_path / name])
+        with pytest.raises(UnsafeFileError, match=f"{name}: refused to load"):
+            load_pt(tmp_path / name)
+    assert not marker.exists()
+    torch.save({"a": torch.ones(2)}, tmp_path / "plain_legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save({"a": torch.ones(2)}, tmp_path / "cut.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "cut.pt").read_bytes()[:100])
+    check_files([tmp_path / "plain_legacy.pt", tmp_path / "cut.pt"])  # plain data, and a corrupt file: not refused
+    assert torch.equal(load_pt(tmp_path / "plain_legacy.pt")["a"], torch.ones(2))
+
+
 def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(tmp_path):
     tmp, run = tmp_path, tmp_path / "r"
     run_train(tmp, "run.name=r", *BASE)
