@@ -67,8 +67,7 @@ class Trainer:
                                 f"every stream needs at least one; write smaller shards or use fewer ranks/workers")
         self.tokenizer = self._tokenizer()
         for part in self.parts:
-            conv = part.data.conversation
-            encoder = DialogEncoder(self.tokenizer, TextSettings(conv.labels, part.data.max_tokens, conv.end_sym))
+            encoder = DialogEncoder(self.tokenizer, TextSettings.of(part.data))
             part.train.set_encoder(encoder)
             part.val.set_encoder(encoder)
         self.model = MODELS.build(cfg.model.name, cfg.model, cfg.memory, self.tokenizer, verbose=self.rank == 0)

@@ -77,7 +77,7 @@ def source_from_records(data: DataConfig, seed: int, builder: str, prompt_format
     records = READERS[builder](Path(data.annotations), skips if data.on_error == "skip" else None)
     qas: dict[str, list[QA]] = {}
     for r in records:
-        qas.setdefault(r.key, []).append(QA(r.dialog.question, r.dialog.answer, "global", dialog=r.dialog))
+        qas.setdefault(r.key, []).append(r.qa())
     return split_source(data, seed, qas, skips)
 
 
@@ -128,6 +128,7 @@ class DataPart:
     """One dataset of a run (the only one, or a mixture's entry): its source and this rank's train / val sets."""
 
     name: str
+    builder: str
     ratio: float
     data: DataConfig
     source: VideoQASource
@@ -142,7 +143,7 @@ def build_parts(cfg: Config, rank: int = 0, world_size: int = 1) -> list[DataPar
         sub = replace(cfg, data=part.data)
         source = DATASETS.build(part.builder, sub)
         train, val = _datasets(sub, source, rank, world_size, part.name)
-        parts.append(DataPart(part.name, part.ratio, part.data, source, train, val))
+        parts.append(DataPart(part.name, part.builder, part.ratio, part.data, source, train, val))
     return parts
 
 

@@ -72,6 +72,5 @@ class Collator:
             "qtypes": [s.qtype for s in samples],
             "positions": [s.position for s in samples],
             "skipped": [s.skipped for s in samples],
-            "datasets": [s.dataset for s in samples],
             "truncated": [bool(s.text is not None and s.text.truncated) for s in samples],
         }

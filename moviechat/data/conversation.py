@@ -263,6 +263,11 @@ class TextSettings:
     max_tokens: int = 512
     end_sym: str = "###"
 
+    @classmethod
+    def of(cls, data) -> "TextSettings":
+        """The settings of a ``data`` config section (or a mixture entry's)."""
+        return cls(data.conversation.labels, data.max_tokens, data.conversation.end_sym)
+
 
 def dialog_turns(dialog: Dialog, stamps: Sequence[float]) -> list[Turn]:
     """The turns the model reads: a VideoChat record gets its video and frame message here."""

@@ -37,10 +37,9 @@ class Sample:
     source: str = ""  # the shard or file the features came from
     position: tuple[int, int] = (0, 0)  # (data stream, index in that stream): where to resume
     skipped: int = 0  # samples the producing stream had skipped so far (data.on_error=skip)
-    dialog: Optional[Dialog] = None  # an instruction or caption record: its turns are the text (else question/answer)
     stamps: tuple[float, ...] = ()  # seconds of the sampled frames (a VideoChat record's frame message)
     dataset: str = ""  # the dataset it came from (a mixture's entry name)
-    text: Optional[EncodedText] = None  # a dialog's tokens
+    text: Optional[EncodedText] = None  # an instruction or caption record's tokens (else question/answer are the text)
 
 
 @dataclass
@@ -133,25 +132,35 @@ class VideoQADataset(IterableDataset):
         """The validated, frame-sampled questions of one video."""
         validate_features(video.feats, video.meta, video.key, video.source, self.feature_kind, self.token_shape)
         self.check_preprocess(video.meta, video.source)
-        chosen, stamps = self.sampling(video.meta["timestamps"])
-        frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
+        frames, stamps = self.sampled(video)
         out = []
         for qa in self.qas[video.key]:
             if rng.random() >= self.mode_keep.get(qa.mode, 1.0):
                 continue
-            time = None
-            if qa.mode == "breakpoint":
-                time = frame_at(qa.seconds, stamps, video.key, video.source, video.meta.get("duration"))
-            dialog, text = None, None
-            if qa.dialog is not None:
-                dialog = with_caption_prompt(qa.dialog, self.caption_prompts, self.caption_template, rng)
-                text = self._encode(dialog, stamps, video.source)
-                if text is None:
-                    continue
-            out.append(Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype, video.source,
-                              dialog=dialog, stamps=tuple(stamps), dataset=self.name, text=text))
+            sample = self.sample(video, frames, stamps, qa, rng)
+            if sample is not None:
+                out.append(sample)
         rng.shuffle(out)
         return out
+
+    def sampled(self, video: VideoFeatures) -> tuple[Tensor, list[float]]:
+        """The frames the model sees of a video and their timestamps."""
+        chosen, stamps = self.sampling(video.meta["timestamps"])
+        return torch.from_numpy(np.ascontiguousarray(video.feats[chosen])), stamps
+
+    def sample(self, video: VideoFeatures, frames: Tensor, stamps: list[float], qa: QA,
+               rng: random.Random) -> Optional[Sample]:
+        """One question or record on a video's sampled frames (None: a record skipped with on_error=skip)."""
+        time, text = None, None
+        if qa.mode == "breakpoint":
+            time = frame_at(qa.seconds, stamps, video.key, video.source, video.meta.get("duration"))
+        if qa.dialog is not None:
+            dialog = with_caption_prompt(qa.dialog, self.caption_prompts, self.caption_template, rng)
+            text = self._encode(dialog, stamps, video.source)
+            if text is None:
+                return None
+        return Sample(video.key, frames, qa.question, qa.answer, qa.mode, time, qa.qtype, video.source,
+                      stamps=tuple(stamps), dataset=self.name, text=text)
 
     def _encode(self, dialog: Dialog, stamps: list[float], source: str) -> Optional[EncodedText]:
         """A record's tokens; one that cannot be learned raises, or (``on_error=skip``) is counted and None."""

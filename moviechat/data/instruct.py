@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from webdataset import tariterators
 
+from moviechat.data.annotations import QA
 from moviechat.data.conversation import Dialog, blip_caption, caption_dialog, llava_dialog, videochat_dialog
 from moviechat.data.keys import DataError, check_key
 from moviechat.data.stores import SkipCounter, expand_shards
@@ -34,6 +35,11 @@ class Record:
     key: str  # the features' key
     dialog: Dialog
     where: str  # file and record index, for messages
+
+    def qa(self) -> QA:
+        """The record as a dataset's question: its last question and answer (what held-out generation asks and
+        scores), the dialog itself for training."""
+        return QA(self.dialog.question, self.dialog.answer, "global", dialog=self.dialog)
 
 
 def media_key(path: Any, where: str) -> str:

@@ -15,32 +15,26 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
-
-import numpy as np
-import torch
 
 from moviechat.cli import run_cli, stop_if_only_checking
 from moviechat.config import Config, load_config
 from moviechat.data.annotations import QA
 from moviechat.data.builders import DataPart, build_parts
 from moviechat.data.collator import Collator
-from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text, with_caption_prompt
-from moviechat.data.dataset import Sample
+from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text
 from moviechat.data.instruct import READERS
 from moviechat.data.keys import DataError
-from moviechat.data.sampling import frame_at
 from moviechat.data.stores import ShardStore, VideoFeatures, read_npy_video, read_shard_video
 from moviechat.tokenizers import run_tokenizer
 
 
-def record_at(part: DataPart, builder: str, index: int) -> tuple[str, QA]:
+def record_at(part: DataPart, index: int) -> tuple[str, QA]:
     """The index-th record of a dataset in file order: (feature key, its QA)."""
-    if builder in READERS:
-        records = READERS[builder](Path(part.data.annotations))
-        qas = [(r.key, QA(r.dialog.question, r.dialog.answer, "global", dialog=r.dialog)) for r in records]
+    if part.builder in READERS:  # read again: records of one key are not in file order in the source
+        records = READERS[part.builder](Path(part.data.annotations))
+        qas = [(r.key, r.qa()) for r in records]
     else:
         qas = [(key, qa) for key, items in part.source.qas.items() for qa in items]
     if not 0 <= index < len(qas):
@@ -63,21 +57,14 @@ def preview(cfg: Config, index: int, dataset: Optional[str] = None, marked: bool
     part = parts[names.index(dataset)] if dataset in names else parts[0]
     if dataset is not None and dataset not in names:
         raise DataError(f"--dataset {dataset!r} is not in the config's datasets: {', '.join(names)}")
-    builder = next(p.builder for p in cfg.data.parts() if p.name == part.name)
     tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, [t for p in parts for t in p.source.texts()])
-    key, qa = record_at(part, builder, index)
+    key, qa = record_at(part, index)
     video = read_features(part.source.store, key)
-    chosen, stamps = part.train.sampling(video.meta["timestamps"])
-    frames = torch.from_numpy(np.ascontiguousarray(video.feats[chosen]))
-    sample = Sample(key, frames, qa.question, qa.answer, qa.mode, None, qa.qtype, video.source, dataset=part.name)
-    if qa.dialog is not None:
-        dialog = with_caption_prompt(qa.dialog, part.train.caption_prompts, part.train.caption_template,
-                                     random.Random(f"{cfg.run.seed}:{key}"))
-        conv = part.data.conversation
-        encoder = DialogEncoder(tokenizer, TextSettings(conv.labels, part.data.max_tokens, conv.end_sym))
-        sample = replace(sample, dialog=dialog, stamps=tuple(stamps), text=encoder(dialog, stamps))
-    elif qa.mode == "breakpoint":
-        sample = replace(sample, time=frame_at(qa.seconds, stamps, key, video.source))
+    part.train.set_encoder(DialogEncoder(tokenizer, TextSettings.of(part.data)))
+    frames, stamps = part.train.sampled(video)
+    sample = part.train.sample(video, frames, stamps, qa, random.Random(f"{cfg.run.seed}:{key}"))
+    if sample is None:
+        raise DataError(f"{part.name} record {index} cannot be learned: {part.train.skips.counts}")
     ids, labels = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, part.data.feature_kind,
                            prompt=cfg.model.prompt).encode(sample)
     return {"dataset": part.name, "key": key, "frames": int(frames.shape[0]), "input_ids": list(ids),
