@@ -36,6 +36,7 @@ from webdataset import tariterators
 
 from moviechat.cli import stop_if_only_checking
 from moviechat.config import load_config
+from moviechat.data.instruct import media_key
 from moviechat.data.stores import DataError, VideoFeatures, expand_shards, feature_meta, write_shards
 from moviechat.data.video import IMAGE_SUFFIXES, read_frames, read_image
 from moviechat.features import load_encoder
@@ -57,9 +58,10 @@ def media_files(src: Path) -> list[Path]:
 
 
 def file_key(path: Path, src: Path) -> str:
-    """A file's feature key: its path below ``src`` without the extension (the name alone for one file)."""
+    """A file's feature key: its path below ``src`` without the extension (the name alone for one file), by the
+    rule the annotations' paths are keyed with (``moviechat.data.instruct.media_key``)."""
     rel = path.relative_to(src) if src.is_dir() else Path(path.name)
-    return rel.with_suffix("").as_posix()
+    return media_key(rel.as_posix(), str(path))
 
 
 Media = Iterator[tuple[str, str, Callable[[], tuple]]]  # (key, source, read -> (frames, stamps, duration))
