@@ -5,28 +5,29 @@ BIN := $(VENV)/bin
 
 .PHONY: train train-mixture test sweep bench-memory smollm2 clean-venv
 
-$(VENV)/.installed: pyproject.toml
+# ranges in pyproject.toml, the exact tested versions in constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $@
 
 train: $(VENV)/.installed
-	$(BIN)/python train.py --cfg configs/experiments/tiny_synthetic.yaml
+	$(BIN)/moviechat train --cfg configs/experiments/tiny_synthetic.yaml
 
 # Video-LLaMA's stage-2 mixture in miniature: a generated instruction set (written once), then the tiny model on it
 train-mixture: $(VENV)/.installed
-	$(BIN)/python data_pipelines/make_synthetic_instruct.py --cfg configs/experiments/tiny_instruct_mixture.yaml --out data/synthetic_instruct
-	$(BIN)/python train.py --cfg configs/experiments/tiny_instruct_mixture.yaml
+	$(BIN)/moviechat make-synthetic-instruct --cfg configs/experiments/tiny_instruct_mixture.yaml --out data/synthetic_instruct
+	$(BIN)/moviechat train --cfg configs/experiments/tiny_instruct_mixture.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 sweep: $(VENV)/.installed
-	$(BIN)/python launch/sweep.py --sweep configs/sweeps/tiny_memory.yaml
+	$(BIN)/moviechat sweep --sweep configs/sweeps/tiny_memory.yaml
 
 # SmolLM2-135M-Instruct as a local Hugging Face folder (.cache/llm/), for configs/experiments/smollm2_*.yaml
 smollm2: $(VENV)/.installed
-	$(BIN)/python launch/get_smollm2.py
+	$(BIN)/moviechat get-smollm2
 
 bench-memory: $(VENV)/.installed
 	$(BIN)/python benchmarks/memory.py

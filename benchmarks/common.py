@@ -10,7 +10,7 @@ import torch
 from moviechat.config import load_config
 from moviechat.data import Collator, build_datasets
 from moviechat.models import build_moviechat
-from moviechat.tokenizers import run_tokenizer
+from moviechat.text.tokenizers import run_tokenizer
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_synthetic.yaml"
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from common import TINY, build_model
-from moviechat.batch_answering import VideoFileLookup, answer_file, questions_from_annotations
+from moviechat.answering.whole_split import VideoFileLookup, answer_file, questions_from_annotations
 from moviechat.config import load_config
 from moviechat.data.annotations import QA, annotation_json
-from moviechat.inference import Answerer
-from moviechat.tokenizers import run_tokenizer
+from moviechat.answering.answerer import Answerer
+from moviechat.text.tokenizers import run_tokenizer
 
 
 def write_split(root: Path, videos: int, seconds: int, fps: int) -> None:

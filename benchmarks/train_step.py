@@ -20,7 +20,7 @@ import torch
 from common import TINY, build_model, timed
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
-from moviechat.tokenizers import run_tokenizer
+from moviechat.text.tokenizers import run_tokenizer
 
 SEVEN_B = TINY.parents[1] / "models" / "moviechat_vicuna7b.yaml"
 SMOLLM2 = TINY.parent / "smollm2_synthetic.yaml"

@@ -20,7 +20,7 @@ def tiny_cfg():
 
 
 def tiny_tokenizer(cfg):
-    from moviechat.tokenizers import run_tokenizer
+    from moviechat.text.tokenizers import run_tokenizer
 
     return run_tokenizer(cfg.model.llm, cfg.model.system_prompt, TINY_CORPUS)
 

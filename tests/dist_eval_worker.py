@@ -13,10 +13,10 @@ import torch
 from conftest import TINY, tiny_tokenizer
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
-from moviechat.distributed import all_reduce_sum, init_distributed
-from moviechat.heldout import HeldOutEvaluator
+from moviechat.common.distributed import all_reduce_sum, init_distributed
+from moviechat.training.heldout import HeldOutEvaluator
 from moviechat.models import build_moviechat
-from moviechat.prompt import PromptFormat
+from moviechat.text.prompt import PromptFormat
 
 QUESTIONS = [("what color is the ball", "red", "color"), ("what color is the first", "blue", "color"),
              ("what color is the dog", "red", "color"), ("how many dogs", "3", "count"), ("how many first", "2", "count")]

@@ -12,7 +12,7 @@ import torch
 
 from conftest import REPO, TINY
 from moviechat import evaluation
-from moviechat.batch_answering import FeatureLookup, OutputBusy, answer_file, answered_ids, exclusive
+from moviechat.answering.whole_split import FeatureLookup, OutputBusy, answer_file, answered_ids, exclusive
 from moviechat.data.annotations import QA, annotation_json, load_annotations, parse_moviechat1k
 from moviechat.data.stores import DataError, ShardStore, SkipCounter, VideoFeatures, default_meta, validate_features, \
     write_folder, write_shards
@@ -74,7 +74,7 @@ def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
 
 
 def test_the_judge_key_goes_only_to_https_or_this_machine(tmp_path, capsys):
-    from moviechat.judge import check_judge_url
+    from moviechat.scoring.judge import check_judge_url
 
     for url in ("https://api.example.com/v1", "http://127.0.0.1:8000/v1", "http://localhost:1/v1", "http://[::1]:1/v1"):
         check_judge_url(url, sends_key=True, allow_insecure=False)
@@ -97,7 +97,7 @@ def test_the_judge_key_goes_only_to_https_or_this_machine(tmp_path, capsys):
 
 
 def test_a_half_written_judge_cache_line_is_judged_again(tmp_path, capsys):
-    from moviechat.judge import JudgeClient
+    from moviechat.scoring.judge import JudgeClient
 
     cache = tmp_path / "c.jsonl"
     cache.write_text('{"key": "a", "reply": "{\'pred\': \'yes\', \'score\': 5}"}\n{"key": "b", "rep')
@@ -247,7 +247,7 @@ def test_a_breakpoint_past_the_end_is_asked_at_the_last_frame_and_counted(tmp_pa
 
 
 def test_the_training_token_cache_misses_when_features_are_re_extracted_at_the_same_path(tmp_path):
-    from moviechat.cache import FrameTokenCache
+    from moviechat.models.token_cache import FrameTokenCache
 
     cache = FrameTokenCache("digest", max_mb=64, folder=str(tmp_path / "cache"))
     shard = tmp_path / "s.tar"
@@ -266,7 +266,7 @@ def test_the_training_token_cache_misses_when_features_are_re_extracted_at_the_s
 
 
 def test_sweep_run_names_are_unique_per_setting():
-    from moviechat.sweeps import check_unique_names, short_names, slug, swept_keys
+    from moviechat.tuning import check_unique_names, short_names, slug, swept_keys
 
     settings = [{"model.video_qformer.dropout": 0.1}, {"model.llm.lora.dropout": 0.1}]
     names = [slug(s, swept_keys(settings)) for s in settings]
@@ -319,7 +319,7 @@ def test_features_taken_out_of_a_shard_keep_their_metadata(tmp_path, capsys):
     """``tar -xf SHARD KEY.feats.npy KEY.json``: the .json beside a .feats.npy is its metadata."""
     import tarfile
 
-    from moviechat.batch_answering import load_features
+    from moviechat.answering.whole_split import load_features
 
     meta = default_meta(3, "tokens", fps=2.0)
     write_shards([VideoFeatures("clip", np.ones((3, 8, 32), np.float16), meta, "")], str(tmp_path / "s-%03d.tar"))

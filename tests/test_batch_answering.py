@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from moviechat.batch_answering import FeatureLookup, VideoFileLookup, answer_file
+from moviechat.answering.whole_split import FeatureLookup, VideoFileLookup, answer_file
 from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
-from moviechat.inference import Answerer
+from moviechat.answering.answerer import Answerer
 from moviechat.memory import MemoryConfig
 from moviechat.models import build_moviechat
 

@@ -95,7 +95,7 @@ SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not i
 def test_every_shipped_config_validates_against_schema_and_registry(path):
     import moviechat.data  # noqa: F401  (registers the dataset builders)
     import moviechat.models  # noqa: F401
-    from moviechat.registry import DATASETS, MODELS
+    from moviechat.common.registry import DATASETS, MODELS
 
     cfg = load_config(path)
     assert isinstance(cfg, Config)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from moviechat.distributed import CHECK_ENV, free_port
+from moviechat.common.distributed import CHECK_ENV, free_port
 
 WORKER = REPO / "tests" / "dist_eval_worker.py"
 

@@ -9,7 +9,7 @@ import torch
 from moviechat import evaluation, export, inference
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.synthetic import generate_video, prototypes
-from moviechat.runs import load_run
+from moviechat.runs.loading import load_run
 from test_models import lavis_bert_names
 from test_trainer import run_train
 
@@ -209,7 +209,7 @@ def test_judge_failures_are_retried_then_counted(tmp_path):
     ("{'pred': 'maybe', 'score': 3}", None), ("{'pred': 'yes', 'score': 9}", None), ("no dict", None),
 ])
 def test_our_forgiving_parser(reply, expected):
-    from moviechat.judge_protocols import ours_verdict
+    from moviechat.scoring.judge_protocols import ours_verdict
 
     verdict = ours_verdict(reply)
     assert ((verdict.acc, verdict.score) if verdict.status == "ok" else None) == expected

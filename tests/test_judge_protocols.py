@@ -1,4 +1,4 @@
-"""Each judge protocol as its source behaves (moviechat/judge_protocols.py cites the files), on a table of
+"""Each judge protocol as its source behaves (moviechat/scoring/judge_protocols.py cites the files), on a table of
 reply shapes; the expected values were worked out by reading each source (and, for lmms-eval, checked by
 running its own parse_score / parse_acc / aggregate functions on the same replies)."""
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from moviechat import evaluation
-from moviechat.judge import JudgeClient
-from moviechat.judge_protocols import PROTOCOLS, SYSTEM, USER
+from moviechat.scoring.judge import JudgeClient
+from moviechat.scoring.judge_protocols import PROTOCOLS, SYSTEM, USER
 from judge_stub import StubJudge, field, serving
 
 FAILED = None  # the request failed (HTTP error, every retry)

@@ -146,7 +146,7 @@ def test_inference_with_a_preset_answers_as_the_batched_training_path(preset, ti
     """Answerer (StreamingMemory) and MovieChatModel.generate (memory plans) give the same answer ids."""
     from moviechat.data import Collator, Sample
     from moviechat.data.stores import default_meta
-    from moviechat.inference import Answerer
+    from moviechat.answering.answerer import Answerer
     from moviechat.models import build_moviechat
 
     tiny_cfg.memory = MemoryConfig(short_memory_length=8, short_memory_merge=2, fragment_frames=8, n_position=16,

@@ -8,7 +8,7 @@ from moviechat.models import build_moviechat
 from moviechat.models.weight_names import from_original_names, load_weights, save_weights, to_original_names
 from moviechat.models.qformer import qformer_from_original
 from moviechat.models.vision import build_vision, vision_from_lavis, vision_to_lavis
-from moviechat.registry import MODELS
+from moviechat.common.registry import MODELS
 
 
 def make_batch(cfg, tokenizer, kind="tokens", modes=("global", "breakpoint"), answers=True, seed=0):
@@ -194,7 +194,7 @@ def test_vision_encoder_shapes_and_converter_round_trip(tiny_cfg):
 
 
 def test_eva_vit_g_pth_as_released_and_lavis_blip2_both_load_with_equal_features(tiny_cfg, tmp_path):
-    from moviechat.features import FeatureEncoder
+    from moviechat.models.frame_encoders import FeatureEncoder
 
     vcfg = tiny_cfg.model.vision
     torch.manual_seed(0)
@@ -287,7 +287,7 @@ def test_memory_plans_are_cached_for_fixed_frame_tokens(tiny_model, tiny_cfg, to
 
 
 def test_frame_token_cache_is_keyed_by_qformer_weights_and_reused_from_disk(tiny_model, tmp_path):
-    from moviechat.cache import FrameTokenCache, weights_digest
+    from moviechat.models.token_cache import FrameTokenCache, weights_digest
 
     digest = weights_digest(tiny_model.image_qformer)
     feats = torch.randn(6, 5, 48)

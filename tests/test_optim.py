@@ -1,6 +1,6 @@
 import torch
 
-from moviechat.optim import build_optimizer, parameter_groups
+from moviechat.training.optim import build_optimizer, parameter_groups
 
 
 def test_biases_norms_and_vectors_get_no_weight_decay_as_in_the_original_runner(tiny_model, tiny_cfg):
@@ -32,7 +32,7 @@ def test_a_step_leaves_no_decay_parameters_undecayed(tiny_model, tiny_cfg):
 def test_video_llama_stage2_preset_schedule():
     from conftest import REPO
     from moviechat.config import load_config
-    from moviechat.optim import lr_lambda
+    from moviechat.training.optim import lr_lambda
 
     cfg = load_config(REPO / "configs" / "experiments" / "moviechat7b_videollama_stage2.yaml")
     t = cfg.train

@@ -16,7 +16,7 @@ from moviechat.data.dataset import VideoQADataset
 from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, ShardStore, SkipCounter
 from moviechat.data.video import read_frames
-from moviechat.features import load_frame_token_encoder
+from moviechat.models.frame_encoders import load_frame_token_encoder
 
 
 def load_script(name: str):

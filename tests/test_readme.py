@@ -69,10 +69,10 @@ def test_every_python_command_of_the_readme_parses():
     (["train.py", "--cfg", PLACEHOLDER_CFG, "memory.long_memory_policy=banana"],
      "command-line override 'memory.long_memory_policy=banana': memory.long_memory_policy='banana' must be one of"),
     (["train.py", "--cfg", PLACEHOLDER_CFG, "--resume", "runs/nope"], "run folder error: no checkpoint at runs/nope"),
-    (["-m", "moviechat.export", "runs/nope"], "error: no checkpoint at runs/nope"),
-    (["-m", "moviechat.inference", "runs/nope", "--question", "q", "--features", "x.npy"],
+    (["-m", "moviechat.runs.export", "runs/nope"], "error: no checkpoint at runs/nope"),
+    (["-m", "moviechat.answering.answerer", "runs/nope", "--question", "q", "--features", "x.npy"],
      "error: no checkpoint at runs/nope"),
-    (["-m", "moviechat.evaluation", "--predictions", "nope.jsonl", "--annotations", "x"],
+    (["-m", "moviechat.scoring.moviechat1k", "--predictions", "nope.jsonl", "--annotations", "x"],
      "error: --predictions nope.jsonl: no such file"),
 ])
 def test_a_mistake_is_one_line_and_exit_2(tmp_path, argv, message):

@@ -13,9 +13,9 @@ from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.models import build_moviechat
 from moviechat.models.llm import build_llm
-from moviechat.tokenizers import run_tokenizer
-from moviechat.prompt import IMAGE_TOKEN, PromptFormat, Stop
-from moviechat.runs import load_run
+from moviechat.text.tokenizers import run_tokenizer
+from moviechat.text.prompt import IMAGE_TOKEN, PromptFormat, Stop
+from moviechat.runs.loading import load_run
 from test_export_eval import synthetic_features
 from test_trainer import run_train
 

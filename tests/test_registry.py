@@ -1,6 +1,6 @@
 import pytest
 
-from moviechat.registry import MODELS, Registry
+from moviechat.common.registry import MODELS, Registry
 
 
 def test_register_build_and_typo_lists_known_names():

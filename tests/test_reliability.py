@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from moviechat.metrics import read_jsonl
-from moviechat.run_folder import STOPPED_EXIT, config_changes, truncate_metrics
-from moviechat.runs import load_run
+from moviechat.common.jsonl import read_jsonl
+from moviechat.runs.folder import STOPPED_EXIT, config_changes, truncate_metrics
+from moviechat.runs.loading import load_run
 from test_trainer import losses, run_train, train_cmd
 
 BASE = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "train.eval_every=0", "train.eval_generate=0"]
@@ -113,7 +113,7 @@ def test_a_stopped_setting_is_not_recorded_and_the_sweep_stops_to_resume_it(tmp_
     import importlib.util
 
     from conftest import REPO
-    from moviechat.sweeps import load_sweep, run_result
+    from moviechat.tuning import load_sweep, run_result
 
     spec = importlib.util.spec_from_file_location("sweep", REPO / "launch" / "sweep.py")
     sweep = importlib.util.module_from_spec(spec)
@@ -122,8 +122,8 @@ def test_a_stopped_setting_is_not_recorded_and_the_sweep_stops_to_resume_it(tmp_
     (tmp_path / "s" / "status.json").write_text(json.dumps({"status": "stopped", "step": 100, "max_steps": 400}))
     with pytest.raises(RuntimeError, match="not finished"):
         run_result(tmp_path / "s", {}, 1.0)
-    from moviechat.sweeps import runner
-    from moviechat.sweeps.trials import Outcome
+    from moviechat.tuning import runner
+    from moviechat.tuning.trials import Outcome
 
     monkeypatch.setattr(runner, "run_training", lambda *a, **k: Outcome(STOPPED_EXIT, False, "", 1.0))
     spec_file = tmp_path / "sw.yaml"
@@ -241,7 +241,7 @@ def test_released_pth_files_load_as_plain_state_dicts_and_others_are_refused(tmp
     import torch
 
     from moviechat.models.weight_names import read_state
-    from moviechat.safe_load import UnsafeFileError, load_pt
+    from moviechat.common.safe_load import UnsafeFileError, load_pt
 
     torch.save({"model": {"llama_proj.weight": torch.ones(2, 2)}}, tmp_path / "ok.pth")
     assert torch.equal(load_pt(tmp_path / "ok.pth")["model"]["llama_proj.weight"], torch.ones(2, 2))
@@ -262,7 +262,7 @@ def test_a_crafted_pickle_outside_the_zip_format_is_refused_before_deepspeed_loa
 
     import torch
 
-    from moviechat.safe_load import UnsafeFileError, check_files, load_pt
+    from moviechat.common.safe_load import UnsafeFileError, check_files, load_pt
 
     marker = tmp_path / "pwned"
     torch.save({"module": RunsCode(marker)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from moviechat import evaluation
-from moviechat.batch_answering import FeatureLookup, answer_file, questions_from_annotations
+from moviechat.answering.whole_split import FeatureLookup, answer_file, questions_from_annotations
 from moviechat.data.stores import DataError, VideoFeatures, write_folder
-from moviechat.inference import moviechat_breakpoint_seconds
+from moviechat.answering.answerer import moviechat_breakpoint_seconds
 from test_batch_answering import answerer_for, token_video
 
 
@@ -87,7 +87,7 @@ def test_moviechat_conventions_on_a_video_whose_num_frame_and_fps_disagree_with_
 
 
 def test_split_heldout_answers_and_scores_only_the_runs_held_out_videos(tmp_path, tiny_cfg, tokenizer, capsys):
-    from moviechat.batch_answering import run_split
+    from moviechat.answering.whole_split import run_split
 
     root = tmp_path / "ann"
     root.mkdir()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY
-from moviechat.distributed import free_port
-from moviechat.metrics import read_jsonl
+from moviechat.common.distributed import free_port
+from moviechat.common.jsonl import read_jsonl
 
 FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "train.eval_samples=16", "train.eval_generate=8",
         "train.log_every=1", "train.warmup_steps=2", "deepspeed.micro_batch_size=4"]
@@ -105,7 +105,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
 
 def test_a_second_signal_exits_at_once():
     # The handler itself (the window between two real Ctrl-C is too short to hit reliably in a test).
-    code = ("from moviechat.trainer import Trainer\n"
+    code = ("from moviechat.training.trainer import Trainer\n"
             "t = Trainer.__new__(Trainer)\nt.stop_requested = False\n"
             "t._on_signal(2, None)\nprint('first: stop requested', t.stop_requested, flush=True)\n"
             "t._on_signal(2, None)\nprint('a copy at once is the same request', flush=True)\n"

@@ -22,10 +22,10 @@ from moviechat.data.keys import DataError
 from moviechat.data.preview import preview
 from moviechat.data.stores import SkipCounter
 from moviechat.data.synthetic_instruct import write_instruct_set
-from moviechat.metrics import read_jsonl
+from moviechat.common.jsonl import read_jsonl
 from moviechat.models import build_moviechat
-from moviechat.tokenizers import run_tokenizer
-from moviechat.train_batches import mixture_draw
+from moviechat.text.tokenizers import run_tokenizer
+from moviechat.training.batches import mixture_draw
 from test_trainer import run_train, train_cmd
 
 MIXTURE = REPO / "configs" / "experiments" / "tiny_instruct_mixture.yaml"
@@ -222,8 +222,8 @@ def test_a_record_whose_first_answer_truncation_would_cut_is_named_or_counted(in
 
 
 def test_an_elastic_merge_keeps_every_datasets_streams_and_counts_samples_once():
-    from moviechat.elastic import merged_train_state
-    from moviechat.train_state import StreamState, TrainState, upgrade
+    from moviechat.training.elastic import merged_train_state
+    from moviechat.runs.train_state import StreamState, TrainState, upgrade
 
     old = [TrainState(6, {"a": StreamState(1, {0: 5}, {0: 1}, 2), "b": StreamState(0, {0: 3})}, {"a": 40, "b": 8}),
            TrainState(6, {"a": StreamState(1, {1: 4}), "b": StreamState(0, {1: 2})}, {"a": 40, "b": 8})]
@@ -238,7 +238,7 @@ def test_an_elastic_merge_keeps_every_datasets_streams_and_counts_samples_once()
 
 
 def test_a_search_can_target_one_dataset_of_a_mixture():
-    from moviechat.sweeps.grid import reported_metric
+    from moviechat.tuning.grid import reported_metric
 
     assert all(map(reported_metric, ["eval/loss", "eval/acc", "eval/acc_type_first", "eval/llava_instruct/acc",
                                      "eval/llava_instruct/loss", "eval/videochat_instruct/acc_prior"]))
@@ -246,7 +246,7 @@ def test_a_search_can_target_one_dataset_of_a_mixture():
 
 
 def test_a_mixtures_evaluation_weighs_each_dataset_by_its_tokens_and_questions():
-    from moviechat.heldout import combine_records
+    from moviechat.training.heldout import combine_records
 
     a = {"step": 5, "eval/loss": 1.0, "eval/tokens": 30, "eval/acc": 0.5, "eval/n_all": 10, "eval/acc_prior": 0.1,
          "eval/n_prior": 10}

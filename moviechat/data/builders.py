@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from moviechat.config import Config
-from moviechat.data_config import DataConfig
+from moviechat.config.data import DataConfig
 from moviechat.data.annotations import QA, load_annotations, split_by_video
 from moviechat.data.conversation import read_prompts
 from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
@@ -14,7 +14,7 @@ from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, expand_shards
 from moviechat.data.instruct import READERS, is_shard_pattern
 from moviechat.data.synthetic import synthetic_dir, write_synthetic_set
-from moviechat.registry import DATASETS
+from moviechat.common.registry import DATASETS
 
 
 def open_store(data: DataConfig):

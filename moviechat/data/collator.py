@@ -1,4 +1,4 @@
-"""Samples -> the batch dict the model reads: prompt (moviechat.prompt) and answer tokens, labels, padding."""
+"""Samples -> the batch dict the model reads: prompt (moviechat.text.prompt) and answer tokens, labels, padding."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from moviechat.data.dataset import Sample
-from moviechat.prompt import IGNORE_INDEX, PromptFormat
+from moviechat.text.prompt import IGNORE_INDEX, PromptFormat
 
 
 class Collator:

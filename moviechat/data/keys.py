@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+from moviechat.common.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and the key."""
 
 

@@ -1,6 +1,6 @@
 """One record as the model sees it: check a new data set before spending GPU hours on it.
 
-    python -m moviechat.data.preview --cfg configs/experiments/X.yaml [key=value ...] --index N [--dataset NAME] [--text]
+    moviechat preview --cfg configs/experiments/X.yaml [key=value ...] --index N [--dataset NAME] [--text]
 
 Prints one JSON line ``{"dataset", "key", "frames", "input_ids", "labels", "text"}``: the N-th record of the
 annotation file (file order, before any split or shuffle; for MovieChat-1K style sets, the N-th question of
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from moviechat.cli import run_cli, stop_if_only_checking
+from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.config import Config, load_config
 from moviechat.data.annotations import QA
 from moviechat.data.builders import DataPart, build_parts
@@ -27,7 +27,7 @@ from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text
 from moviechat.data.instruct import READERS
 from moviechat.data.keys import DataError
 from moviechat.data.stores import ShardStore, VideoFeatures, read_npy_video, read_shard_video
-from moviechat.tokenizers import run_tokenizer
+from moviechat.text.tokenizers import run_tokenizer
 
 
 def record_at(part: DataPart, index: int) -> tuple[str, QA]:

@@ -24,7 +24,7 @@ import numpy as np
 from braceexpand import braceexpand
 from webdataset import tariterators
 
-from moviechat.atomic import atomic_path
+from moviechat.common.atomic import atomic_path
 from moviechat.data.keys import DataError, check_meta  # noqa: F401  (DataError: re-exported, its old home)
 
 FEATURE_KINDS = ("eva", "tokens")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moviechat.atomic import atomic_path
-from moviechat.data_config import SyntheticConfig
+from moviechat.common.atomic import atomic_path
+from moviechat.config.data import SyntheticConfig
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.stores import VideoFeatures, default_meta, write_shards
 

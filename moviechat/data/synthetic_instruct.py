@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moviechat.atomic import atomic_path
+from moviechat.common.atomic import atomic_path
 from moviechat.data.stores import VideoFeatures, default_meta, write_folder
 from moviechat.data.synthetic import COLORS, generate_video, prototypes
 

@@ -11,8 +11,8 @@ from moviechat.models.llm import apply_lora, build_llm
 from moviechat.models.moviechat import MovieChatModel
 from moviechat.models.qformer import build_qformer
 from moviechat.models.vision import build_vision
-from moviechat.prompt import IMAGE_TOKEN
-from moviechat.registry import MODELS
+from moviechat.text.prompt import IMAGE_TOKEN
+from moviechat.common.registry import MODELS
 
 
 @MODELS.register("moviechat")

@@ -1,5 +1,5 @@
 """The language model: any causal LM from a local folder, or a tiny random LLaMA; freezing and optional
-LoRA (peft). Its tokenizer: ``moviechat.tokenizers``."""
+LoRA (peft). Its tokenizer: ``moviechat.text.tokenizers``."""
 
 from __future__ import annotations
 

@@ -23,11 +23,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from moviechat.cache import FrameTokenCache, weights_digest
+from moviechat.models.token_cache import FrameTokenCache, weights_digest
 from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_table
 from moviechat.models.qformer import QFormer, encode_frame_tokens
 from moviechat.models.vision import EvaVisionEncoder
-from moviechat.prompt import IGNORE_INDEX, Stop
+from moviechat.text.prompt import IGNORE_INDEX, Stop
 
 PARTS = ("vision", "ln_vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
 

@@ -14,8 +14,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from moviechat.atomic import torch_save_atomic
-from moviechat.safe_load import load_pt
+from moviechat.common.atomic import torch_save_atomic
+from moviechat.common.safe_load import load_pt
 from moviechat.models.qformer import qformer_from_original, qformer_to_original
 from moviechat.models.vision import is_bare_vit, vision_from_lavis, vision_to_lavis
 
