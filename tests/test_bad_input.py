@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY
-from moviechat import evaluation
+from helpers import TINY, answerer_for, moviechat1k_json, rows_for, token_video, write_annotation
+from moviechat.scoring import cli as score_cli
 from moviechat.answering.whole_split import FeatureLookup, OutputBusy, answer_file, answered_ids, exclusive
 from moviechat.data.annotations import QA, annotation_json, load_annotations, parse_moviechat1k
 from moviechat.data.stores import DataError, ShardStore, SkipCounter, VideoFeatures, default_meta, validate_features, \
     write_folder, write_shards
-from test_batch_answering import answerer_for, rows_for, token_video
-from test_data import moviechat1k_json, write_annotation
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -49,7 +47,7 @@ def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
     marker = tmp_path / "pwned"
     name = f"a b$(touch {marker})"
     script = tmp_path / "job.sbatch"
-    proc = subprocess.run([sys.executable, str(REPO / "launch" / "launch.py"), "slurm", "--cfg", str(TINY),
+    proc = subprocess.run([sys.executable, "-m", "moviechat", "launch", "slurm", "--cfg", str(TINY),
                            f"run.output_dir={tmp_path}", f"run.name={name}", "--script", str(script),
                            "--log-dir", str(tmp_path / "logs"), "--dry-run"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -64,8 +62,7 @@ def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
     assert not marker.exists()
     assert f"ARG[run.name={name}]" in calls and f"ARG[{tmp_path / name}]" in calls  # --resume "<run dir>", whole
     with pytest.raises(SystemExit, match="only letters, digits"):
-        sys.path.insert(0, str(REPO / "launch"))
-        import launch
+        from moviechat.training import launch
 
         launch.main(["slurm", "--cfg", str(TINY), "--name", "x y", "run.name=a", "--dry-run"])
 
@@ -88,7 +85,7 @@ def test_the_judge_key_goes_only_to_https_or_this_machine(tmp_path, capsys):
     write_annotation(tmp_path / "ann", "1", moviechat1k_json())
     os.environ["MOVIECHAT_TEST_KEY"] = "secret"
     try:
-        assert evaluation.main(["--predictions", str(preds), "--annotations", str(tmp_path / "ann"), "--out",
+        assert score_cli.main(["--predictions", str(preds), "--annotations", str(tmp_path / "ann"), "--out",
                                 str(tmp_path / "e"), "--judge-url", "http://judge.example.com/v1", "--judge-model", "m",
                                 "--judge-key-env", "MOVIECHAT_TEST_KEY"]) == 2
     finally:
@@ -163,11 +160,11 @@ def test_bad_metadata_sends_its_video_to_the_failures_file_and_the_rest_are_answ
 
 
 def test_inference_cli_numbers_are_checked(tmp_path, capsys):
-    from moviechat import inference
+    from moviechat.answering import cli as answer_cli
 
     for flag, value in (("--limit", "-5"), ("--max-new-tokens", "0"), ("--batch-size", "0")):
         with pytest.raises(SystemExit) as stop:
-            inference.main([str(tmp_path), "--annotations", str(tmp_path), flag, value])
+            answer_cli.main([str(tmp_path), "--annotations", str(tmp_path), flag, value])
         assert stop.value.code == 2 and f"{flag}={value} must be >= 1" in capsys.readouterr().err
 
 
@@ -180,7 +177,7 @@ def test_evaluation_counts_each_question_once_and_says_how_many_were_repeated(tm
             {"video": "1", "question": "What is he doing?", "time": 10.0, "prediction": "sitting"}]
     preds = tmp_path / "p.jsonl"
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows + rows + rows[:1]))
-    assert evaluation.main(["--predictions", str(preds), "--annotations", str(tmp_path / "ann"), "--out",
+    assert score_cli.main(["--predictions", str(preds), "--annotations", str(tmp_path / "ann"), "--out",
                             str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["all"]["n"] == 2 and summary["all"]["normalized"] == 0.5 and summary["duplicate_predictions"] == 3
@@ -197,15 +194,15 @@ def test_evaluation_names_a_field_of_the_wrong_type(tmp_path, capsys, line, prob
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"video": "1", "question": "Where is he?", "prediction": "x"}\n' + line + "\n")
     args = ["--predictions", str(preds), "--annotations", str(tmp_path / "ann"), "--out", str(tmp_path / "e")]
-    assert evaluation.main(args) == 2
+    assert score_cli.main(args) == 2
     err = capsys.readouterr().err
     assert f"{preds}: line 2: {problem}" in err and "Traceback" not in err
-    assert evaluation.main(args + ["--skip-bad-lines"]) == 0
+    assert score_cli.main(args + ["--skip-bad-lines"]) == 0
     assert "skipped 1 malformed prediction line(s)" in capsys.readouterr().out
 
 
 def test_evaluation_of_a_missing_predictions_file_is_one_line(tmp_path, capsys):
-    assert evaluation.main(["--predictions", str(tmp_path / "nope.jsonl"), "--annotations", str(tmp_path)]) == 2
+    assert score_cli.main(["--predictions", str(tmp_path / "nope.jsonl"), "--annotations", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --predictions {tmp_path / 'nope.jsonl'}: no such file"
 
 

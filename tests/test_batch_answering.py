@@ -8,26 +8,7 @@ import torch
 
 from moviechat.answering.whole_split import FeatureLookup, VideoFileLookup, answer_file
 from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
-from moviechat.answering.answerer import Answerer
-from moviechat.memory import MemoryConfig
-from moviechat.models import build_moviechat
-
-QUESTIONS = [("what color is the first scene", None), ("what color now", 3.0), ("what color now", 21.0),
-             ("how many scenes", None), ("what color now", 3.0), ("what color now", 0.0), ("what came before", 36.0)]
-
-
-def answerer_for(cfg, tokenizer, preset: str = "streaming") -> Answerer:
-    cfg.memory = MemoryConfig(short_memory_length=8, short_memory_merge=2, fragment_frames=8, n_position=16,
-                              long_memory_length=16, preset=preset)
-    torch.manual_seed(0)
-    model = build_moviechat(cfg.model, cfg.memory, tokenizer, verbose=False).eval()
-    return Answerer(cfg, tokenizer, model, max_new_tokens=3)
-
-
-def token_video(cfg, frames: int = 40, seed: int = 1) -> tuple[np.ndarray, dict]:
-    q = cfg.model.image_qformer
-    feats = torch.randn(frames, q.num_query_tokens, q.hidden_size, generator=torch.Generator().manual_seed(seed))
-    return feats.numpy(), default_meta(frames, "tokens")
+from helpers import QUESTIONS, answerer_for, rows_for, token_video
 
 
 @pytest.mark.parametrize("preset", ["streaming", "original", "moviechat_plus"])
@@ -38,10 +19,6 @@ def test_one_pass_per_video_answers_as_one_stream_per_question(preset, tiny_cfg,
     alone = [answerer.answer(feats, meta, q, t, "v") for q, t in QUESTIONS]
     assert together == alone
     assert [r["frame"] for r in together] == [None, 3, 21, None, 3, 0, 36]
-
-
-def rows_for(keys):
-    return [{"video": k, "question": q, "time": t} for k in keys for q, t in QUESTIONS]
 
 
 def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_cfg, tokenizer):

@@ -11,16 +11,23 @@ from moviechat.data.conversation import (IGNORE_INDEX, IMAGE, TextSettings, blip
                                          preview_record, tokenize, videochat_dialog, videochat_turns,
                                          with_caption_prompt)
 from moviechat.data.keys import DataError
-from test_real_llm import cfg, smollm2, tokenizer  # noqa: F401  (session fixtures: the real tokenizer)
 
 VIDEOCHAT = {"video": "cook/v0.mp4", "QA": [{"q": "What happens?", "a": "A dog runs.\nThen it stops."},
                                             {"q": "Colour?", "a": "Brown — ünïcode"}]}
+
+
+@pytest.fixture
+def tokenizer(smollm2_tokenizer):
+    """The real SmolLM2 tokenizer (a session fixture of conftest)."""
+    return smollm2_tokenizer
+
+
 LLAVA = {"id": "1", "image": "x.jpg", "conversations": [
     {"from": "human", "value": "<image>\nWhat is in the picture?"}, {"from": "gpt", "value": "A cat on a mat."},
     {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Grey."}]}
 
 
-def supervised(tokenizer, ids, labels) -> str:  # noqa: F811
+def supervised(tokenizer, ids, labels) -> str:
     return tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
 
 

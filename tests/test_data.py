@@ -14,6 +14,7 @@ from moviechat.data import Collator, Sample
 from moviechat.data.dataset import VideoQADataset
 from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, VideoFeatures, default_meta, write_folder, write_shards
 from moviechat.data.synthetic import generate_video, prototypes
+from helpers import moviechat1k_json, write_annotation
 
 Q, D = 8, 32
 
@@ -101,20 +102,6 @@ def test_breakpoint_time_maps_to_the_sampled_frame_at_or_before():
     (sample,) = ds.video_samples(vid, __import__("random").Random(0))
     assert sample.frames.shape[0] == 10  # frames 0, 4, 9, 13, 17, 22, 26, 30, 35, 39 at 2 fps
     assert sample.time == 3  # 7.4 s = frame 14.8 -> sampled frame 13 (6.5 s) is the last at or before
-
-
-def write_annotation(folder, key, data):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{key}.json").write_text(json.dumps(data))
-    return folder / f"{key}.json"
-
-
-def moviechat1k_json(key="1", time=300, question="What is he doing?", answer="Running."):
-    return {"info": {"video_path": f"{key}.mp4", "url": "", "class": "film", "w": 640, "h": 360, "num_frame": 900,
-                     "fps": 30.0},
-            "caption": "A man runs.",
-            "global": [{"question": "Where is he?", "answer": "Outside."}],
-            "breakpoint": [{"time": time, "question": question, "answer": answer}]}
 
 
 def test_moviechat1k_annotation_parses_times_in_seconds_and_captions(tmp_path):

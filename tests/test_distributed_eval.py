@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from moviechat.common.distributed import CHECK_ENV, free_port
 
 WORKER = REPO / "tests" / "dist_eval_worker.py"

@@ -2,16 +2,27 @@ import http.server
 import json
 import threading
 
-import numpy as np
 import pytest
 import torch
 
-from moviechat import evaluation, export, inference
+from moviechat.scoring import cli as score_cli
+
+from moviechat.scoring.judge import JudgeClient
+
+from moviechat.scoring import moviechat1k
+
+from moviechat.answering import cli as answer_cli
+
+from moviechat.answering.answerer import Answerer
+
+from moviechat.answering import whole_split
+
+from moviechat.answering.chat import instruct_prompt_ids
+
+from moviechat.runs import export
 from moviechat.data.annotations import QA, annotation_json
-from moviechat.data.synthetic import generate_video, prototypes
 from moviechat.runs.loading import load_run
-from test_models import lavis_bert_names
-from test_trainer import run_train
+from helpers import lavis_bert_names, run_train, synthetic_features
 
 LORA = ["model.llm.lora.enabled=true", "model.freeze.llm=true", "train.max_steps=3", "train.eval_every=0",
         "train.eval_generate=0"]
@@ -59,30 +70,22 @@ def test_zero2_checkpoint_of_a_two_process_run_exports(tmp_path):
     assert "llama_proj.weight" in state and state["llama_proj.weight"].dtype == torch.float32
 
 
-def synthetic_features(tmp_path, cfg):
-    q = cfg.model.image_qformer
-    video = generate_video("clip", 3, prototypes(6, q.num_query_tokens, q.hidden_size, 0), 40, 40, 6, 10, 0.3)
-    np.save(tmp_path / "clip.npy", video.features.feats)
-    (tmp_path / "clip.json").write_text(json.dumps(video.features.meta))
-    return video
-
-
 def test_inference_answers_in_both_modes_and_in_batch(lora_run, tmp_path, capsys):
     cfg, _, _, _ = load_run(lora_run)
     video = synthetic_features(tmp_path, cfg)
-    assert inference.main([str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question",
+    assert answer_cli.main([str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question",
                            "what color is the first scene", "--max-new-tokens", "3"]) == 0
     global_answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert global_answer["mode"] == "global" and isinstance(global_answer["prediction"], str)
-    assert inference.main([str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question",
+    assert answer_cli.main([str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question",
                            "what color is on screen now", "--time", "12.5", "--max-new-tokens", "3"]) == 0
     bp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bp["mode"] == "breakpoint" and bp["frame"] == 12
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"video": "clip", "question": q.question, "time": q.seconds}) + "\n"
                                  for q in video.qas))
-    answerer = inference.Answerer.load(lora_run, max_new_tokens=3)
-    counts = inference.answer_file(answerer, questions, inference.FeatureLookup(str(tmp_path), None, "tokens"),
+    answerer = Answerer.load(lora_run, max_new_tokens=3)
+    counts = whole_split.answer_file(answerer, questions, whole_split.FeatureLookup(str(tmp_path), None, "tokens"),
                                    tmp_path / "p.jsonl")
     n = counts["answered"]
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
@@ -96,28 +99,28 @@ def test_a_chat_asks_each_question_after_the_earlier_answers(lora_run, tmp_path,
     cfg, _, _, _ = load_run(lora_run)
     synthetic_features(tmp_path, cfg)
     asked = []
-    real = inference.Answerer.converse
-    monkeypatch.setattr(inference.Answerer, "converse", lambda self, *a, **k: asked.append(a) or real(self, *a, **k))
+    real = Answerer.converse
+    monkeypatch.setattr(Answerer, "converse", lambda self, *a, **k: asked.append(a) or real(self, *a, **k))
     args = [str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question", "what color is the first scene",
             "--question", "how many scenes are there", "--max-new-tokens", "3"]
-    assert inference.main(args) == 0
+    assert answer_cli.main(args) == 0
     turns = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()[-2:]]
     assert [t["turn"] for t in turns] == [0, 1] and all(t["mode"] == "global" for t in turns)
-    answerer = inference.Answerer.load(lora_run, max_new_tokens=3)
+    answerer = Answerer.load(lora_run, max_new_tokens=3)
     first = turns[0]["prediction"]
     # the second prompt holds the first question and the model's own first answer, MovieChat's Chat layout
     text = answerer.prompt.prompt_text("how many scenes are there", [("what color is the first scene", first)])
     assert text.endswith(f"first scene###Assistant: {first}###Human: how many scenes are there###Assistant:")
     assert turns[0]["prediction"] == answerer.answer(*asked[0][:2], "what color is the first scene", None, "x")["prediction"]
-    assert inference.main(args[:3] + ["--question", "what color is the first scene", "--chat-style", "instruct",
+    assert answer_cli.main(args[:3] + ["--question", "what color is the first scene", "--chat-style", "instruct",
                                       "--max-new-tokens", "3"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["turn"] == 0
-    ids = inference.instruct_prompt_ids("how many scenes are there", [("what color is the first scene", "red")],
+    ids = instruct_prompt_ids("how many scenes are there", [("what color is the first scene", "red")],
                                         [0.0, 1.0], answerer.tokenizer)
     assert answerer.tokenizer.decode(ids).replace(" ", "").endswith(
         "firstscene###Assistant:red###Human:howmanyscenesarethere###Assistant:")
     with pytest.raises(SystemExit):
-        inference.main(args + ["--time", "3"])
+        answer_cli.main(args + ["--time", "3"])
 
 
 def hand_made(tmp_path):
@@ -137,7 +140,7 @@ def hand_made(tmp_path):
 
 def test_offline_scores_on_a_hand_made_set(tmp_path):
     ann, preds = hand_made(tmp_path)
-    assert evaluation.main(["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "out")]) == 0
+    assert score_cli.main(["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["unmatched_predictions"] == 1
     scores = lambda entry: {k: entry[k] for k in ("n", "videos", "exact", "normalized", "f1")}  # noqa: E731
@@ -181,14 +184,14 @@ def test_judge_on_a_localhost_stub_counts_malformed_and_caches(tmp_path):
     try:
         args = ["--predictions", str(preds), "--annotations", str(ann), "--out", str(tmp_path / "j"), "--judge-url", url,
                 "--judge-model", "stub-judge-1", "--judge-protocol", "ours"]
-        assert evaluation.main(args) == 0
+        assert score_cli.main(args) == 0
         summary = json.loads((tmp_path / "j" / "summary.json").read_text())
         assert summary["judge_model"] == "stub-judge-1" and summary["judge_protocol"] == "ours"
         assert summary["judge_models_reported"] == ["stub-judge-1"]
         assert summary["global"]["judge_accuracy"] == 1.0 and summary["global"]["judge_score"] == 5
         assert summary["breakpoint"]["judge_malformed"] == 1 and summary["breakpoint"]["judge_accuracy"] is None
         assert StubJudge.count == 2
-        assert evaluation.main(args) == 0  # cached: no new requests
+        assert score_cli.main(args) == 0  # cached: no new requests
         assert StubJudge.count == 2
     finally:
         server.shutdown()
@@ -196,9 +199,9 @@ def test_judge_on_a_localhost_stub_counts_malformed_and_caches(tmp_path):
 
 def test_judge_failures_are_retried_then_counted(tmp_path):
     ann, preds = hand_made(tmp_path)
-    judge = evaluation.JudgeClient("http://127.0.0.1:9", "none", tmp_path / "c.jsonl", retries=2, timeout=1, backoff=0)
-    rows, summary = evaluation.evaluate([json.loads(x) for x in preds.read_text().splitlines()],
-                                        evaluation.references(ann), judge)
+    judge = JudgeClient("http://127.0.0.1:9", "none", tmp_path / "c.jsonl", retries=2, timeout=1, backoff=0)
+    rows, summary = moviechat1k.evaluate([json.loads(x) for x in preds.read_text().splitlines()],
+                                        moviechat1k.references(ann), judge)
     assert judge.requests == 4 and summary["all"]["judge_failed"] == 2
     # lmms-eval (the default) keeps a failed judgement in the mean as "no" / 0
     assert summary["all"]["judge_accuracy"] == 0.0 and summary["all"]["judge_score"] == 0.0
@@ -219,7 +222,7 @@ def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path,
     from test_pipelines import write_video
 
     write_video(tmp_path / "clip.mp4", frames=16, fps=8)
-    assert inference.main([str(lora_run), "--video-file", str(tmp_path / "clip.mp4"), "--fps", "4",
+    assert answer_cli.main([str(lora_run), "--video-file", str(tmp_path / "clip.mp4"), "--fps", "4",
                            "--question", "what color is on screen now", "--time", "1.0", "--max-new-tokens", "2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["mode"] == "breakpoint" and result["frame"] == 4  # 1.0 s at 4 fps
@@ -235,22 +238,22 @@ def test_batch_over_video_files_with_moviechat_sampling(lora_run, tmp_path, caps
     (tmp_path / "ann" / "clip.json").write_text(json.dumps(annotation_json("clip", qas, fps=8.0, num_frame=40)))
     args = [str(lora_run), "--annotations", str(tmp_path / "ann"), "--videos", str(tmp_path / "videos"),
             "--sampling", "moviechat", "--out", str(tmp_path / "p.jsonl"), "--max-new-tokens", "2"]
-    assert inference.main(args) == 0
+    assert answer_cli.main(args) == 0
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [r["mode"] for r in rows] == ["global", "breakpoint"] and {r["sampling"] for r in rows} == {"frames=1024"}
     capsys.readouterr()
-    assert inference.main(args) == 0  # a re-run finds everything answered
+    assert answer_cli.main(args) == 0  # a re-run finds everything answered
     printed = capsys.readouterr().out
     assert "answered 0 questions" in printed and "(2 answered before;" in printed
 
 
 def test_questions_come_from_an_annotations_folder(tmp_path):
     ann, _ = hand_made(tmp_path)
-    rows = inference.questions_from_annotations(ann)
+    rows = whole_split.questions_from_annotations(ann)
     assert rows == [{"video": "v1", "question": "Where is he?", "time": None},
                     {"video": "v1", "question": "What is he holding?", "time": 10.0, "frame_index": 300,
                      "num_frame": 900}]  # the frame index as written, for --breakpoint-convention moviechat
-    assert len(inference.questions_from_annotations(ann, limit=1)) == 1
+    assert len(whole_split.questions_from_annotations(ann, limit=1)) == 1
 
 
 def test_moviechat_export_leaves_the_model_as_it_was(lora_run, tmp_path):
@@ -263,7 +266,7 @@ def test_moviechat_export_leaves_the_model_as_it_was(lora_run, tmp_path):
 def test_bootstrap_interval_resamples_videos_not_questions():
     # 40 videos of 5 questions; a video is all right or all wrong: the spread is that of 40 draws, not 200.
     rows = [{"video": f"v{v}", "exact": float(v < 20)} for v in range(40) for _ in range(5)]
-    lo, hi = evaluation.bootstrap_ci(rows, lambda r: r["exact"])
+    lo, hi = moviechat1k.bootstrap_ci(rows, lambda r: r["exact"])
     assert lo < 0.5 < hi and 0.25 < hi - lo < 0.4  # ~ +-1.96 * sqrt(0.25 / 40); questions alone give ~ +-0.07
-    assert evaluation.bootstrap_ci(rows, lambda r: r["exact"]) == [lo, hi]  # seeded
-    assert evaluation.bootstrap_ci([{"video": "a", "exact": 1.0}] * 3, lambda r: r["exact"]) == [1.0, 1.0]
+    assert moviechat1k.bootstrap_ci(rows, lambda r: r["exact"]) == [lo, hi]  # seeded
+    assert moviechat1k.bootstrap_ci([{"video": "a", "exact": 1.0}] * 3, lambda r: r["exact"]) == [1.0, 1.0]

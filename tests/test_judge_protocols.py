@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from moviechat import evaluation
+from moviechat.scoring import moviechat1k
 from moviechat.scoring.judge import JudgeClient
 from moviechat.scoring.judge_protocols import PROTOCOLS, SYSTEM, USER
 from judge_stub import StubJudge, field, serving
@@ -71,7 +71,7 @@ def test_aggregation_failures_and_cache_per_protocol(tmp_path):
         results = {}
         for name in ("lmms-eval", "ours"):
             judge = JudgeClient(url, "judge", tmp_path / "cache.jsonl", retries=2, backoff=0, protocol=PROTOCOLS[name])
-            _, summary = evaluation.evaluate(preds, evaluation.references(tmp_path / "ann"), judge)
+            _, summary = moviechat1k.evaluate(preds, moviechat1k.references(tmp_path / "ann"), judge)
             results[name] = summary["all"]
     # lmms-eval: every question counts; 4.8 -> 4; chatty -> 0; empty and failed -> "no", 0
     assert results["lmms-eval"]["judge_accuracy"] == 0.25 and results["lmms-eval"]["judge_score"] == 1.0

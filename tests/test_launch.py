@@ -1,18 +1,18 @@
-import importlib.util
+import importlib
 import json
-import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
+
+
+SCRIPTS = {"launch": "moviechat.training.launch", "sweep": "moviechat.tuning.cli",
+           "inspect_memory": "moviechat.tuning.inspect_memory", "get_smollm2": "moviechat.prepare.smollm2"}
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "launch" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
+    """The module behind a launch/ script (the script itself only calls ``moviechat <verb>``)."""
+    return importlib.import_module(SCRIPTS[name])
 
 
 def test_launchers_dry_run_print_the_commands(tmp_path, capsys):
@@ -49,12 +49,12 @@ grid:
 
 def test_sweep_expands_a_grid_and_rejects_bad_settings(tmp_path):
     sweep = load("sweep")
-    from moviechat import sweeps
+    from moviechat import tuning
 
-    cfg = sweeps.load_sweep(write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]\n  memory.long_memory_policy: [merge, fifo]"))
-    settings = sweeps.expand(cfg)
+    cfg = tuning.load_sweep(write_sweep(tmp_path, "  memory.long_memory_length: [4, 16]\n  memory.long_memory_policy: [merge, fifo]"))
+    settings = tuning.expand(cfg)
     assert settings == [{"memory.long_memory_length": a, "memory.long_memory_policy": b} for a in (4, 16) for b in ("merge", "fifo")]
-    assert sweeps.slug(settings[1]) == "long_memory_length-4_long_memory_policy-fifo"
+    assert tuning.slug(settings[1]) == "long_memory_length-4_long_memory_policy-fifo"
     assert sweep.main(["--sweep", write_sweep(tmp_path, "  memory.long_memory_length: [1, 16]")]) == 2
 
 
@@ -97,20 +97,20 @@ def test_sweep_as_slurm_jobs_dry_run(tmp_path, capfd):
 
 
 def test_seeds_are_a_sweep_axis_reported_as_mean_and_interval(tmp_path):
-    from moviechat import sweeps
+    from moviechat import tuning
 
-    cfg = sweeps.load_sweep(write_sweep(tmp_path, "  memory.long_memory_policy: [merge, fifo]"))
+    cfg = tuning.load_sweep(write_sweep(tmp_path, "  memory.long_memory_policy: [merge, fifo]"))
     cfg.seeds = 3
-    settings = sweeps.expand(cfg)
+    settings = tuning.expand(cfg)
     assert len(settings) == 6 and settings[:3] == [{"memory.long_memory_policy": "merge", "run.seed": s} for s in range(3)]
-    assert sweeps.slug(settings[1]) == "long_memory_policy-merge_seed-1"
+    assert tuning.slug(settings[1]) == "long_memory_policy-merge_seed-1"
     accs = {"merge": [0.50, 0.60, 0.70], "fifo": [0.40, 0.40, 0.40]}
     rows = [{"setting": s, "eval/acc": accs[s["memory.long_memory_policy"]][s["run.seed"]], "eval/acc_global": 0.5,
              "eval/acc_breakpoint": 0.5, "eval/acc_prior": 0.2, "eval/acc_type_first": 0.9} for s in settings]
-    table = "\n".join(sweeps.summary_table(rows, ["eval/acc", "eval/acc_type_first"]))
+    table = "\n".join(tuning.summary_table(rows, ["eval/acc", "eval/acc_type_first"]))
     # merge: mean 0.6, sd 0.1, t(0.975, 2) = 4.303 -> half-width 4.303 * 0.1 / sqrt(3) = 0.248
     assert "| memory.long_memory_policy=merge | 3 | 0.600 ± 0.248 | 0.900 ± 0.000 |" in table
     assert "| memory.long_memory_policy=fifo | 3 | 0.400 ± 0.000 |" in table
-    sweeps.plot(rows, ["memory.long_memory_policy"], ["eval/acc", "eval/acc_global", "eval/acc_breakpoint",
+    tuning.plot(rows, ["memory.long_memory_policy"], ["eval/acc", "eval/acc_global", "eval/acc_breakpoint",
                                                        "eval/acc_type_first"], tmp_path)
     assert (tmp_path / "acc_vs_long_memory_policy.png").stat().st_size > 1000

@@ -15,25 +15,13 @@ from moviechat.memory import (
     position_table,
 )
 from moviechat.data.sampling import uniform_frame_indices
+from helpers import MEMORY_D, MEMORY_Q, integer_tokens, slot_weights
 
-Q, D = 4, 8
+Q, D = MEMORY_Q, MEMORY_D
 
 
 def random_tokens(t: int, seed: int) -> torch.Tensor:
     return torch.randn(t, Q, D, generator=torch.Generator().manual_seed(seed))
-
-
-def integer_tokens(t: int, seed: int, levels: int = 2) -> torch.Tensor:
-    """Small integers: every similarity and average is exact in fp32, so ties are real ties."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-levels, levels + 1, (t, Q, D), generator=g).float()
-
-
-def slot_weights(plan) -> list[dict[int, float]]:
-    out: list[dict[int, float]] = [{} for _ in range(plan.num_slots)]
-    for f, s, w in zip(plan.frame.tolist(), plan.slot.tolist(), plan.weight.tolist()):
-        out[s][f] = w
-    return out
 
 
 def assert_matches_reference(tokens: torch.Tensor, cfg: MemoryConfig, mode: str = "global", t: int | None = None):

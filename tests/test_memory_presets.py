@@ -9,7 +9,7 @@ import torch
 from moviechat.data.sampling import sample_frames
 from moviechat.memory import MemoryConfig, StreamingMemory, build_memory, frame_means, plan_memories
 from moviechat.memory.reference import ref_released_memory
-from test_memory import integer_tokens, slot_weights
+from helpers import integer_tokens, slot_weights
 
 
 def check(tokens: torch.Tensor, cfg: MemoryConfig, mode: str, t=None) -> None:

@@ -9,6 +9,7 @@ from moviechat.models.weight_names import from_original_names, load_weights, sav
 from moviechat.models.qformer import qformer_from_original
 from moviechat.models.vision import build_vision, vision_from_lavis, vision_to_lavis
 from moviechat.common.registry import MODELS
+from helpers import lavis_bert_names
 
 
 def make_batch(cfg, tokenizer, kind="tokens", modes=("global", "breakpoint"), answers=True, seed=0):
@@ -106,28 +107,6 @@ def test_registry_builds_the_model_and_lists_names_on_a_typo(tiny_cfg, tokenizer
 
 
 # ------------------------------------------------------------------------------------- converters
-
-
-def lavis_bert_names(prefix: str, layers: int, cross_every: int, text: bool) -> list[str]:
-    """The key layout of LAVIS's BertLMHeadModel Q-Former, written out from its layer structure."""
-    names = [f"{prefix}bert.embeddings.LayerNorm.weight", f"{prefix}bert.embeddings.LayerNorm.bias"]
-    if text:
-        names += [f"{prefix}bert.embeddings.word_embeddings.weight", f"{prefix}bert.embeddings.position_embeddings.weight",
-                  f"{prefix}bert.embeddings.position_ids"]
-    for i in range(layers):
-        base = f"{prefix}bert.encoder.layer.{i}."
-        blocks = ["attention"] + (["crossattention"] if i % cross_every == 0 else [])
-        for blk in blocks:
-            for lin in ("self.query", "self.key", "self.value", "output.dense", "output.LayerNorm"):
-                names += [f"{base}{blk}.{lin}.weight", f"{base}{blk}.{lin}.bias"]
-        for lin in ("intermediate_query.dense", "output_query.dense", "output_query.LayerNorm"):
-            names += [f"{base}{lin}.weight", f"{base}{lin}.bias"]
-        if text:
-            for lin in ("intermediate.dense", "output.dense", "output.LayerNorm"):
-                names += [f"{base}{lin}.weight", f"{base}{lin}.bias"]
-    if text:
-        names += [f"{prefix}cls.predictions.bias", f"{prefix}cls.predictions.transform.dense.weight"]
-    return names
 
 
 def test_converter_reads_the_original_key_layout(tiny_model, tiny_cfg):

@@ -1,4 +1,4 @@
-import importlib.util
+import importlib
 import io
 import json
 import tarfile
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from helpers import TINY
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.builders import build_datasets
 from moviechat.data.dataset import VideoQADataset
@@ -19,11 +19,14 @@ from moviechat.data.video import read_frames
 from moviechat.models.frame_encoders import load_frame_token_encoder
 
 
+SCRIPTS = {"extract_features": "moviechat.prepare.extract_features", "convert_moviechat1k": "moviechat.prepare.convert_release",
+           "make_synthetic": "moviechat.prepare.make_synthetic",
+           "make_synthetic_instruct": "moviechat.prepare.make_synthetic_instruct"}
+
+
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "data_pipelines" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module behind a data_pipelines/ script (the script itself only calls ``moviechat <verb>``)."""
+    return importlib.import_module(SCRIPTS[name])
 
 
 def write_video(path, frames: int = 16, fps: int = 8, size: int = 32):

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 EXTERNAL = {"huggingface-cli", "source", "pip", "tar"}  # other programs: the README names them, we do not run them
 PLACEHOLDER_CFG = "configs/experiments/tiny_synthetic.yaml"  # for `--cfg configs/experiments/X.yaml` / `X.yaml`

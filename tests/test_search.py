@@ -3,7 +3,6 @@ settings, two workers sharing a journal study, the SLURM worker array, and bad s
 is a real train.py run of a few steps on the tiny config."""
 
 import datetime
-import importlib.util
 import json
 import os
 import signal
@@ -14,17 +13,16 @@ import time
 import optuna
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "deepspeed.micro_batch_size=4", "train.eval_generate=0",
         "train.eval_samples=8", "train.warmup_steps=1"]
 
 
 def sweep_module():
-    spec = importlib.util.spec_from_file_location("sweep_cli", REPO / "launch" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from moviechat.tuning import cli
+
+    return cli
 
 
 def write_search(tmp_path, name="s", trials=4, steps=4, space=None, extra="", metric="eval/loss",
@@ -42,7 +40,7 @@ def write_search(tmp_path, name="s", trials=4, steps=4, space=None, extra="", me
 
 def run(args, **kw):
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "moviechat", "sweep", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -70,7 +68,7 @@ def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
 def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
     sweep = write_search(tmp_path, trials=3, steps=40, overrides=["train.save_every=2", "train.eval_every=20"])
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "sweep.py"), "--sweep", str(sweep)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     second = tmp_path / "out" / "s" / "trial-0001" / "checkpoints" / "latest"
     deadline = time.time() + 300
@@ -121,7 +119,7 @@ def test_two_workers_share_one_journal_study(tmp_path):
     sweep = write_search(tmp_path, trials=4)
     storage = f"journal:{tmp_path / 'study.log'}"
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(REPO / "launch" / "sweep.py"), "--sweep", str(sweep), "--storage",
+    procs = [subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep), "--storage",
                                storage], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from moviechat import short_qa
+from moviechat.scoring import short_qa
 from moviechat.answering.whole_split import FeatureLookup, answer_file
 from moviechat.data.stores import DataError, VideoFeatures, write_folder
 from judge_stub import StubJudge, field, serving
-from test_batch_answering import answerer_for, token_video
+from helpers import answerer_for, token_video
 
 
 def miniature(tmp_path, fmt):

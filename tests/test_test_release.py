@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from moviechat import evaluation
+from moviechat.scoring import cli as score_cli
 from moviechat.answering.whole_split import FeatureLookup, answer_file, questions_from_annotations
 from moviechat.data.stores import DataError, VideoFeatures, write_folder
 from moviechat.answering.answerer import moviechat_breakpoint_seconds
-from test_batch_answering import answerer_for, token_video
+from helpers import answerer_for, token_video
 
 
 def gt_json(key, fps=10.0, num_frame=400, times=(100, 390, 450)):
@@ -49,14 +49,14 @@ def test_the_test_release_as_downloaded_answers_and_scores(tmp_path, tiny_cfg, t
     late = [p for p in preds if p.get("past_end")]
     # 450 of 400 frames: answered at the last frame (the features hold 40), not an error
     assert len(late) == 2 and all(p["frame"] == 39 for p in late)
-    assert evaluation.main(["--predictions", str(tmp_path / "p.jsonl"), "--annotations", str(root / "gt"),
+    assert score_cli.main(["--predictions", str(tmp_path / "p.jsonl"), "--annotations", str(root / "gt"),
                             "--out", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["all"]["n"] == 8 and summary["breakpoints_past_end"] == 2 and summary["unmatched_predictions"] == 0
     assert "2 breakpoint(s) past the video's end, answered at its last frame" in \
         (tmp_path / "e" / "summary.md").read_text()
     capsys.readouterr()
-    assert evaluation.main(["--predictions", str(tmp_path / "p.jsonl"), "--annotations", str(root / "annotations"),
+    assert score_cli.main(["--predictions", str(tmp_path / "p.jsonl"), "--annotations", str(root / "annotations"),
                             "--out", str(tmp_path / "e2")]) == 2
     assert "scoring needs the ground truth" in capsys.readouterr().err
 
@@ -102,7 +102,7 @@ def test_split_heldout_answers_and_scores_only_the_runs_held_out_videos(tmp_path
     preds = tmp_path / "p.jsonl"
     rows = questions_from_annotations(root, split="all", run_cfg=tiny_cfg)
     preds.write_text("".join(json.dumps({**r, "prediction": "red"}) + "\n" for r in rows))
-    assert evaluation.main(["--predictions", str(preds), "--annotations", str(root), "--out", str(tmp_path / "e"),
+    assert score_cli.main(["--predictions", str(preds), "--annotations", str(root), "--out", str(tmp_path / "e"),
                             "--split", "heldout"]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["split"] == "heldout" and summary["all"]["videos"] == len(held)

@@ -6,37 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TINY
-from moviechat.common.distributed import free_port
+from helpers import losses, run_train, train_cmd
 from moviechat.common.jsonl import read_jsonl
-
-FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "train.eval_samples=16", "train.eval_generate=8",
-        "train.log_every=1", "train.warmup_steps=2", "deepspeed.micro_batch_size=4"]
-
-
-def train_cmd(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1, cfg: Path = TINY) -> list[str]:
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                     f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
-    cmd = launcher + [str(REPO / "train.py"), "--cfg", str(cfg), f"run.output_dir={tmp_path}", *FAST, *overrides]
-    return cmd + (["--resume", resume] if resume else [])
-
-
-def run_train(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1,
-              cfg: Path = TINY) -> subprocess.CompletedProcess:
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc, cfg=cfg), cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r}
 
 
 def test_config_error_stops_before_training(tmp_path):
@@ -105,11 +80,11 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
 
 def test_a_second_signal_exits_at_once():
     # The handler itself (the window between two real Ctrl-C is too short to hit reliably in a test).
-    code = ("from moviechat.training.trainer import Trainer\n"
-            "t = Trainer.__new__(Trainer)\nt.stop_requested = False\n"
-            "t._on_signal(2, None)\nprint('first: stop requested', t.stop_requested, flush=True)\n"
-            "t._on_signal(2, None)\nprint('a copy at once is the same request', flush=True)\n"
-            "t.first_signal -= 10\nt._on_signal(2, None)\nprint('not reached')\n")
+    code = ("from moviechat.training.stop import StopRequest\n"
+            "t = StopRequest()\n"
+            "t.on_signal(2, None)\nprint('first: stop requested', t.requested, flush=True)\n"
+            "t.on_signal(2, None)\nprint('a copy at once is the same request', flush=True)\n"
+            "t.first_signal -= 10\nt.on_signal(2, None)\nprint('not reached')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=os.environ | {"DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 128 + signal.SIGINT

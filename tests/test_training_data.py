@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO, run_train, train_cmd
 from moviechat.config import ConfigError, load_config
 from moviechat.data import Collator
 from moviechat.data.builders import build_parts
@@ -26,7 +26,6 @@ from moviechat.common.jsonl import read_jsonl
 from moviechat.models import build_moviechat
 from moviechat.text.tokenizers import run_tokenizer
 from moviechat.training.batches import mixture_draw
-from test_trainer import run_train, train_cmd
 
 MIXTURE = REPO / "configs" / "experiments" / "tiny_instruct_mixture.yaml"
 

@@ -10,13 +10,13 @@ docs/architecture.md, "Streaming memory".
 
 from moviechat.memory.config import LONG_MEMORY_POLICIES, PRESETS, MemoryConfig, Mode
 from moviechat.memory.consolidation import consolidate, frame_means, plan_consolidation
-from moviechat.memory.layout import breakpoint_truncation, position_table
+from moviechat.memory.layout import breakpoint_truncation, position_table, position_tables
 from moviechat.memory.planner import (MemoryPlan, PlanCache, apply_plan, build_memories, build_memory, memory_plans,
                                       plan_memories)
 from moviechat.memory.streaming import StreamingMemory
 
 __all__ = [
     "LONG_MEMORY_POLICIES", "PRESETS", "MemoryConfig", "Mode", "consolidate", "frame_means", "plan_consolidation",
-    "breakpoint_truncation", "position_table", "MemoryPlan", "PlanCache", "apply_plan", "build_memories",
+    "breakpoint_truncation", "position_table", "position_tables", "MemoryPlan", "PlanCache", "apply_plan", "build_memories",
     "build_memory", "memory_plans", "plan_memories", "StreamingMemory",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
 from torch import Tensor
 
 
@@ -23,3 +26,16 @@ def position_table(embedding_weight: Tensor, n: int, alpha: float) -> Tensor:
     p = embedding_weight[:n]
     u = (p - alpha * p[:1]) / (1 - alpha)
     return (alpha * u[:, None, :] + (1 - alpha) * u[None, :, :]).reshape(n * n, -1)
+
+
+def position_tables(weight: Tensor, alpha: float, lengths: Sequence[int], n_positions: Sequence[int]) -> Tensor:
+    """Entries [B, max length, D] of each memory's n x n position table (memory ``b`` of ``lengths[b]`` frames
+    read with ``n_positions[b]``), zero past a table's end; raises if a memory is longer than its table."""
+    tables = {n: position_table(weight, n, alpha) for n in set(n_positions)}
+    longest = max(lengths)
+    rows = []
+    for length, n in zip(lengths, n_positions):
+        if length > n * n:
+            raise ValueError(f"memory of {length} frames exceeds the position table's {n * n} entries")
+        rows.append(torch.nn.functional.pad(tables[n][:longest], (0, 0, 0, max(0, longest - n * n))))
+    return torch.stack(rows)

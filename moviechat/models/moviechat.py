@@ -24,12 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from moviechat.models.token_cache import FrameTokenCache, weights_digest
-from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_table
+from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_tables
 from moviechat.models.qformer import QFormer, encode_frame_tokens
 from moviechat.models.vision import EvaVisionEncoder
+from moviechat.models.parts import PARTS, parameter_summary, set_frozen, trainable_state_dict
+from moviechat.models.splice import generate_on_video, splice
 from moviechat.text.prompt import IGNORE_INDEX, Stop
 
-PARTS = ("vision", "ln_vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
 
 
 class MovieChatModel(nn.Module):
@@ -121,15 +122,7 @@ class MovieChatModel(nn.Module):
 
     def position_tables(self, lengths: Sequence[int], n_positions: Sequence[int]) -> Tensor:
         """Entries [B, max length, H] of each memory's n x n position table, computed from the current weights."""
-        weight, alpha = self.frame_position_embedding.weight, self.memory_cfg.alpha
-        tables = {n: position_table(weight, n, alpha) for n in set(n_positions)}
-        longest = max(lengths)
-        rows = []
-        for length, n in zip(lengths, n_positions):
-            if length > n * n:
-                raise ValueError(f"memory of {length} frames exceeds the position table's {n * n} entries")
-            rows.append(nn.functional.pad(tables[n][:longest], (0, 0, 0, max(0, longest - n * n))))
-        return torch.stack(rows)
+        return position_tables(self.frame_position_embedding.weight, self.memory_cfg.alpha, lengths, n_positions)
 
     def encode_memory(self, memory: Tensor, mask: Optional[Tensor] = None,
                       n_positions: Optional[Sequence[int]] = None) -> Tensor:
@@ -161,19 +154,7 @@ class MovieChatModel(nn.Module):
 
     def splice(self, input_ids: Tensor, attention_mask: Tensor, video: Tensor, labels: Optional[Tensor] = None):
         """Replace each row's ``<ImageHere>`` by its video tokens; returns embeds, mask and labels."""
-        text = self.llm.get_input_embeddings()(input_ids)
-        video = video.to(text.dtype)
-        rows_e, rows_m, rows_l = [], [], []
-        for i in range(input_ids.shape[0]):
-            where = (input_ids[i] == self.image_token_id).nonzero().flatten()
-            if where.numel() != 1:
-                raise ValueError(f"sample {i} has {where.numel()} <ImageHere> tokens; exactly one is needed")
-            p, nv = int(where), video.shape[1]
-            rows_e.append(torch.cat([text[i, :p], video[i], text[i, p + 1:]]))
-            rows_m.append(torch.cat([attention_mask[i, :p], attention_mask.new_ones(nv), attention_mask[i, p + 1:]]))
-            if labels is not None:
-                rows_l.append(torch.cat([labels[i, :p], labels.new_full((nv,), IGNORE_INDEX), labels[i, p + 1:]]))
-        return torch.stack(rows_e), torch.stack(rows_m), (torch.stack(rows_l) if labels is not None else None)
+        return splice(self.llm.get_input_embeddings(), self.image_token_id, input_ids, attention_mask, video, labels)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """LM loss on the answer tokens: ``{"loss", "num_tokens", "memory_seconds"}``."""
@@ -217,19 +198,7 @@ class MovieChatModel(nn.Module):
         return self._generate(video, [torch.as_tensor(list(p)) for p in prompts], max_new_tokens, stop)
 
     def _generate(self, video: Tensor, prompts: list[Tensor], max_new_tokens: int, stop: Optional[Stop]) -> list[Tensor]:
-        """One batch through the LLM with its KV cache: prompts spliced with their video tokens, left-padded
-        (generation appends on the right); each answer cut after its stop token."""
-        rows = []
-        for i, ids in enumerate(prompts):
-            ids = ids.to(self.device)[None]
-            rows.append(self.splice(ids, torch.ones_like(ids), video[i:i + 1])[0][0])
-        width = max(r.shape[0] for r in rows)
-        embeds = torch.stack([nn.functional.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])
-        mask = torch.stack([torch.arange(width, device=self.device) >= width - r.shape[0] for r in rows]).long()
-        stop = stop or Stop([])
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                **stop.generate_kwargs())
-        return [_cut(row, stop) for row in out]
+        return generate_on_video(self.llm, self.image_token_id, video, prompts, max_new_tokens, stop, self.device)
 
     # ---------------------------------------------------------------------------------- parameters
 
@@ -248,38 +217,13 @@ class MovieChatModel(nn.Module):
         return getattr(self, name)
 
     def set_frozen(self, frozen: dict[str, bool]) -> None:
-        """Freeze or unfreeze whole parts; LoRA adapters of a frozen LLM stay trainable."""
-        for name, freeze in frozen.items():
-            module = self.part(name)
-            if module is None:
-                continue
-            for pname, p in module.named_parameters():
-                p.requires_grad = not freeze or (name == "llm" and "lora_" in pname)
-        self.train(self.training)  # frozen parts to eval mode
+        """Freeze or unfreeze whole parts (``moviechat.models.parts``); frozen parts go to eval mode."""
+        set_frozen(self, frozen)
+        self.train(self.training)
 
     def parameter_summary(self) -> str:
-        """A table of trainable and frozen parameter counts per part."""
-        lines = [f"{'part':<26}{'trainable':>14}{'frozen':>16}"]
-        total = [0, 0]
-        for name in PARTS:
-            module = self.part(name)
-            if module is None:
-                continue
-            train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-            frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-            total[0] += train
-            total[1] += frozen
-            lines.append(f"{name:<26}{train:>14,}{frozen:>16,}")
-        lines.append(f"{'total':<26}{total[0]:>14,}{total[1]:>16,}")
-        return "\n".join(lines)
+        return parameter_summary(self)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Only the parameters that train (what our checkpoints store)."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
-
-
-def _cut(ids: Tensor, stop: Stop) -> Tensor:
-    """A generated row up to and including its first stop token (a finished row is padded after it)."""
-    hits = [i for i, t in enumerate(ids.tolist()) if t in stop.token_ids]
-    return ids[: hits[0] + 1] if hits else ids
+        return trainable_state_dict(self)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from moviechat.common.errors import stop_if_only_checking
-from moviechat.config import ConfigError
+from moviechat.config import ConfigError, find_config
 from moviechat.tuning import aggregate, expand, load_sweep
 from moviechat.tuning.runner import print_plan, run_local, run_slurm, search_workers_script, validate
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     devices = args.devices.split(",") if args.devices else None
     try:
+        args.sweep = str(find_config(args.sweep, "sweeps"))  # a file, or a shipped sweep by name
         sweep = load_sweep(args.sweep)
         if args.seeds is not None:
             if args.seeds < 1:

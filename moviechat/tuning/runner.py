@@ -21,7 +21,7 @@ from moviechat.config import ConfigError, load_config
 from moviechat.runs.folder import STOPPED_EXIT
 from moviechat.tuning.grid import SweepConfig, check_unique_names, slug, space_probe, swept_keys
 from moviechat.tuning.report import run_result
-from moviechat.tuning.trials import REPO, DevicePool, base_path, run_training, train_command
+from moviechat.tuning.trials import DevicePool, base_path, run_training, train_command
 
 
 def overrides_of(sweep: SweepConfig, setting: dict[str, Any], sweep_dir: Path, name: str) -> list[str]:
@@ -55,7 +55,7 @@ def print_plan(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pa
         name = slug(setting, keys)
         state = "finished" if (sweep_dir / name / "result.json").is_file() else (
             "resume" if (sweep_dir / name / "checkpoints" / "latest").is_file() else "to run")
-        cmd = [sys.executable, "train.py", "--cfg", sweep.base, *overrides_of(sweep, setting, sweep_dir, name)]
+        cmd = ["moviechat", "train", "--cfg", sweep.base, *overrides_of(sweep, setting, sweep_dir, name)]
         print(f"[sweep] {name} ({state}): {' '.join(cmd)}", flush=True)
 
 
@@ -101,17 +101,17 @@ def run_local(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
 
 
 def run_slurm(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path, gpus: int, dry_run: bool) -> None:
-    """One SLURM job per unfinished setting, through ``launch/launch.py slurm``."""
+    """One SLURM job per unfinished setting, through ``moviechat launch slurm``."""
     keys = swept_keys(settings)
     for setting in settings:
         name = slug(setting, keys)
         if (sweep_dir / name / "result.json").is_file():
             continue
-        cmd = [sys.executable, str(REPO / "launch" / "launch.py"), "slurm", "--cfg", sweep.base, "--gpus", str(gpus),
+        cmd = [sys.executable, "-m", "moviechat", "launch", "slurm", "--cfg", base_path(sweep.base), "--gpus", str(gpus),
                "--nodes", "1", "--name", name, "--script", str(sweep_dir / "slurm" / f"{name}.sbatch"),
                "--log-dir", str(sweep_dir / "slurm"), *(["--dry-run"] if dry_run else []),
                *overrides_of(sweep, setting, sweep_dir, name)]
-        subprocess.run(cmd, cwd=REPO, check=True)
+        subprocess.run(cmd, check=True)
 
 
 WORKERS = """#!/bin/bash
@@ -145,14 +145,14 @@ def search_workers_script(sweep_file: str, sweep: SweepConfig, sweep_dir: Path, 
     """The sbatch script of ``workers`` search workers (a job array) sharing one study; every value the shell
     reads is quoted."""
     devices = ",".join(str(i) for i in range(parallel * gpus_per_trial))
-    command = [sys.executable, str(REPO / "launch" / "sweep.py"), "--sweep", str(Path(sweep_file).resolve()),
+    command = [sys.executable, "-m", "moviechat", "sweep", "--sweep", str(Path(sweep_file).resolve()),
                "--storage", storage, "--parallel", str(parallel), "--gpus-per-trial", str(gpus_per_trial),
                "--devices", devices]
     return WORKERS.format(
         name=_directive(sweep.name, "name"), last=workers - 1, gpus=parallel * gpus_per_trial, cpus=int(cpus),
         time=_directive(time, "--time"), log_dir=_directive(str(sweep_dir / "slurm"), "--log-dir"),
         partition=f"#SBATCH --partition={_directive(partition, '--partition')}" if partition else "",
-        trials=sweep.search.trials, repo=shlex.quote(str(REPO)), command=" ".join(shlex.quote(c) for c in command),
+        trials=sweep.search.trials, repo=shlex.quote(str(Path.cwd())), command=" ".join(shlex.quote(c) for c in command),
         stopped=STOPPED_EXIT)
 
 

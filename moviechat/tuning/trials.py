@@ -20,24 +20,26 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from moviechat.common.atomic import write_text_atomic
+from moviechat.config import find_config
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE = "lease.json"
 BEAT_SECONDS = 5.0
 STALE_SECONDS = 60.0  # a lease not renewed for this long belongs to a runner that is gone
 
 
 def base_path(base: str) -> str:
-    """A sweep's base experiment as a path (relative ones are relative to the repository)."""
-    return base if Path(base).is_absolute() else str(REPO / base)
+    """A sweep's base experiment as an absolute path: a file (relative to the working folder), or a shipped
+    experiment by name (``tiny_synthetic``, ``configs/experiments/tiny_synthetic.yaml``)."""
+    return str(find_config(base).resolve())
 
 
 def train_command(base: str, overrides: list[str], resume: Optional[Path], gpus: int, port: int) -> list[str]:
-    """``train.py`` as one process, or through the DeepSpeed launcher when a run gets several GPUs."""
-    args = [str(REPO / "train.py"), "--cfg", base_path(base), *overrides] + (["--resume", str(resume)] if resume else [])
+    """``python -m moviechat train`` as one process, or through the DeepSpeed launcher when a run gets several
+    GPUs: the installed package, never a file of a checkout."""
+    args = ["train", "--cfg", base_path(base), *overrides] + (["--resume", str(resume)] if resume else [])
     if gpus > 1:
-        return ["deepspeed", f"--num_gpus={gpus}", f"--master_port={port}", *args]
-    return [sys.executable, *args]
+        return ["deepspeed", f"--num_gpus={gpus}", f"--master_port={port}", "--module", "moviechat", *args]
+    return [sys.executable, "-m", "moviechat", *args]
 
 
 class DevicePool:
@@ -163,7 +165,7 @@ def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval:
     log = run_dir / "train.log"
     start, offset, stopped = time.time(), 0, False
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None:
                 time.sleep(poll)
