@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train train-mixture test sweep bench-memory smollm2 clean-venv
+.PHONY: train train-mixture test test-fast sweep bench-memory smollm2 clean-venv
 
 # ranges in pyproject.toml, the exact tested versions in constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -21,6 +21,10 @@ train-mixture: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# the inner loop: every test that starts no training, torchrun, sweep or install process
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 sweep: $(VENV)/.installed
 	$(BIN)/moviechat sweep --sweep configs/sweeps/tiny_memory.yaml

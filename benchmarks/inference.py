@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common import TINY, build_model
-from moviechat.answering.whole_split import VideoFileLookup, answer_file, questions_from_annotations
+from moviechat.answering.whole_split import VideoFileLookup, answer_file, questions_from_annotations, read_questions
 from moviechat.config import load_config
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.answering.answerer import Answerer
@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_split(root, args.videos, args.seconds, args.fps)
-        rows = questions_from_annotations(root / "annotations")
+        rows = read_questions(questions_from_annotations(root / "annotations"))  # each with its qid
         lookup = VideoFileLookup(cfg, root / "videos", fps=float(args.fps))
         print(f"{args.videos} videos x 13 questions, {args.seconds} s at {args.fps} fps "
               f"({args.seconds * args.fps} frames decoded and encoded per video read)")
@@ -72,13 +72,13 @@ def main() -> None:
         start = time.perf_counter()
         answer_file(answerer, rows, lookup, root / "per_video.jsonl")
         per_video = time.perf_counter() - start
-        by_video = {r["id"]: r["prediction"] for r in map(json.loads, (root / "per_video.jsonl").read_text().splitlines())}
+        by_video = {r["qid"]: r["prediction"] for r in map(json.loads, (root / "per_video.jsonl").read_text().splitlines())}
 
         start = time.perf_counter()
         by_question = {}
-        for i, row in enumerate(rows):  # the per-question path: decode, encode and stream for every question
+        for row in rows:  # the per-question path: decode, encode and stream for every question
             feats, meta = lookup(row["video"])
-            by_question[i] = answerer.answer(feats, meta, row["question"], row["time"], row["video"])["prediction"]
+            by_question[row["qid"]] = answerer.answer(feats, meta, row["question"], row["time"], row["video"])["prediction"]
         per_question = time.perf_counter() - start
 
         feats, meta = lookup(rows[0]["video"])  # batched vs one-at-a-time generation, on one video's pass

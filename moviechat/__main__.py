@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"error: unknown verb {verb!r}\n{usage()}", file=sys.stderr)
+        print(f"error: unknown verb {verb!r}; verbs: {', '.join(VERBS)} (moviechat --help)", file=sys.stderr)
         return 2
     sys.argv[0] = f"moviechat {verb}"  # argparse's prog in usage lines
     from moviechat.common.errors import run_cli

@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+
+from moviechat.answering.answerer import Answerer
 import torch
 
 from moviechat.answering.whole_split import FeatureLookup, VideoFileLookup, answer_file
@@ -80,8 +82,7 @@ def test_shard_lookup_reads_only_the_shard_that_holds_the_video(tmp_path, tiny_c
 
 
 def test_moviechat_generation_samples_reproducibly_per_video(tiny_cfg, tokenizer):
-    answerer = answerer_for(tiny_cfg, tokenizer)
-    answerer.__init__(tiny_cfg, tokenizer, answerer.model, generation="moviechat")
+    answerer = Answerer(tiny_cfg, tokenizer, answerer_for(tiny_cfg, tokenizer).model, generation="moviechat")
     assert answerer.max_new_tokens == 300 and answerer.stop.generate_kwargs()["do_sample"]
     assert answerer.stop.generate_kwargs()["top_p"] == 0.9 and answerer.stop.generate_kwargs()["temperature"] == 1.0
     feats, meta = token_video(tiny_cfg)

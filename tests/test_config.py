@@ -104,4 +104,4 @@ def test_every_shipped_config_validates_against_schema_and_registry(path):
 
 def test_every_experiment_names_its_command():
     for path in (REPO / "configs" / "experiments").glob("*.yaml"):
-        assert f"train.py --cfg configs/experiments/{path.name}" in path.read_text(), path
+        assert f"moviechat train --cfg configs/experiments/{path.name}" in path.read_text(), path

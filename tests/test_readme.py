@@ -1,6 +1,7 @@
-"""Every shell command the README shows still works as written: each `make` target exists, and each
-`python ...` command parses its arguments and config (``MOVIECHAT_CHECK_ARGS=1`` stops a command right
-there), so a renamed flag, config key or file in the README fails here instead of in a user's first hour."""
+"""Every shell command the README and the docs/ pages show still works as written: each `make` target exists,
+and each `moviechat ...` / `python ...` command parses its arguments and config (``MOVIECHAT_CHECK_ARGS=1``
+stops a command right there), so a renamed flag, config key or file in the docs fails here instead of in a
+user's first hour."""
 
 import os
 import re
@@ -17,9 +18,12 @@ EXTERNAL = {"huggingface-cli", "source", "pip", "tar"}  # other programs: the RE
 PLACEHOLDER_CFG = "configs/experiments/tiny_synthetic.yaml"  # for `--cfg configs/experiments/X.yaml` / `X.yaml`
 
 
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_commands() -> list[str]:
-    """The commands of the README's ```bash blocks, continuation lines joined, comments dropped."""
-    text = (REPO / "README.md").read_text()
+    """The commands of the README's and docs pages' ```bash blocks, continuation lines joined, comments dropped."""
+    text = "\n".join(page.read_text() for page in PAGES)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -51,12 +55,13 @@ def test_every_make_target_of_the_readme_exists():
 
 def check(argv: list[str]) -> subprocess.CompletedProcess:
     env = os.environ | {"MOVIECHAT_CHECK_ARGS": "1", "DS_ACCELERATOR": "cpu"}
-    return subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    command = ["-m", "moviechat", *argv[1:]] if argv[0] == "moviechat" else argv[1:]
+    return subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_every_python_command_of_the_readme_parses():
-    python = [as_argv(c) for c in COMMANDS if c.startswith("python ")]
-    other = [as_argv(c)[0] for c in COMMANDS if not c.startswith(("python ", "make "))]
+def test_every_moviechat_and_python_command_of_the_docs_parses():
+    python = [as_argv(c) for c in COMMANDS if c.startswith(("python ", "moviechat "))]
+    other = [as_argv(c)[0] for c in COMMANDS if not c.startswith(("python ", "moviechat ", "make "))]
     assert set(other) <= EXTERNAL, set(other) - EXTERNAL
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(check, python))
@@ -68,12 +73,16 @@ def test_every_python_command_of_the_readme_parses():
 @pytest.mark.parametrize("argv, message", [
     (["train.py", "--cfg", PLACEHOLDER_CFG, "memory.long_memory_policy=banana"],
      "command-line override 'memory.long_memory_policy=banana': memory.long_memory_policy='banana' must be one of"),
-    (["train.py", "--cfg", PLACEHOLDER_CFG, "--resume", "runs/nope"], "run folder error: no checkpoint at runs/nope"),
-    (["-m", "moviechat.runs.export", "runs/nope"], "error: no checkpoint at runs/nope"),
-    (["-m", "moviechat.answering.answerer", "runs/nope", "--question", "q", "--features", "x.npy"],
+    (["-m", "moviechat", "train", "--cfg", "tiny_synthetic", "--resume", "runs/nope"],
+     "run folder error: no checkpoint at runs/nope"),
+    (["-m", "moviechat", "train", "--cfg", "tiny_synthetc"], "config 'tiny_synthetc' not found"),
+    (["-m", "moviechat", "export", "runs/nope"], "error: no checkpoint at runs/nope"),
+    (["-m", "moviechat", "answer", "runs/nope", "--question", "q", "--features", "x.npy"],
      "error: no checkpoint at runs/nope"),
-    (["-m", "moviechat.scoring.moviechat1k", "--predictions", "nope.jsonl", "--annotations", "x"],
+    (["-m", "moviechat", "score", "--predictions", "nope.jsonl", "--annotations", "x"],
      "error: --predictions nope.jsonl: no such file"),
+    (["-m", "moviechat", "sweep", "--sweep", "nope"], "config 'nope' not found"),
+    (["-m", "moviechat", "trian"], "error: unknown verb 'trian'"),
 ])
 def test_a_mistake_is_one_line_and_exit_2(tmp_path, argv, message):
     proc = subprocess.run([sys.executable, *[str(REPO / a) if a.endswith((".py", ".yaml")) else a for a in argv]],

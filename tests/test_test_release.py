@@ -7,7 +7,7 @@ import pytest
 from moviechat.scoring import cli as score_cli
 from moviechat.answering.whole_split import FeatureLookup, answer_file, questions_from_annotations
 from moviechat.data.stores import DataError, VideoFeatures, write_folder
-from moviechat.answering.answerer import moviechat_breakpoint_seconds
+from moviechat.answering.breakpoints import BreakpointConvention, moviechat_breakpoint_seconds
 from helpers import answerer_for, token_video
 
 
@@ -75,7 +75,7 @@ def test_moviechat_conventions_on_a_video_whose_num_frame_and_fps_disagree_with_
     rows = [{"video": "v", "question": "what color now", "time": 50.0, "frame_index": 500, "num_frame": 1000}]
     lookup = FeatureLookup(str(folder), None, "tokens")
     answer_file(answerer, rows, lookup, tmp_path / "ours.jsonl")
-    answerer.breakpoint_convention, answerer.current_frame = "moviechat", "moviechat"
+    answerer.breakpoints = BreakpointConvention("moviechat", "moviechat")
     answer_file(answerer, rows, lookup, tmp_path / "mc.jsonl")
     ours = json.loads((tmp_path / "ours.jsonl").read_text())
     mc = json.loads((tmp_path / "mc.jsonl").read_text())

@@ -253,9 +253,20 @@ def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Dic
         raise ConfigError(f"{path}: defaults must be a list of config names, got {defaults!r}")
     layers: list[tuple[str, DictConfig]] = []
     for name in defaults:
-        own = config_root(path) / f"{name}.yaml"
-        layers += _read_layers(own if own.is_file() else find_config(name, "experiments"), seen + (path,))
+        layers += _read_layers(_default_file(path, str(name)), seen + (path,))
     return layers + [(str(path), data)]
+
+
+def _default_file(path: Path, name: str) -> Path:
+    """A ``defaults`` entry of ``path``: beside it under its ``configs/`` folder, else a shipped config."""
+    own = config_root(path) / f"{name}.yaml"
+    if own.is_file():
+        return own
+    try:
+        return find_config(name)
+    except ConfigError:
+        raise ConfigError(f"{path}: defaults entry {name!r}: config file not found: {own} (nor a shipped config "
+                          f"of that name)") from None
 
 
 def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:

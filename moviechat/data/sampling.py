@@ -1,6 +1,6 @@
 """Which frames of a video the model sees, and which of them a question's time falls on.
 
-One helper for the dataset, inference and ``launch/inspect_memory.py``, so that training and answering
+One helper for the dataset, inference and ``moviechat inspect-memory``, so that training and answering
 sample a video the same way (docs/architecture.md, "Data walk").
 """
 

@@ -106,8 +106,8 @@ def validate_features(feats: np.ndarray, meta: dict, key: str, source: str, expe
     if meta["kind"] == "eva" and meta.get("eva_convention") != EVA_CONVENTION:
         raise DataError(f"{where}: EVA features of unknown convention (eva_convention={meta.get('eva_convention')!r}); "
                         f"this framework reads the ViT's block outputs before ln_vision ({EVA_CONVENTION!r}), as the "
-                        f"MovieChat-1K release stores them. Re-extract them with data_pipelines/extract_features.py "
-                        f"(or convert the release with data_pipelines/convert_moviechat1k.py)")
+                        f"MovieChat-1K release stores them. Re-extract them with moviechat extract-features "
+                        f"(or convert the release with moviechat convert-release)")
     if feats.ndim != 3 or feats.shape[0] < 1:
         raise DataError(f"{where}: features must be [T, N, D] with T >= 1, got shape {list(feats.shape)}")
     if expect_shape is not None and tuple(feats.shape[1:]) != tuple(expect_shape):

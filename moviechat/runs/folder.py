@@ -5,7 +5,7 @@
   cadence or logging may change; any other change is refused naming the keys, unless allowed, and then
   recorded in ``config_changes.jsonl``.
 - ``status.json`` says whether the run finished (``train.max_steps`` reached) or was stopped by a signal
-  after a checkpoint (train.py then exits :data:`STOPPED_EXIT`: resume me).
+  after a checkpoint (``moviechat train`` then exits :data:`STOPPED_EXIT`: resume me).
 """
 
 from __future__ import annotations

@@ -1,0 +1,54 @@
+"""Atomic writes: a reader never sees half a file, and a crash never leaves one under the real name.
+
+Everything the framework writes for later reading (configs, checkpoints' side files, exports, shards,
+cached frame tokens, the generated data set) goes through :func:`atomic_path`: write to a temporary
+name in the same folder, flush to disk, then rename over the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.
+
+    The temporary file is created by the caller with ordinary ``open`` semantics, so it gets the umask's
+    mode (not the 0600 of ``mkstemp``). A folder works too, when ``path`` does not exist yet.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is not None and e.filename is None:
+            raise OSError(e.errno, f"{e.strerror} (writing {path})") from e
+        raise
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

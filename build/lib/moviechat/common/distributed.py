@@ -1,0 +1,77 @@
+"""Process-group set-up for one process, torchrun / deepspeed launchers, CPU (gloo) or GPU (nccl)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_environment() -> None:
+    """Fill in what a single, unlaunched process lacks; choose DeepSpeed's CPU accelerator without CUDA.
+
+    Must run before deepspeed is imported (it picks its accelerator at import).
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # plain `moviechat train`: a world of one (else DeepSpeed tries MPI)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) after initialising the process group."""
+    setup_environment()
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+CHECK_ENV = "MOVIECHAT_CHECK_COLLECTIVES"  # =1: ranks compare each reduction's length before it runs
+
+
+class CollectiveMismatch(RuntimeError):
+    """Ranks called the same reduction with vectors of different lengths (a hang on NCCL, a crash on gloo)."""
+
+
+def all_reduce_sum(values: list[float], device: torch.device, what: str = "reduction") -> list[float]:
+    """Element-wise sum over ranks. Every rank must pass as many values, in the same order; with
+    ``MOVIECHAT_CHECK_COLLECTIVES=1`` the lengths are compared first and a mismatch names ``what``."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        if os.environ.get(CHECK_ENV) == "1":
+            _check_lengths(len(values), device, what)
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _check_lengths(length: int, device: torch.device, what: str) -> None:
+    lengths = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(lengths, torch.tensor([length], device=device))
+    seen = [int(x) for x in lengths]
+    if len(set(seen)) > 1:
+        raise CollectiveMismatch(f"{what}: ranks reduce vectors of different lengths {seen} (rank r at index r)")
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is True on any (e.g. a SIGTERM that reached one rank)."""
+    return all_reduce_sum([float(flag)], device, what="stop request")[0] > 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

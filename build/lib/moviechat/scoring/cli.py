@@ -1,0 +1,69 @@
+"""``moviechat score``: MovieChat-1K scoring of a prediction file (``moviechat.scoring.moviechat1k``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.scoring.judge import judge_from_args
+from moviechat.scoring.judge_protocols import PROTOCOLS
+from moviechat.scoring.moviechat1k import (evaluate, markdown, read_predictions, references, select_split, video_fps,
+                                           write_results)
+
+
+CLI_HELP = """Score predictions against MovieChat-1K style annotations, global and breakpoint separately.
+
+Offline scores (no service): exact match, normalised match, token F1, each with a 95% bootstrap interval
+over videos. With --judge-url, a judge model behind an OpenAI-compatible API grades every answer as the
+field does. Writes OUT/summary.json, summary.md, per_question.jsonl and the layouts lmms-eval and MovieChat
+read (lmms_eval_{global,breakpoint}.jsonl, moviechat_{global,breakpoint}.json).
+
+  moviechat score --predictions preds.jsonl --annotations ANN_DIR --out eval/
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="JSONL of predictions (moviechat answer --out)")
+    p.add_argument("--annotations", required=True,
+                   help="MovieChat-1K style annotation JSONs with answers (found in sub-folders too)")
+    p.add_argument("--out", default="eval_results", help="results folder (default: %(default)s)")
+    p.add_argument("--judge-url", help="base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1")
+    p.add_argument("--judge-model", help="passed to the API as it is and recorded with the results")
+    p.add_argument("--judge-protocol", choices=sorted(PROTOCOLS), default="lmms-eval",
+                   help="whose request, parsing and aggregation (default: %(default)s, the harness published "
+                        "MovieChat-1K numbers are compared with; see moviechat/scoring/judge_protocols.py)")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--judge-cache", help="JSONL cache of judgements (default: OUT/judge_cache.jsonl)")
+    p.add_argument("--split", choices=("all", "heldout", "train"), default="all",
+                   help="score only the predictions whose 'split' (written by moviechat answer --annotations) is "
+                        "this side of the run's train/held-out split")
+    p.add_argument("--skip-bad-lines", action="store_true", help="leave out malformed prediction lines (counted)")
+    p.add_argument("--judge-allow-insecure", action="store_true",
+                   help="send the API key to a judge URL that is neither https:// nor on this machine")
+    args = p.parse_args(argv)
+    if args.judge_url and not args.judge_model:
+        p.error("--judge-model is required with --judge-url (it is recorded with the results)")
+    stop_if_only_checking()
+    return run_cli(lambda: _score(args))
+
+
+def _score(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    predictions = select_split(read_predictions(Path(args.predictions), args.skip_bad_lines), args.split,
+                               args.predictions)
+    judge = judge_from_args(args, Path(args.judge_cache or out / "judge_cache.jsonl"))
+    rows, summary = evaluate(predictions, references(args.annotations), judge)
+    summary["split"] = args.split
+    if summary["duplicate_predictions"]:
+        print(f"{args.predictions}: {summary['duplicate_predictions']} duplicate prediction(s) of questions already "
+              f"scored: each question counted once")
+    write_results(rows, summary, out, video_fps(args.annotations))
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The short-video QA benchmarks of the MovieChat paper: MSVD-QA, MSRVTT-QA and ActivityNet-QA, open-ended,
+scored by a judge with the Video-ChatGPT protocol (accuracy and a 0-5 score).
+
+The question files as MovieChat's ``eval_code/result_prepare/run_inference_qa_{msvd,msrvtt,activitynet}.py``
+read them (Video-ChatGPT's evaluation release):
+
+- ``msvd``: one JSON list of ``{"video_id", "question", "answer", "id"}``; video ``<video_id>.avi``;
+- ``msrvtt``: the same fields; video ``video<video_id>.mp4``;
+- ``activitynet``: ``test_q.json`` (``{"video_name", "question", "question_id"}``) and ``test_a.json`` (the
+  answers, in the same order); video ``<video_name>.mp4``.
+
+Every video is a key of a feature store (``--features-dir`` / ``--shards``) or a file in ``--videos``; it is
+answered in global mode through the streaming memory, as MovieChat answers them.
+
+    moviechat short-qa answer RUN --format msvd --questions test_qa.json --videos DIR --out preds.jsonl
+    moviechat short-qa score --predictions preds.jsonl --out eval/ --judge-url URL --judge-model NAME
+
+``score`` writes ``summary.json`` / ``summary.md`` (judge accuracy and score with the protocol, offline exact
+and normalised match) and ``moviechat_output.json``, the ``[{id, question, answer, pred}]`` list MovieChat's
+``run_eval_qa.py`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from moviechat.common.atomic import write_text_atomic
+from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.data.stores import DataError
+from moviechat.scoring.judge_protocols import PROTOCOLS
+from moviechat.text.answers import exact_match, normalized_match
+
+FORMATS = ("msvd", "msrvtt", "activitynet")
+
+
+def _read_list(path: Path) -> list:
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read a JSON list: {e}") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: must be a JSON list of questions, got {type(rows).__name__}")
+    return rows
+
+
+def _field(row, name: str, path: Path, i: int):
+    if not isinstance(row, dict) or row.get(name) in (None, ""):
+        raise DataError(f"{path}: entry {i}: {name!r} is missing")
+    return row[name]
+
+
+def load_short_qa(fmt: str, questions: str | Path, answers: Optional[str | Path] = None) -> list[dict[str, Any]]:
+    """Rows ``{"video", "question", "answer", "id"}`` of one benchmark's question file(s)."""
+    if fmt not in FORMATS:
+        raise DataError(f"--format {fmt!r} must be one of {FORMATS}")
+    path = Path(questions)
+    rows = _read_list(path)
+    if fmt == "activitynet":
+        if answers is None:
+            raise DataError("activitynet needs --answers (test_a.json): its questions and answers are two files")
+        gold = _read_list(Path(answers))
+        if len(gold) != len(rows):
+            raise DataError(f"{answers}: {len(gold)} answers for {len(rows)} questions in {path}")
+        return [{"video": str(_field(q, "video_name", path, i)), "question": str(_field(q, "question", path, i)),
+                 "answer": str(_field(a, "answer", Path(answers), i)), "id": q.get("question_id", i)}
+                for i, (q, a) in enumerate(zip(rows, gold))]
+    prefix = "video" if fmt == "msrvtt" else ""
+    return [{"video": f"{prefix}{_field(r, 'video_id', path, i)}", "question": str(_field(r, "question", path, i)),
+             "answer": str(_field(r, "answer", path, i)), "id": r.get("id", i)} for i, r in enumerate(rows)]
+
+
+def score(predictions: list[dict], judge=None) -> tuple[list[dict], dict[str, Any]]:
+    """Per-question rows and the summary: offline matches, and with a judge its protocol's accuracy and score."""
+    rows = []
+    for p in predictions:
+        pred, ref = str(p.get("prediction", "")), str(p["answer"])
+        row = {"id": p.get("id"), "video": p["video"], "question": p["question"], "answer": ref, "prediction": pred,
+               "exact": exact_match(pred, ref), "normalized": normalized_match(pred, ref)}
+        if judge is not None:
+            verdict = judge.protocol.verdict(judge.reply(p["question"], ref, pred))
+            row.update(judge_acc=verdict.acc, judge_score=verdict.score, judge_status=verdict.status)
+        rows.append(row)
+    summary: dict[str, Any] = {"n": len(rows), "videos": len({r["video"] for r in rows})}
+    for metric in ("exact", "normalized") + (("judge_acc", "judge_score") if judge else ()):
+        got = [r[metric] for r in rows if r.get(metric) is not None]
+        summary[{"judge_acc": "judge_accuracy"}.get(metric, metric)] = sum(got) / len(got) if got else None
+    if judge is not None:
+        summary.update(judge_model=judge.model, judge_protocol=judge.protocol.name,
+                       judge_malformed=sum(r["judge_status"] == "malformed" for r in rows),
+                       judge_failed=sum(r["judge_status"] == "failed" for r in rows))
+    return rows, summary
+
+
+def _answer(args: argparse.Namespace) -> int:
+    from moviechat.answering.whole_split import FeatureLookup, VideoFileLookup, answer_file
+    from moviechat.answering.answerer import Answerer
+
+    rows = load_short_qa(args.format, args.questions, args.answers)
+    answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint)
+    answerer.batch_size = args.batch_size
+    lookup = (VideoFileLookup(answerer.cfg, args.videos, None, args.num_frames) if args.videos
+              else FeatureLookup(args.features_dir, args.shards, args.kind))
+    counts = answer_file(answerer, rows, lookup, Path(args.out))
+    print(f"{args.format}: answered {counts['answered']} ({counts['already']} before; {counts['failed_videos']} "
+          f"video(s) failed) -> {args.out}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from moviechat.scoring.moviechat1k import read_predictions
+    from moviechat.scoring.judge import judge_from_args
+
+    predictions = [p for p in read_predictions(Path(args.predictions)) if "answer" in p]
+    out = Path(args.out)
+    judge = judge_from_args(args, out / "judge_cache.jsonl")
+    rows, summary = score(predictions, judge)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "per_question.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    table = "\n".join(f"| {k} | {v if not isinstance(v, float) else f'{v:.4f}'} |" for k, v in summary.items())
+    write_text_atomic(out / "summary.md", "| metric | value |\n|---|---|\n" + table + "\n")
+    write_text_atomic(out / "moviechat_output.json", json.dumps(
+        [{"id": r["id"], "question": r["question"], "answer": r["answer"], "pred": r["prediction"]} for r in rows]))
+    print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("answer", help="answer a benchmark's questions with a trained run")
+    a.add_argument("run")
+    a.add_argument("--format", choices=FORMATS, required=True)
+    a.add_argument("--questions", required=True, help="the question file (ActivityNet-QA: test_q.json)")
+    a.add_argument("--answers", help="ActivityNet-QA: test_a.json")
+    a.add_argument("--videos", help="folder of the benchmark's video files")
+    a.add_argument("--num-frames", type=int, default=32, help="with --videos: frames decoded per video")
+    a.add_argument("--features-dir")
+    a.add_argument("--shards")
+    a.add_argument("--kind", default="tokens", choices=["tokens", "eva"])
+    a.add_argument("--out", required=True)
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy")
+    a.add_argument("--trust-checkpoint", action="store_true")
+    s = sub.add_parser("score", help="score predictions (offline matches; a judge with --judge-url)")
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--judge-url")
+    s.add_argument("--judge-model")
+    s.add_argument("--judge-key-env", default="OPENAI_API_KEY")
+    s.add_argument("--judge-protocol", choices=sorted(PROTOCOLS), default="videochatgpt",
+                   help="default: %(default)s, the protocol the published short-video numbers use")
+    s.add_argument("--judge-allow-insecure", action="store_true")
+    args = p.parse_args(argv)
+    if args.command == "answer" and not (args.videos or args.features_dir or args.shards):
+        p.error("answer needs --videos, --features-dir or --shards")
+    if args.command == "score" and args.judge_url and not args.judge_model:
+        p.error("--judge-model is required with --judge-url")
+    stop_if_only_checking()
+    return run_cli(lambda: _answer(args) if args.command == "answer" else _score(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

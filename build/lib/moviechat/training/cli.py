@@ -1,0 +1,75 @@
+"""``moviechat train``: moviechat train --cfg EXPERIMENT [dotted.key=value ...] [--resume RUN]
+
+EXPERIMENT is a file or a shipped experiment's name (``tiny_synthetic``). Under launchers: ``torchrun
+--nproc_per_node=N -m moviechat train ...`` or ``moviechat launch`` (``moviechat.training.launch``).
+Exit status: 0 finished (train.max_steps reached); 75 stopped by SIGTERM/SIGINT after a checkpoint (resume
+it); 2 a config or run-folder error before training; 1 any other error. ``<run>/status.json`` says the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from moviechat.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="experiment YAML, or a shipped experiment by name (tiny_synthetic, experiments/tiny_synthetic)")
+    parser.add_argument("--resume", help="a run folder, its checkpoints/ or one checkpoint folder to continue from")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even if the config changes what is trained (recorded in config_changes.jsonl)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load the checkpoint's files even if they need types that could run code (only for "
+                             "files you vouch for; by default such a file is refused)")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. memory.short_memory_merge=4")
+    return parser.parse_args(argv)
+
+
+def run_folder(cfg, cfg_path: str, resume: str | None) -> Path:
+    if resume and cfg.run.name is None:
+        from moviechat.runs.checkpoints import resolve_checkpoint
+
+        root, _ = resolve_checkpoint(resume)
+        return root.parent
+    name = cfg.run.name or f"{Path(cfg_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.run.output_dir) / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.cfg, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from moviechat.common.errors import UserError, stop_if_only_checking
+
+    stop_if_only_checking()
+    from moviechat.runs.checkpoints import CheckpointNotFound
+    from moviechat.runs.folder import STOPPED_EXIT, RunFolderError
+    from moviechat.common.safe_load import UnsafeFileError
+    from moviechat.training.loop import Trainer  # heavy imports only after the config is known to be valid
+
+    try:
+        trainer = Trainer(cfg, run_folder(cfg, args.cfg, args.resume), resume_from=args.resume,
+                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint)
+    except (RunFolderError, CheckpointNotFound) as e:
+        print(f"run folder error: {e}", file=sys.stderr)
+        return 2
+    except UnsafeFileError as e:
+        print(f"unsafe checkpoint: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:  # bad data or settings found while building the run: one line, as any command
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer.train()
+    return STOPPED_EXIT if trainer.stopped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
