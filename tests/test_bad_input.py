@@ -36,6 +36,7 @@ def test_a_key_in_a_sub_folder_is_read(tmp_path):
     assert feats.shape == (2, 8, 32) and meta["kind"] == "tokens"
 
 
+@pytest.mark.slow
 def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
     """A run name with a space and $(...) reaches train.py as one literal argument; nothing executes."""
     fake = tmp_path / "bin"

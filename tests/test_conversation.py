@@ -12,6 +12,8 @@ from moviechat.data.conversation import (IGNORE_INDEX, IMAGE, TextSettings, blip
                                          with_caption_prompt)
 from moviechat.data.keys import DataError
 
+pytestmark = pytest.mark.real_llm
+
 VIDEOCHAT = {"video": "cook/v0.mp4", "QA": [{"q": "What happens?", "a": "A dog runs.\nThen it stops."},
                                             {"q": "Colour?", "a": "Brown — ünïcode"}]}
 

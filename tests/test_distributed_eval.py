@@ -10,6 +10,8 @@ import pytest
 from helpers import REPO
 from moviechat.common.distributed import CHECK_ENV, free_port
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 WORKER = REPO / "tests" / "dist_eval_worker.py"
 
 

@@ -35,6 +35,7 @@ def lora_run(tmp_path_factory):
     return tmp / "r"
 
 
+@pytest.mark.slow
 def test_moviechat_export_uses_the_original_names_and_reloads_equal(lora_run, tmp_path):
     with pytest.raises(ValueError, match="--merge-lora"):
         export.export(lora_run, "moviechat", tmp_path / "x.pth")
@@ -49,6 +50,7 @@ def test_moviechat_export_uses_the_original_names_and_reloads_equal(lora_run, tm
     assert "model.layers.0.self_attn.q_proj.weight" in llm_keys and not any("lora" in k for k in llm_keys)
 
 
+@pytest.mark.slow
 def test_hf_lora_and_merged_exports_reload_with_equal_logits(lora_run, tmp_path):
     hf = export.export(lora_run, "hf", tmp_path / "hf")
     cfg, tokenizer, again = export.load_hf(hf)
@@ -62,6 +64,8 @@ def test_hf_lora_and_merged_exports_reload_with_equal_logits(lora_run, tmp_path)
     assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_zero2_checkpoint_of_a_two_process_run_exports(tmp_path):
     run_train(tmp_path, "run.name=z", "train.max_steps=2", "train.eval_every=0", "train.eval_generate=0",
               "deepspeed.zero_stage=2", nproc=2)
@@ -70,6 +74,7 @@ def test_zero2_checkpoint_of_a_two_process_run_exports(tmp_path):
     assert "llama_proj.weight" in state and state["llama_proj.weight"].dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_inference_answers_in_both_modes_and_in_batch(lora_run, tmp_path, capsys):
     cfg, _, _, _ = load_run(lora_run)
     video = synthetic_features(tmp_path, cfg)
@@ -95,12 +100,13 @@ def test_inference_answers_in_both_modes_and_in_batch(lora_run, tmp_path, capsys
     assert row["prediction"] == answerer.answer(video.features.feats, video.features.meta, row["question"], row["time"], "clip")["prediction"]
 
 
+@pytest.mark.slow
 def test_a_chat_asks_each_question_after_the_earlier_answers(lora_run, tmp_path, capsys, monkeypatch):
     cfg, _, _, _ = load_run(lora_run)
     synthetic_features(tmp_path, cfg)
     asked = []
-    real = Answerer.converse
-    monkeypatch.setattr(Answerer, "converse", lambda self, *a, **k: asked.append(a) or real(self, *a, **k))
+    real = answer_cli.converse
+    monkeypatch.setattr(answer_cli, "converse", lambda answerer, *a, **k: asked.append(a) or real(answerer, *a, **k))
     args = [str(lora_run), "--features", str(tmp_path / "clip.npy"), "--question", "what color is the first scene",
             "--question", "how many scenes are there", "--max-new-tokens", "3"]
     assert answer_cli.main(args) == 0
@@ -218,6 +224,7 @@ def test_our_forgiving_parser(reply, expected):
     assert ((verdict.acc, verdict.score) if verdict.status == "ok" else None) == expected
 
 
+@pytest.mark.slow
 def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path, capsys):
     from test_pipelines import write_video
 
@@ -228,6 +235,7 @@ def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path,
     assert result["mode"] == "breakpoint" and result["frame"] == 4  # 1.0 s at 4 fps
 
 
+@pytest.mark.slow
 def test_batch_over_video_files_with_moviechat_sampling(lora_run, tmp_path, capsys):
     from test_pipelines import write_video
 
@@ -256,6 +264,7 @@ def test_questions_come_from_an_annotations_folder(tmp_path):
     assert len(whole_split.questions_from_annotations(ann, limit=1)) == 1
 
 
+@pytest.mark.slow
 def test_moviechat_export_leaves_the_model_as_it_was(lora_run, tmp_path):
     cfg, tokenizer, model, _ = load_run(lora_run)
     llm = model.llm

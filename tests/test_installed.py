@@ -4,6 +4,7 @@ another working folder (shipped configs are package data; trials start ``python 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,8 +19,12 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory):
     """PYTHONPATH of a folder holding the wheel's install (dependencies come from the test environment)."""
     root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO / "moviechat", source / "moviechat", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(REPO)],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
                    check=True, capture_output=True, cwd=root)
     wheel = next((root / "dist").glob("moviechat-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)], check=True,

@@ -58,6 +58,7 @@ def test_sweep_expands_a_grid_and_rejects_bad_settings(tmp_path):
     assert sweep.main(["--sweep", write_sweep(tmp_path, "  memory.long_memory_length: [1, 16]")]) == 2
 
 
+@pytest.mark.slow
 def test_sweep_runs_resumes_without_rerunning_and_reports(tmp_path, capsys):
     sweep = load("sweep")
     path = write_sweep(tmp_path, "  memory.long_memory_policy: [merge, fifo]")

@@ -59,6 +59,7 @@ def check(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_every_moviechat_and_python_command_of_the_docs_parses():
     python = [as_argv(c) for c in COMMANDS if c.startswith(("python ", "moviechat "))]
     other = [as_argv(c)[0] for c in COMMANDS if not c.startswith(("python ", "moviechat ", "make "))]
@@ -70,6 +71,7 @@ def test_every_moviechat_and_python_command_of_the_docs_parses():
     assert not failed, "\n\n".join(f"{c}\n-> exit {rc}: {err}" for c, rc, err in failed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["train.py", "--cfg", PLACEHOLDER_CFG, "memory.long_memory_policy=banana"],
      "command-line override 'memory.long_memory_policy=banana': memory.long_memory_policy='banana' must be one of"),

@@ -15,6 +15,8 @@ from moviechat.models.llm import build_llm
 from moviechat.text.prompt import IMAGE_TOKEN, PromptFormat, Stop
 from moviechat.runs.loading import load_run
 
+pytestmark = pytest.mark.real_llm
+
 EXPERIMENT = SMOLLM2_EXPERIMENT
 
 
@@ -114,6 +116,7 @@ def frozen_run(smollm2, tmp_path_factory):
     return two_steps(tmp_path_factory.mktemp("smollm2_frozen"), smollm2)
 
 
+@pytest.mark.slow
 def test_two_steps_with_the_llm_frozen_change_only_the_trainable_parts(lora_run, cfg, tokenizer):
     run_cfg, _, trained, _ = load_run(lora_run)
     fresh = build_llm(cfg.model.llm, len(tokenizer))
@@ -132,6 +135,7 @@ def test_two_steps_with_the_llm_frozen_change_only_the_trainable_parts(lora_run,
     assert not torch.equal(trained.projection.weight, untrained.projection.weight)
 
 
+@pytest.mark.slow
 def test_exports_of_the_real_llm_runs_reload_equal(frozen_run, lora_run, tmp_path):
     # Each export verifies itself by reloading and comparing logits (merged LoRA: rtol 1e-4, atol 1e-5).
     pth = export.export(frozen_run, "moviechat", tmp_path / "m.pth")
@@ -148,6 +152,7 @@ def test_exports_of_the_real_llm_runs_reload_equal(frozen_run, lora_run, tmp_pat
     assert (export.export(lora_run, "merged", tmp_path / "merged") / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_inference_answers_with_the_real_llm(frozen_run, tmp_path, capsys):
     cfg, _, _, _ = load_run(frozen_run)
     synthetic_features(tmp_path, cfg)

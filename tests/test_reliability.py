@@ -40,6 +40,7 @@ def base_run(tmp_path_factory):
     return tmp, tmp / "r"
 
 
+@pytest.mark.slow
 def test_a_finished_run_logs_real_grad_norms_and_its_status(base_run):
     _, run = base_run
     norms = [r["grad_norm"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
@@ -54,6 +55,7 @@ def test_a_finished_run_logs_real_grad_norms_and_its_status(base_run):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path  # the umask's mode, not mkstemp's 0600
 
 
+@pytest.mark.slow
 def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_run):
     tmp, run = base_run
     before = steps(run)
@@ -63,6 +65,7 @@ def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_
     assert "another run.name" in proc.stderr and steps(run) == before
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_and_a_named_one_fails(base_run):
     tmp, run = base_run
     bad = corrupt(run / "checkpoints" / "step00000006")
@@ -77,6 +80,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_and_a_named_one_fails(base_run):
     assert proc.returncode == 1 and f"cannot resume from {run / 'checkpoints' / 'step00000004'}: {bad}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_memory_key_unless_allowed_and_records_it(base_run):
     tmp, run = base_run  # after the corrupt-checkpoint test, which leaves the run finished at step 6 again
     proc = attempt(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run))
@@ -91,6 +95,7 @@ def test_resume_refuses_a_changed_memory_key_unless_allowed_and_records_it(base_
     assert config_changes({"train": {"max_steps": 6, "lr": 1.0}}, {"train": {"max_steps": 9, "lr": 1.0}}) == {}
 
 
+@pytest.mark.slow
 def test_rolling_back_with_keep_last_1_keeps_later_checkpoints_and_a_loadable_latest(tmp_path):
     run_train(tmp_path, "run.name=b", *BASE)
     run = tmp_path / "b"
@@ -109,6 +114,7 @@ def test_truncate_metrics_drops_later_rows_and_a_half_line(tmp_path):
     assert truncate_metrics(path, 2) == 2 and path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
+@pytest.mark.slow
 def test_a_stopped_setting_is_not_recorded_and_the_sweep_stops_to_resume_it(tmp_path, monkeypatch):
     from moviechat.tuning import cli as sweep
     from moviechat.tuning import load_sweep, run_result
@@ -136,6 +142,8 @@ TWO = ["deepspeed.gradient_accumulation_steps=1", "data.num_workers=1"]  # 2 pro
 ONE = ["deepspeed.gradient_accumulation_steps=2", "data.num_workers=2"]  # 1 process x 2 workers, global batch 8
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("before,after,stage", [(2, 1, 2), (1, 2, 2), (2, 1, 0)])
 def test_elastic_resume_continues_as_the_uninterrupted_run(before, after, stage, tmp_path):
     """A ZeRO checkpoint of N processes resumed on M: the same data streams and global batch, so steps 3-4
@@ -152,6 +160,8 @@ def test_elastic_resume_continues_as_the_uninterrupted_run(before, after, stage,
         assert cut[step] == pytest.approx(full[step], rel=1e-4), (step, full, cut)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_elastic_resume_refuses_other_data_streams_or_global_batch_saying_what_to_set(tmp_path):
     run_train(tmp_path, "run.name=two", *ELASTIC, *TWO, nproc=2)
     proc = attempt(tmp_path, "run.name=two", *ELASTIC, resume=str(tmp_path / "two"))
@@ -161,6 +171,7 @@ def test_elastic_resume_refuses_other_data_streams_or_global_batch_saying_what_t
     assert proc.returncode == 2 and "global batch of 8; this run's is 4" in proc.stderr
 
 
+@pytest.mark.slow
 def test_inference_and_evaluation_refuse_bad_input_naming_it(tmp_path, capsys):
     import numpy as np
 
@@ -212,6 +223,7 @@ def plant(path, marker):
     torch.save({"module": RunsCode(marker)}, path)
 
 
+@pytest.mark.slow
 def test_a_crafted_pickle_runs_no_code_on_resume_inference_or_export_and_is_named(tmp_path, capsys):
     from moviechat.answering import cli as answer_cli
     from moviechat.runs import export
@@ -279,6 +291,7 @@ def test_a_crafted_pickle_outside_the_zip_format_is_refused_before_deepspeed_loa
     assert torch.equal(load_pt(tmp_path / "plain_legacy.pt")["a"], torch.ones(2))
 
 
+@pytest.mark.slow
 def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(tmp_path):
     tmp, run = tmp_path, tmp_path / "r"
     run_train(tmp, "run.name=r", *BASE)
@@ -299,6 +312,7 @@ def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(tm
     assert [r["step"] for r in read_jsonl(tmp / "fork" / "metrics.jsonl") if "loss" in r] == [5, 6]
 
 
+@pytest.mark.slow
 def test_a_folder_with_metrics_but_no_checkpoint_is_refused(tmp_path):
     (tmp_path / "died").mkdir()
     (tmp_path / "died" / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
@@ -307,6 +321,7 @@ def test_a_folder_with_metrics_but_no_checkpoint_is_refused(tmp_path):
     assert (tmp_path / "died" / "metrics.jsonl").read_text() == '{"step": 1, "loss": 3.0}\n'
 
 
+@pytest.mark.slow
 def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(tmp_path):
     tmp, run = tmp_path, tmp_path / "r"
     run_train(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1", "train.eval_every=0", "train.eval_generate=0")
@@ -318,12 +333,15 @@ def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(tmp
     assert "resuming from" in proc.stdout
 
 
+@pytest.mark.slow
 def test_resume_of_a_missing_run_is_one_line_and_exit_2(tmp_path):
     proc = attempt(tmp_path, "train.max_steps=1", resume=str(tmp_path / "nope"))
     assert proc.returncode == 2 and "run folder error: no checkpoint at" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores")
 def test_sigterm_to_a_two_process_torchrun_job_with_loader_workers_checkpoints_and_stops(tmp_path):
     """As SLURM preempts: SIGTERM to the job's whole process group (torchrun, trainers, loader workers)."""

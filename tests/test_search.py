@@ -48,6 +48,7 @@ def study_of(tmp_path, name="s", storage=None):
     return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{tmp_path / 'out' / name / 'study.db'}")
 
 
+@pytest.mark.slow
 def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
     proc = run(["--sweep", str(write_search(tmp_path)), "--parallel", "2"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -65,6 +66,7 @@ def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
         assert t.user_attrs["memory_tokens"] == t.params["memory.long_memory_length"] * 8
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
     sweep = write_search(tmp_path, trials=3, steps=40, overrides=["train.save_every=2", "train.eval_every=20"])
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -90,6 +92,7 @@ def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
     assert "resumed from" in (tmp_path / "out" / "s" / "trial-0001" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_stops_at_its_next_checkpoint_and_is_recorded_pruned(tmp_path):
     sweep = write_search(tmp_path, trials=2, steps=200, pruner="threshold", extra='{"pruner_args": {"upper": 0.0}}')
     proc = run(["--sweep", str(sweep)])  # any loss is above 0: pruned at its first evaluation (step 2)
@@ -103,6 +106,7 @@ def test_a_pruned_trial_stops_at_its_next_checkpoint_and_is_recorded_pruned(tmp_
     assert "pruned" in (tmp_path / "out" / "s" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_an_infeasible_trial_is_recorded_and_the_search_goes_on(tmp_path):
     space = {"memory.long_memory_length": {"type": "categorical", "choices": [16, 1024]}}  # 1024 > 16 x 16
     proc = run(["--sweep", str(write_search(tmp_path, trials=1, space=space, sampler="grid"))])
@@ -115,6 +119,7 @@ def test_an_infeasible_trial_is_recorded_and_the_search_goes_on(tmp_path):
         states[1024].user_attrs["fail_reason"]
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_study(tmp_path):
     sweep = write_search(tmp_path, trials=4)
     storage = f"journal:{tmp_path / 'study.log'}"
@@ -131,6 +136,7 @@ def test_two_workers_share_one_journal_study(tmp_path):
     assert len(done) == 4 and len({t.user_attrs["worker"] for t in done}) == 2, outs  # both pulled trials
 
 
+@pytest.mark.slow
 def test_slurm_workers_dry_run_prints_a_job_array(tmp_path):
     sweep = write_search(tmp_path)
     proc = run(["--sweep", str(sweep), "--slurm", "--workers", "3", "--parallel", "2", "--storage",
@@ -145,6 +151,7 @@ def test_slurm_workers_dry_run_prints_a_job_array(tmp_path):
     assert not (tmp_path / "out" / "s" / "slurm").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({"space": {"memory.nope": {"type": "int", "low": 1, "high": 2}}}, "search.space: command-line override"),
     ({"space": {"memory.long_memory_length": {"type": "int", "low": 9, "high": 2}}}, "low=9 > high=2: an empty range"),
@@ -161,6 +168,7 @@ def test_a_bad_search_file_is_refused_before_any_trial(tmp_path, capsys, change,
     assert message in capsys.readouterr().err and not (tmp_path / "out" / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_storage_that_cannot_be_opened_and_parallel_0_are_refused(tmp_path, capsys):
     path = write_search(tmp_path)
     assert sweep_module().main(["--sweep", str(path), "--storage", "nosuchdb://x"]) == 2

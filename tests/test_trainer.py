@@ -14,6 +14,7 @@ from helpers import losses, run_train, train_cmd
 from moviechat.common.jsonl import read_jsonl
 
 
+@pytest.mark.slow
 def test_config_error_stops_before_training(tmp_path):
     proc = subprocess.run(train_cmd(tmp_path, "memory.short_memory_merge=8", "run.name=bad"), cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -22,6 +23,7 @@ def test_config_error_stops_before_training(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_writes_the_run_folder(tmp_path):
     proc = run_train(tmp_path, "run.name=r", "train.max_steps=60", "train.eval_every=0")
     run = tmp_path / "r"
@@ -37,6 +39,7 @@ def test_training_reduces_loss_and_writes_the_run_folder(tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_losses(tmp_path):
     # Same config (the schedule depends on max_steps), dropout on so that the RNG state matters.
     common = ["train.max_steps=8", "train.eval_every=0", "train.eval_generate=0", "model.video_qformer.dropout=0.1"]
@@ -48,6 +51,7 @@ def test_resume_gives_identical_losses(tmp_path):
     assert [full[s] for s in range(5, 9)] == [resumed[s] for s in range(5, 9)]  # bitwise, fp32 on CPU
 
 
+@pytest.mark.slow
 def test_frozen_parameters_are_neither_optimised_nor_checkpointed(tmp_path):
     run_train(tmp_path, "run.name=f", "train.max_steps=2", "train.eval_every=0", "model.freeze.llm=true")
     states = torch.load(tmp_path / "f" / "checkpoints" / "step00000002" / "mp_rank_00_model_states.pt",
@@ -58,6 +62,7 @@ def test_frozen_parameters_are_neither_optimised_nor_checkpointed(tmp_path):
     assert optimized == len(saved)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = train_cmd(tmp_path, "run.name=s", "train.max_steps=100000", "train.eval_every=0", "train.eval_generate=0")
@@ -93,6 +98,8 @@ def test_a_second_signal_exits_at_once():
     assert "not reached" not in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores")
 def test_two_process_zero2_matches_one_process_with_the_same_global_batch(tmp_path):
     common = ["train.max_steps=4", "train.eval_every=0", "train.eval_generate=0", "deepspeed.zero_stage=2",
@@ -107,6 +114,8 @@ def test_two_process_zero2_matches_one_process_with_the_same_global_batch(tmp_pa
         assert one[step] == pytest.approx(two[step], rel=1e-4), (step, one, two)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_run_with_a_small_generation_eval_finishes(tmp_path):
     """The reported crash: 8 held-out questions on 2 ranks, whose slices hold different question types."""
     run_train(tmp_path, "run.name=small", "train.max_steps=2", "train.eval_every=0", "train.eval_generate=8",
@@ -116,6 +125,7 @@ def test_two_process_run_with_a_small_generation_eval_finishes(tmp_path):
     assert sum(v for k, v in evals[0].items() if k.startswith("eval/n_type_")) == 8  # each question counted once
 
 
+@pytest.mark.slow
 def test_more_data_streams_than_shards_fails_on_every_rank_before_training(tmp_path):
     """60 videos make 4 shards; 5 loader workers would leave a stream empty (a rank waiting forever)."""
     proc = subprocess.run(train_cmd(tmp_path, "run.name=streams", "data.num_workers=5"), cwd=tmp_path,

@@ -159,6 +159,7 @@ def test_preview_on_each_shipped_dataset_config(instruct, config, name):
     assert any(label != -100 for label in shown["labels"])
 
 
+@pytest.mark.slow
 def test_preview_command_prints_one_json_line(instruct, tmp_path):
     args = [sys.executable, "-m", "moviechat.data.preview", "--cfg", str(MIXTURE), "--dataset", "llava_instruct",
             "--index", "0", "--text", *mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align")]
@@ -173,6 +174,7 @@ def test_preview_command_prints_one_json_line(instruct, tmp_path):
     assert bad.returncode == 2 and "--index 99999: llava_instruct has 24 record(s)" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_mixture_trains_logs_its_datasets_and_resumes_after_a_kill_with_the_same_draws(instruct, tmp_path):
     common = [*mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align"),
               "train.max_steps=12", "train.save_every=4", "train.eval_every=0", "train.eval_samples=4",

@@ -100,8 +100,7 @@ def _answer(args: argparse.Namespace) -> int:
     from moviechat.answering.answerer import Answerer
 
     rows = load_short_qa(args.format, args.questions, args.answers)
-    answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint)
-    answerer.batch_size = args.batch_size
+    answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint, args.batch_size)
     lookup = (VideoFileLookup(answerer.cfg, args.videos, None, args.num_frames) if args.videos
               else FeatureLookup(args.features_dir, args.shards, args.kind))
     counts = answer_file(answerer, rows, lookup, Path(args.out))
