@@ -292,8 +292,9 @@ def test_a_crafted_pickle_outside_the_zip_format_is_refused_before_deepspeed_loa
 
 
 @pytest.mark.slow
-def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(base_run):
-    tmp, run = base_run  # the shared run: this test checks that nothing here changes it
+def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(tmp_path):
+    tmp, run = tmp_path, tmp_path / "r"  # a run of its own: the module's shared run has corrupted checkpoints by now
+    run_train(tmp, "run.name=r", *BASE)
     run_train(tmp, "run.name=other", "train.max_steps=4", "train.save_every=2", "train.eval_every=0",
               "train.eval_generate=0")
     other = tmp / "other"
