@@ -100,7 +100,7 @@ def test_a_half_written_judge_cache_line_is_judged_again(tmp_path, capsys):
     cache = tmp_path / "c.jsonl"
     cache.write_text('{"key": "a", "reply": "{\'pred\': \'yes\', \'score\': 5}"}\n{"key": "b", "rep')
     client = JudgeClient("http://127.0.0.1:9/v1", "m", cache)
-    assert client.cache == {"a": "{'pred': 'yes', 'score': 5}"}
+    assert client.cache.replies == {"a": "{'pred': 'yes', 'score': 5}"}
     assert "1 unreadable line(s) ignored" in capsys.readouterr().out
 
 

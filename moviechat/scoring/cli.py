@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from moviechat.common.errors import run_cli, stop_if_only_checking
-from moviechat.scoring.judge import judge_from_args
-from moviechat.scoring.judge_protocols import PROTOCOLS
+from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.scoring.moviechat1k import (evaluate, markdown, read_predictions, references, select_split, video_fps,
                                            write_results)
 
@@ -30,22 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", required=True,
                    help="MovieChat-1K style annotation JSONs with answers (found in sub-folders too)")
     p.add_argument("--out", default="eval_results", help="results folder (default: %(default)s)")
-    p.add_argument("--judge-url", help="base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1")
-    p.add_argument("--judge-model", help="passed to the API as it is and recorded with the results")
-    p.add_argument("--judge-protocol", choices=sorted(PROTOCOLS), default="lmms-eval",
-                   help="whose request, parsing and aggregation (default: %(default)s, the harness published "
-                        "MovieChat-1K numbers are compared with; see moviechat/scoring/judge_protocols.py)")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--judge-cache", help="JSONL cache of judgements (default: OUT/judge_cache.jsonl)")
+    add_judge_arguments(p, "lmms-eval", "the harness published MovieChat-1K numbers are compared with")
     p.add_argument("--split", choices=("all", "heldout", "train"), default="all",
                    help="score only the predictions whose 'split' (written by moviechat answer --annotations) is "
                         "this side of the run's train/held-out split")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave out malformed prediction lines (counted)")
-    p.add_argument("--judge-allow-insecure", action="store_true",
-                   help="send the API key to a judge URL that is neither https:// nor on this machine")
     args = p.parse_args(argv)
-    if args.judge_url and not args.judge_model:
-        p.error("--judge-model is required with --judge-url (it is recorded with the results)")
+    check_judge_arguments(p, args)
     stop_if_only_checking()
     return run_cli(lambda: _score(args))
 
@@ -54,7 +44,7 @@ def _score(args: argparse.Namespace) -> int:
     out = Path(args.out)
     predictions = select_split(read_predictions(Path(args.predictions), args.skip_bad_lines), args.split,
                                args.predictions)
-    judge = judge_from_args(args, Path(args.judge_cache or out / "judge_cache.jsonl"))
+    judge = judge_from_args(args, out / "judge_cache.jsonl")
     rows, summary = evaluate(predictions, references(args.annotations), judge)
     summary["split"] = args.split
     if summary["duplicate_predictions"]:

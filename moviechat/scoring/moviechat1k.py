@@ -64,6 +64,7 @@ def evaluate(predictions: list[dict], refs: dict[tuple, Any], judge: Optional[Ju
     second prediction for a question already scored is counted as a duplicate and left out (the first
     one counts: a question is scored once, however often a file holds it)."""
     rows, unmatched, duplicates, seen = [], 0, 0, set()
+    asked: list[tuple[str, str, str]] = []
     for p in predictions:
         mode = p.get("mode") or ("breakpoint" if p.get("time") is not None else "global")
         seconds = None if p.get("time") is None else round(float(p["time"]), 2)
@@ -81,11 +82,13 @@ def evaluate(predictions: list[dict], refs: dict[tuple, Any], judge: Optional[Ju
         row = {"video": p["video"], "mode": mode, "time": p.get("time"), "question": p["question"], "answer": ref,
                "prediction": pred, "exact": exact_match(pred, ref), "normalized": normalized_match(pred, ref),
                "f1": token_f1(pred, ref), "past_end": qa.past_end}
-        if judge is not None:  # the judge reads the texts as the annotation writes them, as the scorers do
-            raw = judge.reply(qa.raw[0] or qa.question, qa.raw[1] or ref, pred)
+        # the judge reads the texts as the annotation writes them, as the scorers do
+        asked.append((qa.raw[0] or qa.question, qa.raw[1] or ref, pred))
+        rows.append(row)
+    if judge is not None:  # judged together, concurrently
+        for row, raw in zip(rows, judge.replies(asked)):
             verdict = judge.protocol.verdict(raw)
             row.update(judge_reply=raw, judge_acc=verdict.acc, judge_score=verdict.score, judge_status=verdict.status)
-        rows.append(row)
     summary = score_summary(rows, unmatched, judge)
     summary["duplicate_predictions"] = duplicates
     return rows, summary

@@ -31,7 +31,7 @@ from typing import Any, Optional
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.stores import DataError
-from moviechat.scoring.judge_protocols import PROTOCOLS
+from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.text.answers import exact_match, normalized_match
 
 FORMATS = ("msvd", "msrvtt", "activitynet")
@@ -80,10 +80,11 @@ def score(predictions: list[dict], judge=None) -> tuple[list[dict], dict[str, An
         pred, ref = str(p.get("prediction", "")), str(p["answer"])
         row = {"id": p.get("id"), "video": p["video"], "question": p["question"], "answer": ref, "prediction": pred,
                "exact": exact_match(pred, ref), "normalized": normalized_match(pred, ref)}
-        if judge is not None:
-            verdict = judge.protocol.verdict(judge.reply(p["question"], ref, pred))
-            row.update(judge_acc=verdict.acc, judge_score=verdict.score, judge_status=verdict.status)
         rows.append(row)
+    if judge is not None:  # judged together, concurrently
+        for row, raw in zip(rows, judge.replies([(r["question"], r["answer"], r["prediction"]) for r in rows])):
+            verdict = judge.protocol.verdict(raw)
+            row.update(judge_acc=verdict.acc, judge_score=verdict.score, judge_status=verdict.status)
     summary: dict[str, Any] = {"n": len(rows), "videos": len({r["video"] for r in rows})}
     for metric in ("exact", "normalized") + (("judge_acc", "judge_score") if judge else ()):
         got = [r[metric] for r in rows if r.get(metric) is not None]
@@ -111,7 +112,6 @@ def _answer(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from moviechat.scoring.moviechat1k import read_predictions
-    from moviechat.scoring.judge import judge_from_args
 
     predictions = [p for p in read_predictions(Path(args.predictions)) if "answer" in p]
     out = Path(args.out)
@@ -149,17 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score predictions (offline matches; a judge with --judge-url)")
     s.add_argument("--predictions", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--judge-url")
-    s.add_argument("--judge-model")
-    s.add_argument("--judge-key-env", default="OPENAI_API_KEY")
-    s.add_argument("--judge-protocol", choices=sorted(PROTOCOLS), default="videochatgpt",
-                   help="default: %(default)s, the protocol the published short-video numbers use")
-    s.add_argument("--judge-allow-insecure", action="store_true")
+    add_judge_arguments(s, "videochatgpt", "the protocol the published short-video numbers use")
     args = p.parse_args(argv)
     if args.command == "answer" and not (args.videos or args.features_dir or args.shards):
         p.error("answer needs --videos, --features-dir or --shards")
-    if args.command == "score" and args.judge_url and not args.judge_model:
-        p.error("--judge-model is required with --judge-url")
+    if args.command == "score":
+        check_judge_arguments(p, args)
     stop_if_only_checking()
     return run_cli(lambda: _answer(args) if args.command == "answer" else _score(args))
 
