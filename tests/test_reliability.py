@@ -365,3 +365,26 @@ def test_sigterm_to_a_two_process_torchrun_job_with_loader_workers_checkpoints_a
     assert status["status"] == "stopped", err[-3000:]
     assert (run / "checkpoints" / "latest").read_text() == f"step{status['step']:08d}" and status["step"] >= 3
     assert "stopped by a signal" in out
+
+
+@pytest.mark.parametrize("latest", ["../../A/checkpoints/step00000004", "step00000004/../../../A/checkpoints/x",
+                                    "/etc", "stepX"])
+def test_latest_must_name_a_checkpoint_inside_its_own_run(tmp_path, capsys, latest):
+    """A ``latest`` leading out of the run would answer with, export from and write into another run's folder."""
+    from moviechat.__main__ import main
+
+    other = tmp_path / "A" / "checkpoints" / "step00000004"
+    other.mkdir(parents=True)
+    (other / "trainer_state_rank0.pt").write_bytes(b"")
+    run = tmp_path / "L" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "latest").write_text(latest)
+    commands = [["answer", str(tmp_path / "L"), "--question", "q", "--features", str(tmp_path / "x.npy")],
+                ["export", str(tmp_path / "L"), "--format", "moviechat"],
+                ["train", "--cfg", "tiny_synthetic", "--resume", str(tmp_path / "L")]]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "is not a checkpoint inside" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in (tmp_path / "A").rglob("*")) == ["checkpoints", "step00000004",
+                                                                     "trainer_state_rank0.pt"]  # nothing written

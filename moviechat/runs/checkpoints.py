@@ -108,10 +108,20 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     for root in (path / "checkpoints", path):
         if (root / "latest").is_file():
-            return root, (root / "latest").read_text().strip()
+            return root, inside(root, (root / "latest").read_text().strip())
     if path.is_dir() and path.name.startswith("step") and any(path.glob("trainer_state_rank*.pt")):
         return path.parent, path.name
     raise CheckpointNotFound(f"no checkpoint at {path} (expected a run folder, its checkpoints/ or a step folder)")
+
+
+def inside(root: Path, tag: str) -> str:
+    """``tag`` as ``latest`` names it, if it is a step folder of ``root`` itself: a name such as
+    ``../../A/checkpoints/step00000004`` or a link that leads out of the run would load (and export into)
+    another run's folder."""
+    if not (tag.startswith("step") and tag[4:].isdigit()) or not (root / tag).resolve().is_relative_to(root.resolve()):
+        raise CheckpointNotFound(f"{root / 'latest'} names {tag!r}, which is not a checkpoint inside {root}: refused "
+                                 f"(it must name a stepNNNNNNNN folder of this run)")
+    return tag
 
 
 def explicit_step(path: str | Path) -> bool:
