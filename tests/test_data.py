@@ -294,3 +294,44 @@ def test_a_shard_that_breaks_while_read_counts_each_video_lost(tmp_path, capsys)
     read = [v.key for v in store.videos(0, 1, 0, skips)]
     assert 0 < len(read) < 16 and skips.counts == Counter({"video in an unreadable shard": 16 - len(read)})
     assert "unreadable shard, the rest of it is skipped" in capsys.readouterr().out
+
+
+def small_set(tmp_path, cfg, n=4):
+    vids = videos(n)
+    write_shards(vids, str(tmp_path / "s" / "x-%03d.tar"))
+    for v in vids:
+        write_annotation(tmp_path / "ann", v.key, annotation_json(v.key, [QA("q", "a", "global")], 1.0, 12))
+    cfg.data.name, cfg.data.shards, cfg.data.annotations = "moviechat1k", str(tmp_path / "s" / "x-*.tar"), str(tmp_path / "ann")
+    return cfg
+
+
+def test_a_small_set_trains_without_a_held_out_split_and_an_empty_split_says_the_fix(tmp_path, tiny_cfg):
+    cfg = small_set(tmp_path, tiny_cfg)
+    cfg.data.val_fraction = 0.0
+    source, train, val = build_datasets(cfg)
+    assert source.train_keys == {f"v{i:03d}" for i in range(4)} and source.val_keys == set()
+    cfg.data.val_fraction = 0.01
+    with pytest.raises(DataError, match=r"held out none of the 4 video\(s\).*data.val_fraction=0 to train without"):
+        build_datasets(cfg)
+
+
+def test_preview_needs_no_split_and_never_writes_a_generated_set(tmp_path, tiny_cfg):
+    from moviechat.data.preview import preview
+
+    generated = tiny_cfg.run.output_dir = str(tmp_path / "runs")
+    with pytest.raises(DataError, match="not written yet .*moviechat make-synthetic"):
+        preview(tiny_cfg, 0)
+    assert not (tmp_path / "runs").exists(), generated  # nothing generated
+    cfg = small_set(tmp_path, tiny_cfg)
+    cfg.data.val_fraction = 0.01  # would leave no held-out video: training refuses, preview has no need of one
+    shown = preview(cfg, 3)
+    assert shown["key"] == "v003" and shown["frames"] > 0
+
+
+def test_val_fraction_is_in_zero_to_one(tmp_path):
+    from moviechat.config import ConfigError, load_config
+
+    assert load_config(None, ["data.val_fraction=0"]).data.val_fraction == 0.0
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError, match=r"must be in \[0, 1\)"):
+            load_config(None, [f"data.val_fraction={bad}"])

@@ -132,3 +132,11 @@ def test_more_data_streams_than_shards_fails_on_every_rank_before_training(tmp_p
                           env=os.environ | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "4 shard(s)/file(s) cannot feed 5 data streams" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_run_without_held_out_videos_trains_and_says_evaluation_is_off(tmp_path):
+    proc = run_train(tmp_path, "run.name=n", "data.val_fraction=0", "train.max_steps=3", "train.eval_every=1")
+    assert proc.stdout.count("evaluation during training is off") == 1
+    rows = read_jsonl(tmp_path / "n" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3] and not any("eval/loss" in r for r in rows)

@@ -76,7 +76,7 @@ class DataConfig:
     shards: Optional[str] = None  # brace pattern of tar shards, e.g. data/train-{00000..00009}.tar
     folder: Optional[str] = None  # or a folder of <key>.npy (+ <key>.json)
     annotations: Optional[str] = None  # folder of MovieChat-1K style per-video JSON
-    val_fraction: float = 0.1  # share of videos held out (split by video, never by question)
+    val_fraction: float = 0.1  # share of videos held out (split by video, never by question); 0: none held out
     include_captions: bool = False  # the dense caption as one more (global) sample per video
     shuffle_buffer: int = 64
     num_workers: int = 0
@@ -99,8 +99,8 @@ class DataConfig:
             raise ConfigError(f"data.on_error={self.on_error!r} must be 'raise' or 'skip'")
         if self.feature_kind not in ("eva", "tokens"):
             raise ConfigError(f"data.feature_kind={self.feature_kind!r} must be 'eva' or 'tokens'")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 1) (0: no held-out videos)")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
 

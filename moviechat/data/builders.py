@@ -40,10 +40,15 @@ def split_source(data: DataConfig, seed: int, qas: dict[str, list[QA]], skips: S
     missing = check_annotated_videos(qas, list(store.keys()), data.on_error, data.annotations)
     for key in missing:
         skips.add("annotated video without features", f"{key} ({len(qas[key])} question(s))")
+    videos = len(qas) - len(missing)
     train, val = split_by_video(set(qas) - set(missing), data.val_fraction, seed)
-    if not train or not val:
-        raise DataError(f"split of {len(qas) - len(missing)} videos left train={len(train)}, val={len(val)}; "
-                        f"change data.val_fraction={data.val_fraction}")
+    if not train:
+        raise DataError(f"data.val_fraction={data.val_fraction} held out all {videos} video(s) of "
+                        f"{data.annotations}: lower it (0 holds out none)")
+    if data.val_fraction > 0 and not val:
+        raise DataError(f"data.val_fraction={data.val_fraction} held out none of the {videos} video(s) of "
+                        f"{data.annotations}: raise it to about {min(0.5, 2 / max(videos, 1)):.2g} for a held-out "
+                        f"split, or set data.val_fraction=0 to train without one (no evaluation during training)")
     return VideoQASource(store, qas, train, val, missing, skips)
 
 
@@ -136,11 +141,12 @@ class DataPart:
     val: VideoQADataset
 
 
-def build_parts(cfg: Config, rank: int = 0, world_size: int = 1) -> list[DataPart]:
-    """Every dataset of the config (``data.mixture``'s entries, or ``data`` itself) with its train / val sets."""
+def build_parts(cfg: Config, rank: int = 0, world_size: int = 1, split: bool = True) -> list[DataPart]:
+    """Every dataset of the config (``data.mixture``'s entries, or ``data`` itself) with its train / val sets
+    (``split=False``: every video in train, as a preview of records needs)."""
     parts = []
     for part in cfg.data.parts():
-        sub = replace(cfg, data=part.data)
+        sub = replace(cfg, data=part.data if split else replace(part.data, val_fraction=0.0))
         source = DATASETS.build(part.builder, sub)
         train, val = _datasets(sub, source, rank, world_size, part.name)
         parts.append(DataPart(part.name, part.builder, part.ratio, part.data, source, train, val))

@@ -27,6 +27,7 @@ from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text
 from moviechat.data.instruct import READERS
 from moviechat.data.keys import DataError
 from moviechat.data.stores import ShardStore, VideoFeatures, read_npy_video, read_shard_video
+from moviechat.data.synthetic import synthetic_dir
 from moviechat.text.tokenizers import run_tokenizer
 
 
@@ -49,8 +50,22 @@ def read_features(store, key: str) -> VideoFeatures:
     return read_shard_video(where, key) if isinstance(store, ShardStore) else read_npy_video(where, store.kind, store.fps)
 
 
+def check_generated(cfg: Config) -> None:
+    """Preview reads and never writes: a generated set that is not there yet is refused, naming the command
+    that writes it."""
+    for part in cfg.data.parts():
+        if part.builder != "synthetic":
+            continue
+        q, d = cfg.model.image_qformer.num_query_tokens, cfg.model.image_qformer.hidden_size
+        folder = synthetic_dir(part.data.synthetic, q, d, cfg.run.output_dir)
+        if not (folder / "DONE").is_file():
+            raise DataError(f"{part.name}: the generated set {folder} is not written yet (preview only reads); "
+                            f"write it with `moviechat make-synthetic --cfg CONFIG --out {folder}` or by training")
+
+
 def preview(cfg: Config, index: int, dataset: Optional[str] = None, marked: bool = False) -> dict[str, Any]:
-    parts = build_parts(cfg)
+    check_generated(cfg)
+    parts = build_parts(cfg, split=False)
     names = [p.name for p in parts]
     if dataset is None and len(parts) > 1:
         raise DataError(f"the config mixes {', '.join(names)}: choose one with --dataset")

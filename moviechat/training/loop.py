@@ -52,7 +52,8 @@ class Trainer:
         self.engine, self.scheduler = setup.build_engine(cfg, self.model, ds_config, self.rank)
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.evaluators = {p.name: setup.build_evaluator(cfg, self.engine, self.tokenizer, p, self.micro_batch,
-                                                         self.device, self.world_size) for p in self.parts}
+                                                         self.device, self.world_size)
+                           for p in self.parts if p.source.val_keys}  # data.val_fraction=0: none held out
         self.session = Session(self.engine, self.model, self.scheduler, self.run_dir, self.rank, self.layout(),
                                trust_checkpoint)
         self.state = TrainState()
@@ -71,6 +72,10 @@ class Trainer:
     def _announce(self, forked: bool, checkpoint: Optional[tuple[Path, str]]) -> None:
         if self.rank != 0:
             return
+        unheld = [p.name for p in self.parts if not p.source.val_keys]
+        if unheld:
+            print(f"no held-out videos in {', '.join(unheld)} (data.val_fraction=0): evaluation during training is off"
+                  f"{' for them' if len(unheld) < len(self.parts) else ''}", flush=True)
         if forked:
             print(f"new run folder {self.run_dir}, started from {checkpoint[0] / checkpoint[1]} of run "
                   f"{checkpoint[0].parent} (left as it is)", flush=True)
@@ -153,6 +158,8 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Held-out loss and accuracy (``moviechat.training.heldout.HeldOutEvaluator``), logged and returned."""
         cfg = self.cfg.train
+        if not self.evaluators:
+            return {}
         self.engine.eval()
         record = combine_records(self.state.step, {
             name: evaluator(self.state.step, cfg.eval_samples, cfg.eval_generate, cfg.max_new_tokens)
