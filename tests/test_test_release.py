@@ -95,6 +95,7 @@ def test_split_heldout_answers_and_scores_only_the_runs_held_out_videos(tmp_path
     for key in keys:
         (root / f"{key}.json").write_text(json.dumps(gt_json(key, times=(100,))))
     tiny_cfg.data.val_fraction, tiny_cfg.run.seed = 0.3, 5
+    tiny_cfg.data.name, tiny_cfg.data.annotations = "moviechat1k", str(root)  # the run trained on these
     held = {k for k in keys if run_split(k, 0.3, 5) == "heldout"}
     assert 0 < len(held) < len(keys)
     rows = questions_from_annotations(root, split="heldout", run_cfg=tiny_cfg)
@@ -107,3 +108,23 @@ def test_split_heldout_answers_and_scores_only_the_runs_held_out_videos(tmp_path
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["split"] == "heldout" and summary["all"]["videos"] == len(held)
     assert f"scoring split 'heldout': {2 * len(held)} of {2 * len(keys)}" in capsys.readouterr().out
+
+
+def test_a_test_set_is_never_split_every_video_is_external(tmp_path, tiny_cfg, capsys):
+    """Annotations the run did not train on (MovieChat-1K test): no video is on a side of the run's split."""
+    root = tmp_path / "test"
+    root.mkdir()
+    for key in ("1", "AWA-1"):
+        (root / f"{key}.json").write_text(json.dumps(gt_json(key, times=(100,))))
+    rows = questions_from_annotations(root, run_cfg=tiny_cfg)  # tiny_cfg trains on its generated set
+    assert {r["split"] for r in rows} == {"external"} and {r["video"] for r in rows} == {"1", "AWA-1"}
+    with pytest.raises(DataError, match="not the annotations the run trained on .* use --split all"):
+        questions_from_annotations(root, split="heldout", run_cfg=tiny_cfg)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({**r, "prediction": "red"}) + "\n" for r in rows))
+    args = ["--predictions", str(preds), "--annotations", str(root), "--out", str(tmp_path / "e")]
+    assert score_cli.main(args + ["--split", "heldout"]) == 2
+    assert "outside the run's training data ('external'" in capsys.readouterr().err
+    assert score_cli.main(args) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["split"].startswith("external") and summary["all"]["videos"] == 2

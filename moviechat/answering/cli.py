@@ -29,8 +29,8 @@ import numpy as np
 from moviechat.answering.answerer import Answerer
 from moviechat.answering.breakpoints import CONVENTIONS, BreakpointConvention
 from moviechat.answering.chat import CHAT_STYLES, converse
-from moviechat.answering.whole_split import (SPLITS, FeatureLookup, VideoFileLookup, answer_file, load_features,
-                                             questions_from_annotations)
+from moviechat.answering.whole_split import (SPLITS, FeatureLookup, VideoFileLookup, answer_file, is_run_data,
+                                             load_features, questions_from_annotations)
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.stores import DataError
 
@@ -112,9 +112,11 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             args.annotations, args.limit, args.split, answerer.cfg)
         if args.annotations:
             videos = len({q["video"] for q in questions})
-            print(f"split {args.split!r} of the run's train/held-out split (data.val_fraction="
-                  f"{answerer.cfg.data.val_fraction}, run.seed={answerer.cfg.run.seed}): {len(questions)} question(s) "
-                  f"of {videos} video(s)", flush=True)
+            which = (f"split {args.split!r} of the run's train/held-out split (data.val_fraction="
+                     f"{answerer.cfg.data.val_fraction}, run.seed={answerer.cfg.run.seed})"
+                     if is_run_data(args.annotations, answerer.cfg) else
+                     "annotations outside the run's training data (every video 'external', not split)")
+            print(f"{which}: {len(questions)} question(s) of {videos} video(s)", flush=True)
         if args.videos:
             lookup = VideoFileLookup(answerer.cfg, args.videos, *decode_sampling(args))
         else:

@@ -122,18 +122,45 @@ def run_split(key: str, val_fraction: float, seed: int) -> str:
     return "heldout" if split_by_video([key], val_fraction, seed)[1] else "train"
 
 
+def run_annotations(run_cfg) -> list[Path]:
+    """The annotation sources a run's config trained on (each dataset of a mixture; a generated set's folder)."""
+    from moviechat.data.synthetic import synthetic_dir
+
+    out = []
+    for part in run_cfg.data.parts():
+        if part.builder == "synthetic":
+            q = run_cfg.model.image_qformer
+            out.append(synthetic_dir(part.data.synthetic, q.num_query_tokens, q.hidden_size,
+                                     run_cfg.run.output_dir) / "annotations")
+        elif part.data.annotations:
+            out.append(Path(part.data.annotations))
+    return out
+
+
+def is_run_data(folder: str | Path, run_cfg) -> bool:
+    """Whether ``folder`` is an annotation source the run trained on (then its split applies to it)."""
+    return Path(folder).resolve() in {p.resolve() for p in run_annotations(run_cfg)}
+
+
 def questions_from_annotations(folder: str | Path, limit: Optional[int] = None, split: str = "all",
                                run_cfg=None) -> list[dict]:
     """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds),
-    each marked with the side of ``run_cfg``'s train/held-out split its video is on; ``split`` keeps one
-    side. ``limit`` applies after the split."""
+    each marked with the side of ``run_cfg``'s train/held-out split its video is on when the folder is the
+    run's own training data, else ``external`` (a test set is never split); ``split`` keeps one side of the
+    run's own data. ``limit`` applies after the split."""
     from moviechat.data.annotations import load_annotations
 
     if split not in SPLITS:
         raise DataError(f"--split {split!r} must be one of {SPLITS}")
+    own = run_cfg is not None and is_run_data(folder, run_cfg)
+    if split != "all" and not own:
+        raise DataError(f"--split {split}: {folder} are not the annotations the run trained on "
+                        f"({', '.join(map(str, run_annotations(run_cfg))) if run_cfg else 'no run'}), so none of its "
+                        f"videos is on a side of the run's split (each is 'external'): use --split all")
     rows = []
     for key, qas in sorted(load_annotations(folder, require_answers=False).items()):
-        side = run_split(key, run_cfg.data.val_fraction, run_cfg.run.seed) if run_cfg is not None else None
+        side = (run_split(key, run_cfg.data.val_fraction, run_cfg.run.seed) if own else
+                "external" if run_cfg is not None else None)
         if split != "all" and side != split:
             continue
         rows += [{"video": key, "question": qa.question, "time": qa.seconds, **({"split": side} if side else {}),

@@ -46,13 +46,22 @@ def _score(args: argparse.Namespace) -> int:
                                args.predictions)
     judge = judge_from_args(args, out / "judge_cache.jsonl")
     rows, summary = evaluate(predictions, references(args.annotations), judge)
-    summary["split"] = args.split
+    summary["split"] = scored_split(args.split, predictions)
     if summary["duplicate_predictions"]:
         print(f"{args.predictions}: {summary['duplicate_predictions']} duplicate prediction(s) of questions already "
               f"scored: each question counted once")
     write_results(rows, summary, out, video_fps(args.annotations))
     print(markdown(summary))
     return 0
+
+
+
+def scored_split(split: str, predictions: list[dict]) -> str:
+    """What the summary says was scored: a side of the run's split, all of it, or videos outside it."""
+    sides = {p.get("split") for p in predictions}
+    if split == "all" and sides == {"external"}:
+        return "external (videos outside the run's training data; not split)"
+    return split
 
 
 if __name__ == "__main__":

@@ -224,6 +224,10 @@ def select_split(rows: list[dict], split: str, source) -> list[dict]:
     """The predictions of one side of the run's split (each row says its side); 'all' keeps every row."""
     if split == "all":
         return rows
+    external = sum(r.get("split") == "external" for r in rows)
+    if external:
+        raise DataError(f"{source}: --split {split}: {external} prediction(s) are of videos outside the run's "
+                        f"training data ('external', a test set is not split): score with --split all")
     unmarked = sum("split" not in r for r in rows)
     if unmarked:
         raise DataError(f"{source}: {unmarked} prediction(s) without 'split': answer with moviechat.answering.answerer "
