@@ -177,3 +177,52 @@ def test_a_storage_that_cannot_be_opened_and_parallel_0_are_refused(tmp_path, ca
         sweep_module().main(["--sweep", str(path), "--parallel", "0"])
     assert stop.value.code == 2 and "--parallel=0 must be >= 1" in capsys.readouterr().err
     assert datetime  # noqa: B018  (imported for the overlap test's types)
+
+
+def test_each_runner_of_a_study_samples_from_its_own_recorded_seed(tmp_path):
+    """Two runners (or a re-run) on one study never draw the same settings by construction; the first keeps the
+    study's seed, so a search with one runner is reproducible."""
+    from moviechat.tuning import load_sweep
+    from moviechat.tuning.search import open_study, runner_seed
+
+    sweep = load_sweep(write_search(tmp_path, space={"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2}}))
+    first, second = (open_study(sweep, tmp_path / "out" / "s", None) for _ in range(2))
+    seeds = [second.user_attrs["runner_0"]["seed"], second.user_attrs["runner_1"]["seed"]]
+    assert seeds == [sweep.search.seed, runner_seed(sweep.search.seed, 1)] and seeds[0] != seeds[1]
+    space = {"train.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2)}
+    drawn = [[study.ask(space).params["train.lr"] for _ in range(3)] for study in (first, second)]
+    assert not set(drawn[0]) & set(drawn[1])
+
+
+def test_a_trial_killed_by_the_runners_signal_is_interrupted_and_queued_again_not_failed(tmp_path, monkeypatch):
+    from moviechat.tuning import load_sweep, search as search_module
+    from moviechat.tuning.trials import Outcome, error_line
+
+    sweep = load_sweep(write_search(tmp_path, trials=1))
+    study = search_module.open_study(sweep, tmp_path / "out" / "s", None)
+    runner = search_module.Search(sweep, tmp_path / "out" / "s", 1, None, 1)
+    warning = "W1204 12:00:00 No CUDA runtime is found"
+    monkeypatch.setattr(search_module, "run_training", lambda *a, **k: Outcome(-15, False, warning, 1.0))
+    runner.stop.set()  # Ctrl-C reached the runner; its trial died of the same signal
+    search_module.run_one(study, runner, study.ask())
+    assert study.user_attrs["requeued_0"] == "interrupted by SIGTERM" and "fail_reason" not in study.trials[0].user_attrs
+    assert study.trials[1].state == optuna.trial.TrialState.WAITING  # queued again, to resume its run folder
+    runner.stop.clear()  # killed by someone else: a failure, and the reason is the signal, not a warning line
+    search_module.run_one(study, runner, study.ask())
+    assert study.trials[1].user_attrs["fail_reason"] == "killed by SIGTERM (not by this runner)"
+    log = ["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: bad shape", warning]
+    assert error_line(log) == "ValueError: bad shape" and error_line(["a", warning]) == warning
+
+
+def test_importances_from_fewer_than_five_trials_are_called_indicative(tmp_path):
+    from moviechat.tuning import load_sweep
+    from moviechat.tuning.search import open_study
+    from moviechat.tuning.search_report import write_report
+
+    sweep = load_sweep(write_search(tmp_path, space={"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2}}))
+    study = open_study(sweep, tmp_path / "out" / "s", None)
+    for value in (0.3, 0.2, 0.1):
+        trial = study.ask()
+        trial.suggest_float("train.lr", 1e-5, 1e-2)
+        study.tell(trial, value)
+    assert "rest on 3 completed trial(s): indicative only; 5 or more" in write_report(study, sweep, tmp_path / "out" / "s")

@@ -19,6 +19,7 @@ the old run folder from its checkpoint, so no trial is lost or counted twice. A 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import signal
 import socket
@@ -44,7 +45,18 @@ class TrialFailed(Exception):
 
 
 class SearchStopped(Exception):
-    """The runner was asked to stop (SIGTERM/SIGINT): its trials were queued again."""
+    """The runner was asked to stop (SIGTERM/SIGINT), or its trial died of that signal: queued again."""
+
+    def __init__(self, run_dir: str, why: str = "stopped at a checkpoint"):
+        super().__init__(run_dir)
+        self.why = why
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def storage_of(url: Optional[str], sweep_dir: Path):
@@ -64,13 +76,25 @@ def storage_of(url: Optional[str], sweep_dir: Path):
         raise ConfigError(f"--storage {url}: cannot open it: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def sampler_of(sweep: SweepConfig) -> optuna.samplers.BaseSampler:
+def sampler_of(sweep: SweepConfig, seed: Optional[int] = None) -> optuna.samplers.BaseSampler:
+    """The search's sampler, seeded with ``seed`` (a runner's own, :func:`runner_seed`) or the study seed."""
     search = sweep.search
+    seed = search.seed if seed is None else seed
     if search.sampler == "grid":
-        return optuna.samplers.GridSampler({k: _choices(v) for k, v in search.space.items()}, seed=search.seed)
+        return optuna.samplers.GridSampler({k: _choices(v) for k, v in search.space.items()}, seed=seed)
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def runner_seed(study_seed: int, runner: int) -> int:
+    """The sampler seed of the study's ``runner``-th runner (0, 1, ... in the order they open the study): the
+    first keeps the study seed (a one-runner search is reproducible); each later runner or re-run draws from
+    its own stream, so concurrent and resumed runners never repeat each other's settings by construction."""
+    if runner == 0:
+        return study_seed
+    digest = hashlib.sha256(f"{study_seed}:runner:{runner}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 def _choices(spec: dict[str, Any]) -> list:
@@ -97,8 +121,14 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: Optional[str]) 
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:  # the storage is read inside the lock too: a journal replayed before it would miss a new study
             storage = storage_of(storage_url, sweep_dir)
-            return optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.search.direction,
-                                       sampler=sampler_of(sweep), pruner=pruner_of(sweep), load_if_exists=True)
+            study = optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.search.direction,
+                                        sampler=sampler_of(sweep), pruner=pruner_of(sweep), load_if_exists=True)
+            runner = sum(k.startswith("runner_") for k in study.user_attrs)
+            seed = runner_seed(sweep.search.seed, runner)
+            study.set_user_attr(f"runner_{runner}", {"seed": seed, "host": socket.gethostname(), "pid": os.getpid()})
+            study.sampler = sampler_of(sweep, seed)
+            print(f"[search] runner {runner} of study {sweep.name}: sampler seed {seed}", flush=True)
+            return study
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -195,6 +225,12 @@ class Search:
             raise optuna.TrialPruned(f"pruned at step {trial.user_attrs['pruned_at']}")
         if outcome.returncode == STOPPED_EXIT:  # we are stopping (preempted): the trial goes back to the queue
             raise SearchStopped(str(run_dir))
+        if outcome.returncode < 0 and (self.stop.is_set() or outcome.stopped):  # died of the signal we sent or got
+            raise SearchStopped(str(run_dir), f"interrupted by {signal_name(-outcome.returncode)}")
+        if outcome.returncode < 0:
+            reason = f"killed by {signal_name(-outcome.returncode)} (not by this runner)"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(f"trial {trial.number} failed: {reason}")
         if outcome.returncode != 0:
             trial.set_user_attr("fail_reason", f"exit {outcome.returncode}: {outcome.last_line}")
             raise TrialFailed(f"trial {trial.number} failed (exit {outcome.returncode}): {outcome.last_line}")
@@ -256,10 +292,10 @@ def run_one(study: optuna.Study, search: Search, trial: optuna.Trial) -> None:
     except TrialFailed as e:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         print(f"[search] {e}", flush=True)
-    except SearchStopped:
+    except SearchStopped as e:
         frozen = study.get_trials(deepcopy=False)[trial.number]
-        requeue(study, frozen, frozen.user_attrs["run_dir"], "its runner was stopped")
-        print(f"[search] trial {trial.number} stopped at a checkpoint and queued again", flush=True)
+        requeue(study, frozen, frozen.user_attrs["run_dir"], e.why)
+        print(f"[search] trial {trial.number} {e.why}; queued again (it resumes from its last checkpoint)", flush=True)
     except Exception as e:  # noqa: BLE001  (a bug in one trial must not lose the others: recorded, and said)
         trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -57,10 +57,23 @@ def write_report(study: optuna.Study, sweep: SweepConfig, sweep_dir: Path) -> st
                   f"pruner {sweep.search.pruner}.", "",
               "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
+    if 2 <= len(done) < MIN_IMPORTANCE_TRIALS:
+        lines += ["", f"Parameter importances (param_importances.png) rest on {len(done)} completed trial(s): "
+                      f"indicative only; {MIN_IMPORTANCE_TRIALS} or more are needed to read them."]
     markdown = "\n".join(lines) + "\n"
     write_text_atomic(sweep_dir / "results.md", markdown)
     plot_study(study, keys, sweep_dir)
     return markdown
+
+
+MIN_IMPORTANCE_TRIALS = 5  # fewer completed trials: importances are drawn but called indicative
+
+
+def _titled(axes, done: list):
+    if len(done) < MIN_IMPORTANCE_TRIALS:
+        axes.set_title(f"Hyperparameter importances (indicative: {len(done)} completed trials, "
+                       f"< {MIN_IMPORTANCE_TRIALS})")
+    return axes
 
 
 def plot_study(study: optuna.Study, keys: list[str], out: Path) -> list[str]:
@@ -82,7 +95,7 @@ def plot_study(study: optuna.Study, keys: list[str], out: Path) -> list[str]:
         try:
             ranked = list(optuna.importance.get_param_importances(study, params=varied))
             top = ranked[:2]
-            plots["param_importances.png"] = lambda: ovm.plot_param_importances(study, params=varied)
+            plots["param_importances.png"] = lambda: _titled(ovm.plot_param_importances(study, params=varied), done)
         except (RuntimeError, ValueError) as e:
             print(f"[search] no importance plot: {e}")
     if top:

@@ -165,7 +165,10 @@ def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval:
     log = run_dir / "train.log"
     start, offset, stopped = time.time(), 0, False
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # its own session: a Ctrl-C or a group signal reaches the runner, which stops it at a checkpoint; and
+        # it dies with its runner (a runner killed with -9 leaves no orphan training the same trial folder)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
         try:
             while proc.poll() is None:
                 time.sleep(poll)
@@ -180,4 +183,26 @@ def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval:
             proc.kill()
             raise
     lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
-    return Outcome(proc.returncode, stopped, lines[-1] if lines else "", time.time() - start)
+    return Outcome(proc.returncode, stopped, error_line(lines), time.time() - start)
+
+
+def error_line(lines: list[str]) -> str:
+    """The line of a log that says why a run failed: the exception line after the last traceback, else the last
+    line naming an error, else the last line (not a warning printed after the cause)."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("Traceback"):
+            after = [x for x in lines[i + 1:] if not x.startswith((" ", "\t"))]
+            if after:
+                return after[0]
+    named = [x for x in lines if "error" in x.lower() and not x.lstrip().startswith(("W", "[W"))]
+    return named[-1] if named else (lines[-1] if lines else "")
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the runner that started it dies (Linux ``PR_SET_PDEATHSIG``)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the lease check on re-run finds the orphan instead
+        pass
