@@ -263,6 +263,34 @@ def test_the_training_token_cache_misses_when_features_are_re_extracted_at_the_s
     assert (again.hits, again.misses) == (0, 1)
 
 
+def test_the_token_caches_are_keyed_by_every_byte_and_a_corrupt_entry_is_a_miss_said_once(tmp_path, capsys):
+    from moviechat.common.digest import content_digest
+    from moviechat.models.token_cache import FrameTokenCache
+
+    shard = tmp_path / "s.tar"
+    body = bytearray(b"x" * (3 * 2**20))  # a change in the middle, past the first and last MiB, same size and times
+    shard.write_bytes(body)
+    before, stat = content_digest(shard), shard.stat()
+    body[3 * 2**19] = ord("y")
+    shard.write_bytes(body)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert content_digest(shard) != before
+    encode = lambda f: f * 2  # noqa: E731
+    cache = FrameTokenCache("digest", max_mb=64, folder=str(tmp_path / "cache"))
+    cache.get(str(shard), "v", torch.ones(3, 4, 8), encode)
+    cache.get(str(shard), "w", torch.ones(3, 4, 8), encode)
+    for entry in (tmp_path / "cache" / "digest").glob("*.safetensors"):
+        entry.write_bytes(entry.read_bytes()[:20])  # truncated on disk
+    again = FrameTokenCache("digest", max_mb=64, folder=str(tmp_path / "cache"))
+    assert torch.equal(again.get(str(shard), "v", torch.ones(3, 4, 8), encode), torch.full((3, 4, 8), 2.0))
+    assert torch.equal(again.get(str(shard), "w", torch.ones(3, 4, 8), encode), torch.full((3, 4, 8), 2.0))
+    assert (again.hits, again.misses, again.corrupt) == (0, 2, 2)
+    assert capsys.readouterr().out.count("is unreadable") == 1  # said once
+    third = FrameTokenCache("digest", max_mb=64, folder=str(tmp_path / "cache"))  # rewritten: read back whole
+    third.get(str(shard), "v", torch.ones(3, 4, 8), encode)
+    assert (third.hits, third.corrupt) == (1, 0)
+
+
 def test_sweep_run_names_are_unique_per_setting():
     from moviechat.tuning import check_unique_names, short_names, slug, swept_keys
 

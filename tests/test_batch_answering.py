@@ -115,3 +115,30 @@ def test_video_frame_tokens_are_cached_on_disk_and_reused(tmp_path, tiny_cfg, to
     assert (tmp_path / "p1.jsonl").read_text() == (tmp_path / "p2.jsonl").read_text()
     answer_file(answerer, rows, Counting(tiny_cfg, tmp_path, fps=4.0), tmp_path / "p3.jsonl", tmp_path / "cache")
     assert decoded == ["a", "a"]  # another sampling is another entry
+
+
+def test_a_corrupt_token_cache_entry_of_a_split_is_recomputed_and_rewritten(tmp_path, tiny_cfg, tokenizer, capsys):
+    from moviechat.answering import whole_split
+
+    answerer = answerer_for(tiny_cfg, tokenizer)
+    feats, meta = token_video(tiny_cfg)
+
+    class Lookup:
+        calls = 0
+
+        def cache_key(self, video, answerer):
+            return f"key-{video}"
+
+        def __call__(self, video):
+            Lookup.calls += 1
+            return feats, meta
+
+    lookup, cache = Lookup(), tmp_path / "cache"
+    cache.mkdir()
+    first = whole_split.video_tokens(answerer, lookup, "v", cache)
+    (cache / "key-v.safetensors").write_bytes(b"\x00" * 10)  # corrupted on disk
+    again = whole_split.video_tokens(answerer, lookup, "v", cache)
+    assert torch.equal(first[0], again[0]) and Lookup.calls == 2
+    assert "is unreadable" in capsys.readouterr().out
+    whole_split.video_tokens(answerer, lookup, "v", cache)  # rewritten: read back, not recomputed
+    assert Lookup.calls == 2

@@ -18,6 +18,7 @@ SMOKE = {
     "train_step.py": ["--shape", "tiny", "--frames", "16", "--batch", "2"],
     "inference.py": ["--videos", "2", "--seconds", "4", "--fps", "4"],
     "search.py": ["--steps", "4", "--trials", "2"],
+    "digest.py": ["--mib", "8"],
 }
 
 

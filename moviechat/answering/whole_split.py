@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from moviechat.common.errors import UserError
 from moviechat.common.atomic import atomic_path
+from moviechat.common.digest import content_digest
 from moviechat.data.sampling import FrameSampling
 from moviechat.data.keys import check_key, finite_number
 from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
@@ -80,16 +81,14 @@ class VideoFileLookup:
         self.sampling = f"fps={fps}" if fps else f"frames={num_frames}" if num_frames else "all frames"
 
     def cache_key(self, video: str, answerer) -> str:
-        """What a video's frame tokens depend on: the file (path, size, time), decoding, preprocessing, the
+        """What a video's frame tokens depend on: the file's content (every byte), decoding, preprocessing, the
         frame sampling and every weight on the way (ViT, ln_vision, image Q-Former)."""
         from moviechat.models.token_cache import weights_digest
 
         if not hasattr(self, "_weights"):
             self._weights = weights_digest(self.encoder, answerer.model.ln_vision, answerer.model.image_qformer)
-        path = self.path_of(video)
-        stat = path.stat()
-        parts = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, self.sampling, self.cfg.model.vision.preprocess,
-                 self._weights, FrameSampling.of(answerer.cfg.memory)]
+        parts = [content_digest(self.path_of(video)), self.sampling, self.cfg.model.vision.preprocess, self._weights,
+                 FrameSampling.of(answerer.cfg.memory)]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
     def path_of(self, video: str) -> Path:
@@ -273,7 +272,11 @@ def video_tokens(answerer, lookup, video: str, cache: Optional[Path]) -> tuple[t
     path = (cache / f"{lookup.cache_key(video, answerer)}.safetensors"
             if cache is not None and hasattr(lookup, "cache_key") else None)
     if path is not None and path.is_file():
-        return read_cached_tokens(path)
+        try:
+            return read_cached_tokens(path)
+        except Exception as e:  # noqa: BLE001  (truncated or garbage: a miss, computed and written again)
+            warn_once("token-cache", f"warning: token cache entry {path} is unreadable ({type(e).__name__}): "
+                                     f"computed and written again (said once)")
     feats, meta = lookup(video)
     tokens, stamps = answerer.frame_tokens(feats, meta, video)
     meta = {k: v for k, v in meta.items() if k != "timestamps"}  # the sampled frames' times are ``stamps``
@@ -285,6 +288,15 @@ def video_tokens(answerer, lookup, video: str, cache: Optional[Path]) -> tuple[t
                       metadata={"stamps": json.dumps(stamps), "meta": json.dumps(meta)})
         tokens = tokens.half()  # what a later run reads back: the same answers either way
     return tokens, stamps, meta
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(what: str, message: str) -> None:
+    if what not in _WARNED:
+        _WARNED.add(what)
+        print(message, flush=True)
 
 
 def read_cached_tokens(path: Path) -> tuple[torch.Tensor, list[float], dict]:

@@ -1,16 +1,15 @@
 """Frame-token cache: with the image Q-Former frozen, EVA features -> frame tokens once per video.
 
-Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file's identity
-(path, size, modification time and a hash of its first and last MiB: re-extracted features at the same path
-miss) and the video, so a changed Q-Former or feature file never gives stale tokens. In memory (LRU, bounded in MiB) and optionally on
+Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file's content (a
+digest of every byte: re-extracted features at the same path miss, whatever their size and times) and the
+video, so a changed Q-Former or feature file never gives stale tokens. A corrupt entry on disk is a miss, said
+once, and written again. In memory (LRU, bounded in MiB) and optionally on
 disk, shared by runs and sweeps.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from safetensors.torch import load_file, save_file
 
 from moviechat.common.atomic import atomic_path
+from moviechat.common.digest import content_digest, is_file
 
 
 def weights_digest(*modules: nn.Module) -> str:
@@ -34,30 +34,10 @@ def weights_digest(*modules: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-EDGE_BYTES = 2**20
-
-
-@functools.lru_cache(maxsize=4096)
-def _identity(path: str, size: int, mtime_ns: int, _changed: tuple[int, int]) -> str:
-    """``_changed`` (inode, ctime) only keys the memo: any rewrite of the file changes it, even one that
-    restores the size and mtime, so a file is hashed again after it changed and never served stale."""
-    h = hashlib.sha256(f"{path}|{size}|{mtime_ns}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(EDGE_BYTES))
-        if size > EDGE_BYTES:
-            f.seek(max(size - EDGE_BYTES, EDGE_BYTES))
-            h.update(f.read(EDGE_BYTES))
-    return h.hexdigest()[:24]
-
-
 def file_identity(source: str) -> str:
-    """What a feature file is now: path, size, mtime and its first and last MiB (hashed once per version
-    of the file in a process); ``source`` itself when it is not a file."""
-    try:
-        stat = os.stat(source)
-    except (OSError, ValueError):
-        return source
-    return _identity(os.path.realpath(source), stat.st_size, stat.st_mtime_ns, (stat.st_ino, stat.st_ctime_ns))
+    """What a feature file is now: a digest of all its bytes (``moviechat.common.digest``); ``source`` itself
+    when it is not a file."""
+    return content_digest(source) if is_file(source) else source
 
 
 class FrameTokenCache:
@@ -69,6 +49,7 @@ class FrameTokenCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.corrupt = 0  # unreadable entries on disk, recomputed
 
     def key(self, source: str, video_id: str, num_frames: int) -> str:
         return hashlib.sha256(f"{file_identity(source)}|{video_id}|{num_frames}".encode()).hexdigest()[:24]
@@ -81,9 +62,9 @@ class FrameTokenCache:
             self.memory.move_to_end(key)
             return self.memory[key]
         path = self.folder / f"{key}.safetensors" if self.folder else None
-        if path is not None and path.is_file():
+        tokens = self._read(path) if path is not None and path.is_file() else None
+        if tokens is not None:
             self.hits += 1
-            tokens = load_file(str(path))["tokens"]
         else:
             self.misses += 1
             with torch.no_grad():
@@ -94,6 +75,16 @@ class FrameTokenCache:
                     save_file({"tokens": tokens.contiguous()}, str(tmp))
         self._remember(key, tokens)
         return tokens
+
+    def _read(self, path: Path) -> Optional[Tensor]:
+        try:
+            return load_file(str(path))["tokens"]
+        except Exception as e:  # noqa: BLE001  (truncated, garbage, wrong keys: a miss either way)
+            if not self.corrupt:
+                print(f"warning: frame-token cache entry {path} is unreadable ({type(e).__name__}): computed and "
+                      f"written again (said once)", flush=True)
+            self.corrupt += 1
+            return None
 
     def _remember(self, key: str, tokens: Tensor) -> None:
         size = tokens.numel() * tokens.element_size()
