@@ -2,6 +2,7 @@
 signals (issue 15). Each scenario runs the real train.py on the tiny config."""
 
 import json
+import shutil
 import os
 import subprocess
 
@@ -45,7 +46,8 @@ def test_a_finished_run_logs_real_grad_norms_and_its_status(base_run):
     _, run = base_run
     norms = [r["grad_norm"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert len(norms) == 6 and all(isinstance(n, float) and n > 0 for n in norms)
-    assert json.loads((run / "status.json").read_text()) == {"status": "finished", "step": 6, "max_steps": 6}
+    status = json.loads((run / "status.json").read_text())
+    assert status.pop("time") > 0 and status == {"status": "finished", "step": 6, "max_steps": 6}
     import os
     import stat
 
@@ -388,3 +390,42 @@ def test_latest_must_name_a_checkpoint_inside_its_own_run(tmp_path, capsys, late
         assert "is not a checkpoint inside" in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in (tmp_path / "A").rglob("*")) == ["checkpoints", "step00000004",
                                                                      "trainer_state_rank0.pt"]  # nothing written
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs (root mounts it; elsewhere the test is skipped, saying why)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_in_one_line_keeps_the_last_checkpoint_and_resume_continues(tmp_path, small_disk):
+    common = ["train.max_steps=6", "train.save_every=2", "train.keep_last=1", "train.eval_every=0",
+              "train.eval_generate=0", f"data.synthetic.dir={tmp_path / 'data'}"]
+    run_train(tmp_path, "run.name=full", *common)
+    free = shutil.disk_usage(small_disk).free
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (free - int(4.5 * 2**20)))  # room for one checkpoint (~3 MiB), not for a second
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(train_cmd(small_disk, "run.name=r", *common), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device writing" in errors[0] and "MiB free there" in errors[0]
+    assert "Traceback" not in proc.stderr
+    run = small_disk / "r"
+    assert (run / "checkpoints" / "latest").read_text() == "step00000002"
+    from moviechat.runs.checkpoints import unreadable
+
+    assert unreadable(run / "checkpoints" / "step00000002") is None  # complete and loadable
+    assert not list((run / "checkpoints").glob(".partial*"))
+    filler.unlink()  # space freed: the run continues as if it had never stopped
+    run_train(small_disk, "run.name=r", *common, resume=str(run))
+    assert losses(run) == losses(tmp_path / "full")

@@ -71,13 +71,15 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(losses(tmp_path / "s")) < 3):
         time.sleep(0.5)
+    running = json.loads((tmp_path / "s" / "status.json").read_text())  # kept current at every log row
+    assert running["status"] == "running" and running["step"] >= 3 and running["time"] > time.time() - 60
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-3000:]  # stopped at a checkpoint: resume me (SLURM requeue, sweeps)
     stopped = int((tmp_path / "s" / "checkpoints" / "latest").read_text()[len("step"):])
     assert stopped >= 3 and "stopped by a signal" in out
     status = json.loads((tmp_path / "s" / "status.json").read_text())
-    assert status == {"status": "stopped", "step": stopped, "max_steps": 100000}
+    assert status.pop("time") >= running["time"] and status == {"status": "stopped", "step": stopped, "max_steps": 100000}
     run_train(tmp_path, "run.name=s", f"train.max_steps={stopped + 2}", "train.eval_every=0", "train.eval_generate=0",
               resume=str(tmp_path / "s"))
     assert max(losses(tmp_path / "s")) == stopped + 2

@@ -8,11 +8,14 @@ name in the same folder, flush to disk, then rename over the target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from moviechat.common.errors import UserError
 
 
 @contextlib.contextmanager
@@ -32,6 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, e) from None
         if e.errno is not None and e.filename is None:
             raise OSError(e.errno, f"{e.strerror} (writing {path})") from e
         raise
@@ -52,3 +57,40 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+class DiskFull(UserError):
+    """A write that failed because its file system is full; names the path and the space left."""
+
+
+def disk_full(path: str | os.PathLike, error: BaseException) -> Optional[DiskFull]:
+    """A :class:`DiskFull` when ``error`` (an ``OSError``, or torch's ``RuntimeError`` of a failed zip write,
+    which does not say why) came from a full file system, else None."""
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and isinstance(error, (OSError, RuntimeError)):
+        full = not _room_for_a_mib(Path(path))
+    if not full:
+        return None
+    free = shutil.disk_usage(_existing(Path(path))).free
+    return DiskFull(f"no space left on the device writing {path} ({free / 2**20:.1f} MiB free there): free space, "
+                    f"then resume the run")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path if path.is_dir() else path.parent
+
+
+def _room_for_a_mib(path: Path) -> bool:
+    probe = _existing(path) / f".space-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        probe.unlink(missing_ok=True)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from moviechat.common.atomic import disk_full
+
 
 class JsonlLogger:
     """Appends one JSON object per line; flushed at once so a killed run keeps what it logged."""
@@ -16,8 +18,11 @@ class JsonlLogger:
         self._file = open(self.path, "a")
 
     def log(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, default=float) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, default=float) + "\n")
+            self._file.flush()
+        except OSError as e:  # a half line, if any, is dropped when the run resumes
+            raise disk_full(self.path, e) or e
 
     def close(self) -> None:
         self._file.close()

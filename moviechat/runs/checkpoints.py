@@ -15,8 +15,8 @@ from typing import Any, Iterator, Optional
 import torch
 
 from moviechat.common.errors import UserError
-from moviechat.common.atomic import write_text_atomic
-from moviechat.common.distributed import barrier
+from moviechat.common.atomic import disk_full, write_text_atomic
+from moviechat.common.distributed import any_rank, barrier
 from moviechat.common.safe_load import UnsafeFileError, check_files, load_pt
 from moviechat.runs.train_state import STATE_TYPES
 
@@ -62,24 +62,37 @@ def step_folders(root: Path) -> list[Path]:
 
 
 def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], rank: int, keep_last: int,
-                    portable: Optional[dict[str, Any]] = None) -> Path:
+                    portable: Optional[dict[str, Any]] = None, device: Optional[torch.device] = None) -> Path:
     """Save on every rank (each writes its shard and its own trainer state; rank 0 the ``portable`` state
-    of ``moviechat.training.elastic``); returns the folder."""
+    of ``moviechat.training.elastic``); returns the folder. A write that fails on any rank (a full disk:
+    :class:`~moviechat.common.atomic.DiskFull`) fails on every rank, its partial folder removed and ``latest``
+    left on the previous checkpoint, which stays complete."""
     tag = tag_of(step)
     partial = PARTIAL + tag
-    with frozen_left_out(engine.module):
-        engine.save_checkpoint(str(root), tag=partial, client_state={"step": step}, save_latest=False,
-                               exclude_frozen_parameters=True)
-    torch.save(state, root / partial / f"trainer_state_rank{rank}.pt")
-    if portable is not None:
-        torch.save(portable, root / partial / PORTABLE)
+    error: Optional[BaseException] = None
+    try:
+        with frozen_left_out(engine.module):
+            engine.save_checkpoint(str(root), tag=partial, client_state={"step": step}, save_latest=False,
+                                   exclude_frozen_parameters=True)
+        torch.save(state, root / partial / f"trainer_state_rank{rank}.pt")
+        if portable is not None:
+            torch.save(portable, root / partial / PORTABLE)
+    except (OSError, RuntimeError) as e:
+        error = disk_full(root / partial, e) or e
+    if any_rank(error is not None, device or torch.device("cpu")):
+        barrier()
+        shutil.rmtree(root / partial, ignore_errors=True)
+        raise error or RuntimeError(f"saving {root / tag} failed on another rank; {root / 'latest'} is unchanged")
     barrier()
     if rank == 0:
         final = root / tag
         if final.exists():
             shutil.rmtree(final)
         (root / partial).rename(final)
-        write_text_atomic(root / "latest", tag)
+        try:
+            write_text_atomic(root / "latest", tag)
+        except OSError as e:
+            raise disk_full(root / "latest", e) or e
         prune(root, step, keep_last)
         if not (root / (root / "latest").read_text().strip()).is_dir():
             raise RuntimeError(f"{root / 'latest'} names a checkpoint that does not exist after saving {tag}")

@@ -120,8 +120,11 @@ def _step(line: str) -> float:
         return float("inf")
 
 
-def write_status(run_dir: Path, status: str, step: int, max_steps: int) -> None:
-    write_text_atomic(run_dir / "status.json", json.dumps({"status": status, "step": step, "max_steps": max_steps}))
+def write_status(run_dir: Path, status: str, step: int, max_steps: int, **extra: Any) -> None:
+    """``status.json``: the run's state, its current step and when it was written (at every log row while it
+    runs), plus ``extra`` (a failure's reason)."""
+    write_text_atomic(run_dir / "status.json", json.dumps({"status": status, "step": step, "max_steps": max_steps,
+                                                           "time": round(time.time(), 3), **extra}))
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

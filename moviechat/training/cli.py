@@ -3,7 +3,7 @@
 EXPERIMENT is a file or a shipped experiment's name (``tiny_synthetic``). Under launchers: ``torchrun
 --nproc_per_node=N -m moviechat train ...`` or ``moviechat launch`` (``moviechat.training.launch``).
 Exit status: 0 finished (train.max_steps reached); 75 stopped by SIGTERM/SIGINT after a checkpoint (resume
-it); 2 a config or run-folder error before training; 1 any other error. ``<run>/status.json`` says the same.
+it); 2 a config, data or run-folder error; 74 the disk filled up (free space, then resume); 1 any other error. ``<run>/status.json`` says the same.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 from moviechat.config import ConfigError, load_config
+
+
+DISK_FULL_EXIT = 74  # sysexits' EX_IOERR: a write failed for want of space (status.json says so, if it fits)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop_if_only_checking()
     from moviechat.runs.checkpoints import CheckpointNotFound
-    from moviechat.runs.folder import STOPPED_EXIT, RunFolderError
+    from moviechat.common.atomic import DiskFull
+    from moviechat.runs.folder import STOPPED_EXIT, RunFolderError, write_status
     from moviechat.common.safe_load import UnsafeFileError
     from moviechat.training.loop import Trainer  # heavy imports only after the config is known to be valid
 
@@ -67,7 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # bad data or settings found while building the run: one line, as any command
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer.train()
+    try:
+        trainer.train()
+    except DiskFull as e:  # the last checkpoint is complete; once space is freed, --resume continues exactly
+        print(f"error: {e}", file=sys.stderr)
+        try:
+            write_status(trainer.run_dir, "failed", trainer.state.step, cfg.train.max_steps, reason=str(e))
+        except OSError:
+            pass
+        return DISK_FULL_EXIT
+    except UserError as e:  # bad data met while training (data.on_error=raise): one line, as at set-up
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return STOPPED_EXIT if trainer.stopped else 0
 
 

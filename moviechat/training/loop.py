@@ -55,7 +55,7 @@ class Trainer:
                                                          self.device, self.world_size)
                            for p in self.parts if p.source.val_keys}  # data.val_fraction=0: none held out
         self.session = Session(self.engine, self.model, self.scheduler, self.run_dir, self.rank, self.layout(),
-                               trust_checkpoint)
+                               trust_checkpoint, self.device)
         self.state = TrainState()
         self.batches: Optional[TrainBatches] = None  # built by train(), once the state is final
         self.stopped = False

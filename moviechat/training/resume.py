@@ -27,6 +27,7 @@ class Session:
     rank: int
     layout: Layout
     trust: bool = False
+    device: Any = None  # where collectives run (the save's any-rank-failed check)
 
 
 def resume(s: Session, root: Path, tag: str, first_dataset: str, seed: int, max_steps: int) -> TrainState:
@@ -59,7 +60,8 @@ def save(s: Session, state: TrainState, keep_last: int) -> Path:
     """A checkpoint of the step ``state`` is at (written atomically), with its portable state for elastic resume."""
     record = {"train_state": state, "rng": rng_state(), "layout": s.layout}
     portable = portable_state(s.engine, s.model, s.scheduler, state, s.layout)
-    path = save_checkpoint(s.engine, s.run_dir / "checkpoints", state.step, record, s.rank, keep_last, portable)
+    path = save_checkpoint(s.engine, s.run_dir / "checkpoints", state.step, record, s.rank, keep_last, portable,
+                           s.device)
     if s.rank == 0:
         tqdm.write(f"checkpoint: {path}")
     return path

@@ -53,6 +53,8 @@ class RunLogger:
 
     def train_row(self, record: dict[str, Any], bar: tqdm) -> None:
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if self.rank == 0:  # where the run stands, for a sweep or a person looking at the folder
+            write_status(self.run_dir, "running", record["step"], self.cfg.train.max_steps)
         if self.rank == 0 and not self.tty:
             print(f"step {record['step']}/{self.cfg.train.max_steps}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
                   f"{record['samples_per_s']:.1f} samples/s", flush=True)
