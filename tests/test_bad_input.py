@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from moviechat.training.launch import LaunchError
 import torch
 
 from helpers import TINY, answerer_for, moviechat1k_json, rows_for, token_video, write_annotation
@@ -62,7 +64,7 @@ def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
     calls = (tmp_path / "calls").read_text()
     assert not marker.exists()
     assert f"ARG[run.name={name}]" in calls and f"ARG[{tmp_path / name}]" in calls  # --resume "<run dir>", whole
-    with pytest.raises(SystemExit, match="only letters, digits"):
+    with pytest.raises(LaunchError, match="only letters, digits"):
         from moviechat.training import launch
 
         launch.main(["slurm", "--cfg", str(TINY), "--name", "x y", "run.name=a", "--dry-run"])

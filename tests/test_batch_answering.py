@@ -23,7 +23,7 @@ def test_one_pass_per_video_answers_as_one_stream_per_question(preset, tiny_cfg,
     assert [r["frame"] for r in together] == [None, 3, 21, None, 3, 0, 36]
 
 
-def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_cfg, tokenizer):
+def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_cfg, tokenizer, capsys):
     answerer = answerer_for(tiny_cfg, tokenizer)
     videos = {f"v{i}": token_video(tiny_cfg, seed=i) for i in range(4)}
     rows = rows_for(videos)
@@ -41,6 +41,8 @@ def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_c
     with open(out, "a") as f:
         f.write('{"video": "v2", "question": "what col')  # and a half-written line, as a kill mid-append leaves
     counts = answer_file(answerer, rows, videos.__getitem__, out)
+    assert "its last line was cut off mid-write (an interrupted run): removed" in capsys.readouterr().out
+    assert not out.with_name(out.name + ".lock").exists()  # the lock goes with the run that held it
     # 6 distinct questions per video (one is asked twice: answered once)
     assert counts == {"answered": 12, "already": 12, "failed_videos": 0, "failed_questions": 0}
     got = [json.loads(x) for x in out.read_text().splitlines()]

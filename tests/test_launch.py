@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from moviechat.training.launch import LaunchError
+
 from helpers import REPO
 
 
@@ -30,7 +32,7 @@ def test_launchers_dry_run_print_the_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "#SBATCH --nodes=2" in out and "--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT" in out
     assert "scontrol requeue" in out and "RUN_DIR=runs/big" in out and 'RESUME=(--resume "$RUN_DIR")' in out and out.strip().endswith("sbatch runs/slurm/job.sbatch")
-    with pytest.raises(SystemExit, match="run.name"):
+    with pytest.raises(LaunchError, match="run.name"):
         launch.main(["slurm", "--cfg", cfg, "--dry-run"])
 
 
@@ -115,3 +117,15 @@ def test_seeds_are_a_sweep_axis_reported_as_mean_and_interval(tmp_path):
     tuning.plot(rows, ["memory.long_memory_policy"], ["eval/acc", "eval/acc_global", "eval/acc_breakpoint",
                                                        "eval/acc_type_first"], tmp_path)
     assert (tmp_path / "acc_vs_long_memory_policy.png").stat().st_size > 1000
+
+
+def test_a_refused_launch_is_one_line_and_exit_2(tmp_path, capsys):
+    from moviechat.__main__ import main
+
+    cfg = "configs/experiments/tiny_synthetic.yaml"
+    assert main(["launch", "slurm", "--cfg", cfg, "--partition", "a b", "run.name=x", "--dry-run"]) == 2
+    assert main(["launch", "slurm", "--cfg", cfg, "--dry-run"]) == 2
+    (tmp_path / "hosts").write_text("# nobody\n")
+    assert main(["launch", "multi", "--hostfile", str(tmp_path / "hosts"), "--cfg", cfg, "--dry-run"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 3 and "only letters, digits" in errors[0] and "run.name" in errors[1] and "no hosts" in errors[2]

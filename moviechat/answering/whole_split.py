@@ -219,6 +219,8 @@ def answered_ids(out: Path) -> set:
     if len(complete) != len(data):
         with open(out, "r+b") as f:
             f.truncate(len(complete))
+        print(f"{out}: its last line was cut off mid-write (an interrupted run): removed "
+              f"({len(data) - len(complete)} byte(s)); that video's questions are answered again", flush=True)
     done, bad = set(), []
     for number, line in enumerate(complete.decode(errors="replace").splitlines(), 1):
         if not line.strip():
@@ -239,24 +241,40 @@ class OutputBusy(UserError, RuntimeError):
 
 @contextlib.contextmanager
 def exclusive(out: Path):
-    """Hold ``<out>.lock`` for the whole run; a second process on the same ``--out`` is refused."""
+    """Hold ``<out>.lock`` for the whole run (removed at exit); a second process on the same ``--out`` is refused."""
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.with_name(out.name + ".lock")
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise OutputBusy(f"{out} is being written by another process ({f.read().strip() or 'pid unknown'}); "
-                             f"wait for it or give another --out") from None
+    f = _locked(lock, out)
+    try:
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}")
         f.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: a process waiting on it sees the file gone and retries
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _locked(lock: Path, out: Path):
+    """The lock file, open and held; one removed by its holder between our open and our lock is opened again."""
+    while True:
+        f = open(lock, "a+")
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "pid unknown"
+            f.close()
+            raise OutputBusy(f"{out} is being written by another process ({holder}); "
+                             f"wait for it or give another --out") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
 
 
 def _append(path: Path, text: str) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from moviechat.config import ConfigError
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import stop_if_only_checking
 from moviechat.data.annotations import parse_moviechat1k
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     cfg = _config(args.cfg) if args.cfg else None
     if args.frame_tokens and cfg is None:
-        raise SystemExit("--frame-tokens needs --cfg (the image Q-Former's sizes and model.qformer_checkpoint)")
+        raise ConfigError("--frame-tokens needs --cfg (the image Q-Former's sizes and model.qformer_checkpoint)")
     frame_shape = cfg.model.vision.feature_shape if cfg is not None else RELEASE_FRAME_SHAPE
     encoder = _frame_token_encoder(cfg) if args.frame_tokens else None
     annotated = {parse_moviechat1k(f)[0]: f for f in sorted(ann_dir.glob("*.json"))}  # validates every entry first

@@ -21,6 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from moviechat.common.errors import UserError
+
+class LaunchError(UserError):
+    """A launch that cannot be made as asked (a value SLURM cannot take, no hosts, no run name)."""
+
+
 TRAIN_MODULE = ["--module", "moviechat", "train"]  # deepspeed's launcher: python -m moviechat train
 
 
@@ -37,7 +43,7 @@ def single_node(args) -> list[str]:
 def hosts(hostfile: str) -> list[str]:
     lines = [line.split()[0] for line in Path(hostfile).read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
-        raise SystemExit(f"{hostfile}: no hosts")
+        raise LaunchError(f"{hostfile}: no hosts")
     return lines
 
 
@@ -87,7 +93,7 @@ def directive(flag: str, value) -> str:
     """A value for an ``#SBATCH`` line, which no shell reads (so quoting does not apply): refused unless plain."""
     value = str(value)
     if not DIRECTIVE_VALUE.fullmatch(value):
-        raise SystemExit(f"slurm: {flag}={value!r}: only letters, digits and _ . : / @ + = , - can go into an "
+        raise LaunchError(f"slurm: {flag}={value!r}: only letters, digits and _ . : / @ + = , - can go into an "
                          f"#SBATCH line")
     return value
 
@@ -107,7 +113,7 @@ def run_dir_of(args) -> str:
     names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run.name=")]
     dirs = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run.output_dir=")]
     if not names:
-        raise SystemExit("slurm: set run.name=... so a requeued job resumes the same run folder")
+        raise LaunchError("slurm: set run.name=... so a requeued job resumes the same run folder")
     return str(Path(dirs[-1] if dirs else "runs") / names[-1])
 
 

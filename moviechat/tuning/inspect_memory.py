@@ -22,7 +22,7 @@ from moviechat.common.errors import stop_if_only_checking
 from moviechat.config import ConfigError, load_config
 from moviechat.data import build_datasets
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import SkipCounter
+from moviechat.data.stores import DataError, SkipCounter
 from moviechat.memory import frame_means, plan_memories
 
 
@@ -33,7 +33,7 @@ def find_video(cfg, key: str | None):
     for video in source.store.videos(0, 1, 0, SkipCounter()):
         if video.key == wanted:
             return video
-    raise SystemExit(f"video {wanted!r} not in the data set (e.g. {', '.join(keys[:5])})")
+    raise DataError(f"video {wanted!r} not in the data set (e.g. {', '.join(keys[:5])})")
 
 
 def draw(ax, plan, stamps, title: str, duration: float) -> None:
