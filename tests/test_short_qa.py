@@ -67,7 +67,23 @@ def test_each_short_video_format_end_to_end(tmp_path, tiny_cfg, tokenizer, fmt):
 
 def test_short_qa_files_are_checked(tmp_path):
     (tmp_path / "q.json").write_text(json.dumps([{"video_id": 1, "question": "q"}]))
-    with pytest.raises(DataError, match="entry 0: 'answer' is missing"):
+    with pytest.raises(DataError, match="entry 0: 'answer' must be a non-empty str or int or float, got None"):
         short_qa.load_short_qa("msvd", tmp_path / "q.json")
     with pytest.raises(DataError, match="needs --answers"):
         short_qa.load_short_qa("activitynet", tmp_path / "q.json")
+
+
+def test_question_files_are_typed_and_activitynet_answers_pair_by_question_id(tmp_path):
+    q = [{"video_name": "v_0", "question": "is it red", "question_id": "v_0_0"},
+         {"video_name": "v_1", "question": "how many", "question_id": "v_1_0"}]
+    a = [{"answer": "3", "type": 2, "question_id": "v_1_0"}, {"answer": "yes", "type": 0, "question_id": "v_0_0"}]
+    (tmp_path / "q.json").write_text(json.dumps(q))
+    (tmp_path / "a.json").write_text(json.dumps(a))  # another order than the questions: paired by id
+    rows = short_qa.load_short_qa("activitynet", tmp_path / "q.json", tmp_path / "a.json")
+    assert [(r["video"], r["answer"]) for r in rows] == [("v_0", "yes"), ("v_1", "3")]
+    (tmp_path / "a.json").write_text(json.dumps(a[:1]))
+    with pytest.raises(DataError, match=r"a.json: no answer for 1 question\(s\).*v_0_0"):
+        short_qa.load_short_qa("activitynet", tmp_path / "q.json", tmp_path / "a.json")
+    (tmp_path / "m.json").write_text(json.dumps([{"video_id": 7, "question": ["not", "text"], "answer": "x", "id": 0}]))
+    with pytest.raises(DataError, match=r"m.json: entry 0: 'question' must be a non-empty str, got \['not', 'text'\]"):
+        short_qa.load_short_qa("msrvtt", tmp_path / "m.json")

@@ -47,14 +47,34 @@ def _read_list(path: Path) -> list:
     return rows
 
 
-def _field(row, name: str, path: Path, i: int):
-    if not isinstance(row, dict) or row.get(name) in (None, ""):
-        raise DataError(f"{path}: entry {i}: {name!r} is missing")
-    return row[name]
+def _field(row, name: str, path: Path, i: int, kinds: tuple = (str,)):
+    """Entry ``i``'s ``name``: present, non-empty and of ``kinds`` (as the released files write it)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{path}: entry {i}: a JSON {type(row).__name__}, not an object")
+    value = row.get(name)
+    if value is None or value == "" or isinstance(value, bool) or not isinstance(value, kinds):
+        raise DataError(f"{path}: entry {i}: {name!r} must be a non-empty "
+                        f"{' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    return value
+
+
+def _answers_by_id(answers: Path, questions: Path, ids: list[str]) -> dict[str, str]:
+    """ActivityNet-QA's answers (``test_a.json``) by ``question_id``, each question's found once."""
+    by_id: dict[str, str] = {}
+    for i, a in enumerate(_read_list(answers)):
+        qid = str(_field(a, "question_id", answers, i, (str, int)))
+        if qid in by_id:
+            raise DataError(f"{answers}: entry {i}: question_id {qid!r} answered twice")
+        by_id[qid] = str(_field(a, "answer", answers, i, (str, int, float)))
+    missing = [q for q in ids if q not in by_id]
+    if missing:
+        raise DataError(f"{answers}: no answer for {len(missing)} question(s) of {questions}, e.g. {missing[:3]}")
+    return by_id
 
 
 def load_short_qa(fmt: str, questions: str | Path, answers: Optional[str | Path] = None) -> list[dict[str, Any]]:
-    """Rows ``{"video", "question", "answer", "id"}`` of one benchmark's question file(s)."""
+    """Rows ``{"video", "question", "answer", "id"}`` of one benchmark's question file(s), every entry checked
+    (types as the released files write them); ActivityNet-QA's answers are paired by ``question_id``."""
     if fmt not in FORMATS:
         raise DataError(f"--format {fmt!r} must be one of {FORMATS}")
     path = Path(questions)
@@ -62,15 +82,16 @@ def load_short_qa(fmt: str, questions: str | Path, answers: Optional[str | Path]
     if fmt == "activitynet":
         if answers is None:
             raise DataError("activitynet needs --answers (test_a.json): its questions and answers are two files")
-        gold = _read_list(Path(answers))
-        if len(gold) != len(rows):
-            raise DataError(f"{answers}: {len(gold)} answers for {len(rows)} questions in {path}")
-        return [{"video": str(_field(q, "video_name", path, i)), "question": str(_field(q, "question", path, i)),
-                 "answer": str(_field(a, "answer", Path(answers), i)), "id": q.get("question_id", i)}
-                for i, (q, a) in enumerate(zip(rows, gold))]
+        ids = [str(_field(q, "question_id", path, i, (str, int))) for i, q in enumerate(rows)]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{path}: question_id values repeat; each question needs its own")
+        gold = _answers_by_id(Path(answers), path, ids)
+        return [{"video": _field(q, "video_name", path, i), "question": _field(q, "question", path, i),
+                 "answer": gold[qid], "id": qid} for i, (q, qid) in enumerate(zip(rows, ids))]
     prefix = "video" if fmt == "msrvtt" else ""
-    return [{"video": f"{prefix}{_field(r, 'video_id', path, i)}", "question": str(_field(r, "question", path, i)),
-             "answer": str(_field(r, "answer", path, i)), "id": r.get("id", i)} for i, r in enumerate(rows)]
+    return [{"video": f"{prefix}{_field(r, 'video_id', path, i, (str, int))}", "question": _field(r, "question", path, i),
+             "answer": str(_field(r, "answer", path, i, (str, int, float))), "id": r.get("id", i)}
+            for i, r in enumerate(rows)]
 
 
 def score(predictions: list[dict], judge=None) -> tuple[list[dict], dict[str, Any]]:
