@@ -358,3 +358,20 @@ def test_features_taken_out_of_a_shard_keep_their_metadata(tmp_path, capsys):
     np.save(tmp_path / "bare.npy", feats)
     load_features(tmp_path / "bare.npy", "tokens", warn=True)
     assert "no bare.json beside" in capsys.readouterr().out
+
+
+def test_an_answering_option_that_does_not_apply_is_said(tmp_path, capsys, monkeypatch):
+    from moviechat.answering import cli as answer_cli
+
+    monkeypatch.setenv("MOVIECHAT_CHECK_ARGS", "1")
+    with pytest.raises(SystemExit):
+        answer_cli.main(["runs/r", "--features", "x.npy", "--question", "q", "--limit", "3", "--split", "heldout",
+                         "--token-cache", "c", "--sampling", "moviechat"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --limit applies to --annotations only; ignored",
+                     "note: --split applies to --annotations only; ignored",
+                     "note: --sampling applies to --videos only; ignored",
+                     "note: --token-cache applies to --videos only; ignored"]
+    with pytest.raises(SystemExit):
+        answer_cli.main(["runs/r", "--annotations", "a", "--videos", "v", "--limit", "3", "--split", "heldout"])
+    assert "note:" not in capsys.readouterr().err

@@ -258,3 +258,17 @@ def test_a_mixtures_evaluation_weighs_each_dataset_by_its_tokens_and_questions()
     assert out["eval/acc_prior"] == pytest.approx(0.25) and out["eval/n_all"] == 40 and out["eval/tokens"] == 40
     assert out["eval/a/acc"] == 0.5 and out["eval/b/loss"] == 2.0 and "eval/a/step" not in out
     assert combine_records(5, {"a": a}) is a  # one dataset: its record as it is
+
+
+def test_preview_of_a_record_works_when_other_records_are_bad_with_on_error_skip(instruct, tmp_path):
+    records = json.loads((instruct / "videochat_instruct.json").read_text())
+    records[1] = {"video": "films/v00001.mp4", "QA": "not a list"}
+    (tmp_path / "bad.json").write_text(json.dumps(records))
+    overrides = [f"data.folder={instruct / 'features/videos'}", f"data.annotations={tmp_path / 'bad.json'}",
+                 "data.val_fraction=0", "model.image_qformer.num_query_tokens=8", "model.image_qformer.hidden_size=32"]
+    cfg = load_config(REPO / "configs" / "datasets" / "videochat_instruct.yaml", overrides + ["data.on_error=skip"])
+    assert preview(cfg, 2)["key"] == media_key(records[2]["video"], "")  # record 2 is still record 2
+    with pytest.raises(DataError, match="record 1 is bad and skipped"):
+        preview(cfg, 1)
+    with pytest.raises(DataError, match="record 1"):  # without skip, the bad record stops the preview, named
+        preview(load_config(REPO / "configs" / "datasets" / "videochat_instruct.yaml", overrides), 2)

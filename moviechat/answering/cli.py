@@ -100,8 +100,26 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')}={value} must be >= 1")
+    for note in not_applying(args):
+        print(f"note: {note}; ignored", file=sys.stderr)
     stop_if_only_checking()
     return run_cli(lambda: _run(p, args))
+
+
+def not_applying(args: argparse.Namespace) -> list[str]:
+    """The options given that this way of asking does not read (said, so that nobody trusts one that did nothing)."""
+    batch, decoding = bool(args.questions or args.annotations), bool(args.videos or args.video_file)
+    rules = [
+        (args.limit is not None and not args.annotations, "--limit applies to --annotations only"),
+        (args.split != "all" and not args.annotations, "--split applies to --annotations only"),
+        (args.time is not None and batch, "--time applies to one --question (batch questions carry their own)"),
+        (args.chat_style != "moviechat" and batch, "--chat-style applies to questions asked on the command line"),
+        (args.num_frames is not None and not decoding, "--num-frames applies to decoded video files only"),
+        (args.sampling != "fps" and not args.videos, "--sampling applies to --videos only"),
+        (args.token_cache is not None and not args.videos, "--token-cache applies to --videos only"),
+        (args.kind != "tokens" and decoding, "--kind applies to .npy features without their .json only"),
+    ]
+    return [why for given, why in rules if given]
 
 
 def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:

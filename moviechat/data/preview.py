@@ -26,7 +26,7 @@ from moviechat.data.collator import Collator
 from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text
 from moviechat.data.instruct import READERS
 from moviechat.data.keys import DataError
-from moviechat.data.stores import ShardStore, VideoFeatures, read_npy_video, read_shard_video
+from moviechat.data.stores import ShardStore, SkipCounter, VideoFeatures, read_npy_video, read_shard_video
 from moviechat.data.synthetic import synthetic_dir
 from moviechat.text.tokenizers import run_tokenizer
 
@@ -34,7 +34,14 @@ from moviechat.text.tokenizers import run_tokenizer
 def record_at(part: DataPart, index: int) -> tuple[str, QA]:
     """The index-th record of a dataset in file order: (feature key, its QA)."""
     if part.builder in READERS:  # read again: records of one key are not in file order in the source
-        records = READERS[part.builder](Path(part.data.annotations))
+        skips = SkipCounter() if part.data.on_error == "skip" else None  # other records may be bad: N is still N
+        records = READERS[part.builder](Path(part.data.annotations), skips)
+        by_index = {int(r.where.rsplit("record ", 1)[1]): r for r in records if "record " in r.where}
+        if index in by_index:
+            return by_index[index].key, by_index[index].qa()
+        if skips is not None and by_index and index <= max(by_index):
+            raise DataError(f"--index {index}: {part.name} record {index} is bad and skipped (data.on_error=skip): "
+                            f"its reason is printed above")
         qas = [(r.key, r.qa()) for r in records]
     else:
         qas = [(key, qa) for key, items in part.source.qas.items() for qa in items]
