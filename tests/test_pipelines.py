@@ -270,3 +270,16 @@ def test_make_synthetic_writes_a_set_the_dataset_reads(tmp_path, capsys):
     assert make.main(["--cfg", str(TINY), "--out", str(tmp_path / "syn"), "data.synthetic.num_videos=20"]) == 0
     assert len(list((tmp_path / "syn" / "annotations").glob("*.json"))) == 20
     assert len(list((tmp_path / "syn" / "shards").glob("*.tar"))) == 2
+
+
+def test_an_encoder_without_weights_is_initialised_from_run_seed_and_leaves_the_callers_rng_alone():
+    from moviechat.config import load_config
+    from moviechat.models.frame_encoders import load_encoder
+
+    cfg = load_config(TINY, ["model.freeze.llm=true"])
+    state = torch.get_rng_state()
+    a, b = (load_encoder(cfg, frame_tokens=True, device=torch.device("cpu")).state_dict() for _ in range(2))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # two extractions: the same features
+    other = load_encoder(load_config(TINY, ["run.seed=7"]), frame_tokens=True, device=torch.device("cpu")).state_dict()
+    assert not all(torch.equal(a[k], other[k]) for k in a)

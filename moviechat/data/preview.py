@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -31,17 +32,21 @@ from moviechat.data.synthetic import synthetic_dir
 from moviechat.text.tokenizers import run_tokenizer
 
 
+RECORD_INDEX = re.compile(r"record (\d+)")  # a record's place in its file, as readers name it
+
+
 def record_at(part: DataPart, index: int) -> tuple[str, QA]:
     """The index-th record of a dataset in file order: (feature key, its QA)."""
     if part.builder in READERS:  # read again: records of one key are not in file order in the source
         skips = SkipCounter() if part.data.on_error == "skip" else None  # other records may be bad: N is still N
         records = READERS[part.builder](Path(part.data.annotations), skips)
-        by_index = {int(r.where.rsplit("record ", 1)[1]): r for r in records if "record " in r.where}
-        if index in by_index:
-            return by_index[index].key, by_index[index].qa()
-        if skips is not None and by_index and index <= max(by_index):
-            raise DataError(f"--index {index}: {part.name} record {index} is bad and skipped (data.on_error=skip): "
-                            f"its reason is printed above")
+        by_index = {int(m.group(1)): r for r in records if (m := RECORD_INDEX.search(r.where))}
+        if skips is not None and skips.total and len(by_index) == len(records):  # one file: N is its place there
+            if index not in by_index and 0 <= index <= max(by_index):
+                raise DataError(f"--index {index}: {part.name} record {index} is bad and skipped "
+                                f"(data.on_error=skip): its reason is printed above")
+            if index in by_index:
+                return by_index[index].key, by_index[index].qa()
         qas = [(r.key, r.qa()) for r in records]
     else:
         qas = [(key, qa) for key, items in part.source.qas.items() for qa in items]

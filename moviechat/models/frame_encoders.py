@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -36,10 +37,20 @@ class FeatureEncoder(nn.Module):
         return torch.cat(out)
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build under ``seed`` without touching the caller's random state (extraction is reproducible, from
+    ``run.seed``, when weights are not given and the encoder is randomly initialised)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def load_frame_token_encoder(cfg: Config) -> FrameTokenEncoder:
     """The frozen image path (``ln_vision`` + image Q-Former) with the weights of ``model.qformer_checkpoint``
     (a LAVIS BLIP-2 .pth: both must be in it), in eval mode."""
-    encoder = FrameTokenEncoder(nn.LayerNorm(cfg.model.vision.embed_dim), build_qformer(cfg.model.image_qformer))
+    with seeded(cfg.run.seed):  # without a checkpoint: the same random weights in every process and run
+        encoder = FrameTokenEncoder(nn.LayerNorm(cfg.model.vision.embed_dim), build_qformer(cfg.model.image_qformer))
     if cfg.model.qformer_checkpoint:
         print(load_weights(encoder, cfg.model.qformer_checkpoint, require=("image_qformer", "ln_vision")))
     else:
@@ -49,7 +60,9 @@ def load_frame_token_encoder(cfg: Config) -> FrameTokenEncoder:
 
 def load_encoder(cfg: Config, frame_tokens: bool, device: torch.device, preprocess: Optional[str] = None) -> FeatureEncoder:
     """The encoder with the config's weights (``model.vision.weights``, ``model.qformer_checkpoint``)."""
-    encoder = FeatureEncoder(cfg, load_frame_token_encoder(cfg) if frame_tokens else None, preprocess).eval()
+    tokens = load_frame_token_encoder(cfg) if frame_tokens else None
+    with seeded(cfg.run.seed + 1):  # the ViT's random weights (none given) are reproducible too
+        encoder = FeatureEncoder(cfg, tokens, preprocess).eval()
     if cfg.model.vision.weights:
         print(load_weights(encoder, cfg.model.vision.weights, require=("vision",), vision_depth=cfg.model.vision.depth))
     else:
