@@ -12,9 +12,9 @@ import argparse
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 
+from common import timed
 from moviechat.common.digest import CHUNK, _digest
 
 
@@ -31,15 +31,6 @@ def sha256(path: Path) -> None:
             h.update(chunk)
 
 
-def best(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mib", type=int, default=512, help="size of the file (a MovieChat-1K EVA video is ~5,800 MiB)")
@@ -49,10 +40,9 @@ def main() -> None:
         with open(path, "wb") as f:
             for _ in range(args.mib):
                 f.write(os.urandom(2**20))
-        read_only(path)  # in the page cache for every timing alike
-        t_read = best(lambda: read_only(path))
-        t_digest = best(lambda: _digest.__wrapped__(str(path), 0, 0, 0, 0))  # not memoised
-        t_sha = best(lambda: sha256(path))
+        t_read = timed(lambda: read_only(path), 3)
+        t_digest = timed(lambda: _digest.__wrapped__(str(path), 0, 0, 0, 0), 3)  # not memoised
+        t_sha = timed(lambda: sha256(path), 3)
     gb = args.mib / 1024
     print(f"{args.mib} MiB from the page cache: read {gb / t_read:.2f} GB/s, read + xxh3-128 {gb / t_digest:.2f} GB/s, "
           f"read + sha256 {gb / t_sha:.2f} GB/s")

@@ -1,4 +1,0 @@
-"""Scoring answers: MovieChat-1K prediction files (``moviechat1k``), the judge client (``judge``) and the
-protocols of lmms-eval, MovieChat and Video-ChatGPT (``judge_protocols``), short-video QA (``short_qa``).
-
-May use the lower rooms and ``answering`` (short-video QA answers before it scores)."""
