@@ -156,7 +156,6 @@ class JudgeClient:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.protocol = model, api_key, protocol
         self.retries, self.timeout, self.backoff, self.concurrency = retries, timeout, backoff, concurrency
-        self.cache_path = cache
         self.cache = JudgeCache(cache)
         self.reported: set[str] = set()  # the model names the server said it answered with
         self.requests = 0
@@ -178,17 +177,17 @@ class JudgeClient:
         keys = [self.key(*a) for a in asked]
         todo = {k: a for k, a in zip(keys, asked) if self.cache.get(k) is None}
         got: dict[str, Optional[str]] = {}
+        judged, cached = 0, len(set(keys)) - len(todo)
         bar = tqdm(total=len(todo), desc="judge", disable=not progress or not todo, dynamic_ncols=True)
         with ThreadPoolExecutor(self.concurrency) as pool:
             for k, text in zip(todo, pool.map(lambda item: self._judge(*item), todo.items())):
                 got[k] = text
+                judged += text is not None
                 bar.update(1)
-                bar.set_postfix(judged=sum(v is not None for v in got.values()), failed=self.failures,
-                                cached=len(keys) - len(todo))
+                bar.set_postfix(judged=judged, failed=self.failures, cached=cached)
         bar.close()
         if progress and asked:
-            print(f"judge: {sum(v is not None for v in got.values())} judged, {self.failures} failed, "
-                  f"{len(set(keys)) - len(todo)} from the cache {self.cache_path}"
+            print(f"judge: {judged} judged, {self.failures} failed, {cached} from the cache {self.cache.path}"
                   + (f"; failures: {dict(self.reasons)}" if self.reasons else ""), flush=True)
         return [self.cache.get(k) if k not in got else got[k] for k in keys]
 

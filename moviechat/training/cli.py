@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from moviechat.common.errors import UserError, stop_if_only_checking
+    from moviechat.common.errors import stop_if_only_checking
 
     stop_if_only_checking()
     from moviechat.runs.checkpoints import CheckpointNotFound
@@ -68,23 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     except UnsafeFileError as e:
         print(f"unsafe checkpoint: {e}", file=sys.stderr)
         return 2
-    except UserError as e:  # bad data or settings found while building the run: one line, as any command
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     try:
         trainer.train()
     except DiskFull as e:  # the last checkpoint is complete; once space is freed, --resume continues exactly
         print(f"error: {e}", file=sys.stderr)
         try:
             write_status(trainer.run_dir, "failed", trainer.state.step, cfg.train.max_steps, reason=str(e))
-        except OSError:
+        except (OSError, DiskFull):  # no room even for that: the one line above says it all
             pass
         return DISK_FULL_EXIT
-    except UserError as e:  # bad data met while training (data.on_error=raise): one line, as at set-up
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     return STOPPED_EXIT if trainer.stopped else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # any other bad input (data, settings) is one line and exit 2, as for every verb
+    from moviechat.common.errors import run_cli
+
+    sys.exit(run_cli(main))
