@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train train-mixture test test-fast sweep bench-memory smollm2 clean-venv
+.PHONY: lmms-eval train train-mixture test test-fast sweep bench-memory smollm2 clean-venv
 
 # ranges in pyproject.toml, the exact tested versions in constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $@
+
+# the tests also run MovieChat-1K inside lmms-eval: the optional extra, from the same constraints
+$(VENV)/.lmms-eval: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lmms-eval]"
 	touch $@
 
 train: $(VENV)/.installed
@@ -19,11 +24,11 @@ train-mixture: $(VENV)/.installed
 	$(BIN)/moviechat make-synthetic-instruct --cfg configs/experiments/tiny_instruct_mixture.yaml --out data/synthetic_instruct
 	$(BIN)/moviechat train --cfg configs/experiments/tiny_instruct_mixture.yaml
 
-test: $(VENV)/.installed
+test: $(VENV)/.lmms-eval
 	$(BIN)/python -m pytest -q
 
 # the inner loop: every test that starts no training, torchrun, sweep or install process
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.lmms-eval
 	$(BIN)/python -m pytest -q -m "not slow"
 
 sweep: $(VENV)/.installed
@@ -35,6 +40,8 @@ smollm2: $(VENV)/.installed
 
 bench-memory: $(VENV)/.installed
 	$(BIN)/python benchmarks/memory.py
+
+lmms-eval: $(VENV)/.lmms-eval
 
 clean-venv:
 	rm -rf $(VENV)
