@@ -57,6 +57,7 @@ class Answerer:
         if generation == "moviechat":  # the paper's decoding: sampling, temperature 1.0, top-p 0.9, 300 tokens
             self.stop.temperature, self.stop.top_p, self.max_new_tokens = 1.0, 0.9, 300
         self.check_preprocess = PreprocessCheck(cfg.model.vision.preprocess)
+        self.source: dict = {}  # run, step and config hash (moviechat.runs.provenance), set by load()
 
     def question_time(self, row: dict, stamps: list[float], meta: dict) -> Optional[float]:
         """The breakpoint time (seconds in the decoded video) a question row is asked at, per the convention."""
@@ -66,7 +67,9 @@ class Answerer:
     def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy", trust: bool = False,
              batch_size: int = 16, breakpoints: BreakpointConvention = BreakpointConvention()) -> "Answerer":
         """The answerer of a run folder, one of its checkpoints or an ``hf`` export folder."""
-        path = Path(path)
+        from moviechat.runs.provenance import source_of
+
+        path, checkpoint = Path(path), None
         if (path / "model.safetensors").is_file():
             from moviechat.runs.export import load_hf
 
@@ -74,8 +77,10 @@ class Answerer:
         else:
             from moviechat.runs.loading import load_run
 
-            cfg, tokenizer, model, _ = load_run(path, trust)
-        return cls(cfg, tokenizer, model, max_new_tokens, batch_size, generation, breakpoints=breakpoints)
+            cfg, tokenizer, model, checkpoint = load_run(path, trust)
+        answerer = cls(cfg, tokenizer, model, max_new_tokens, batch_size, generation, breakpoints=breakpoints)
+        answerer.source = source_of(cfg, path, checkpoint)
+        return answerer
 
     def frame_tokens(self, feats: np.ndarray, meta: dict, key: str) -> tuple[torch.Tensor, list[float]]:
         """A video's sampled frames as frame tokens (EVA features go through ln_vision + image Q-Former once)."""
@@ -86,7 +91,7 @@ class Answerer:
                             f"[T, {expected[0]}, {expected[1]}] for kind {meta['kind']!r}")
         self.check_preprocess(meta, source)
         chosen, stamps = FrameSampling.of(self.cfg.memory)(meta["timestamps"])
-        frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float()
+        frames = torch.from_numpy(np.ascontiguousarray(feats[chosen])).float().to(self.model.device)
         return (self.model.encode_frames(frames) if meta["kind"] == "eva" else frames), stamps
 
     def frame_of(self, seconds: Optional[float], stamps: list[float], meta: dict, key: str) -> Optional[int]:
@@ -103,7 +108,8 @@ class Answerer:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         t = read.frame
         return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text),
-                "generation": self.generation, **({"past_end": True} if read.past_end else {}), **self.breakpoints.record()}
+                "generation": self.generation, **({"past_end": True} if read.past_end else {}), **self.breakpoints.record(),
+                "memory_preset": self.cfg.memory.preset, **self.source}
 
     @torch.no_grad()
     def answer(self, feats: np.ndarray, meta: dict, question: str, seconds: Optional[float] = None, key: str = "video") -> dict:

@@ -168,3 +168,15 @@ def split_by_video(keys: Iterable[str], val_fraction: float, seed: int) -> tuple
         h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
         (val if h < val_fraction else train).add(key)
     return train, val
+
+
+def video_fps(annotations: str | Path) -> dict[str, float]:
+    """``info.fps`` of every annotated video (breakpoint times go back to frame indices with it)."""
+    out = {}
+    for f in annotation_files(annotations):
+        try:
+            info = json.loads(f.read_text())["info"]
+            out[video_key(info, f)] = float(info["fps"])
+        except (ValueError, KeyError, TypeError):
+            continue  # load_annotations names the bad file
+    return out

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
-from moviechat.scoring.moviechat1k import (evaluate, markdown, read_predictions, references, select_split, video_fps,
-                                           write_results)
+from moviechat.data.annotations import video_fps
+from moviechat.scoring.provenance import provenance
+from moviechat.scoring.moviechat1k import evaluate, markdown, read_predictions, references, select_split, write_results
 
 
 CLI_HELP = """Score predictions against MovieChat-1K style annotations, global and breakpoint separately.
@@ -45,8 +46,10 @@ def _score(args: argparse.Namespace) -> int:
     predictions = select_split(read_predictions(Path(args.predictions), args.skip_bad_lines), args.split,
                                args.predictions)
     judge = judge_from_args(args, out / "judge_cache.jsonl")
+    settings = provenance(predictions, args.predictions)
     rows, summary = evaluate(predictions, references(args.annotations), judge)
     summary["split"] = scored_split(args.split, predictions)
+    summary["provenance"] = settings
     if summary["duplicate_predictions"]:
         print(f"{args.predictions}: {summary['duplicate_predictions']} duplicate prediction(s) of questions already "
               f"scored: each question counted once")

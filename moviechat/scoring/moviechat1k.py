@@ -27,6 +27,7 @@ from moviechat.data.annotations import load_annotations
 from moviechat.data.keys import finite_number
 from moviechat.data.stores import DataError
 from moviechat.scoring.judge import JudgeClient
+from moviechat.scoring.provenance import provenance_lines
 from moviechat.text.answers import exact_match, normalize_answer, normalized_match, token_f1
 
 def references(annotations: str | Path) -> dict[tuple, Any]:
@@ -42,20 +43,6 @@ def references(annotations: str | Path) -> dict[tuple, Any]:
     for key, qas in loaded.items():
         for qa in qas:
             out[(key, qa.mode, normalize_answer(qa.question), None if qa.seconds is None else round(qa.seconds, 2))] = qa
-    return out
-
-
-def video_fps(annotations: str | Path) -> dict[str, float]:
-    """``info.fps`` of every annotated video (breakpoint times go back to frame indices with it)."""
-    from moviechat.data.annotations import annotation_files, video_key
-
-    out = {}
-    for f in annotation_files(annotations):
-        try:
-            info = json.loads(f.read_text())["info"]
-            out[video_key(info, f)] = float(info["fps"])
-        except (ValueError, KeyError, TypeError):
-            continue  # load_annotations names the bad file
     return out
 
 
@@ -153,6 +140,7 @@ def markdown(summary: dict[str, Any]) -> str:
         judge += (f"{summary['breakpoints_past_end']} breakpoint(s) past the video's end, answered at its last "
                   f"frame\n")
     judge += f"split scored: {summary['split']}\n" if summary.get("split") else ""
+    judge += provenance_lines(summary)
     return ("\n".join(lines) + f"\n\n[95% bootstrap interval over videos]\n{judge}"
             f"unmatched predictions: {summary['unmatched_predictions']}\n"
             f"duplicate predictions (scored once): {summary.get('duplicate_predictions', 0)}\n")
