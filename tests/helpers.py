@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
@@ -150,3 +151,17 @@ def slot_weights(plan) -> list[dict[int, float]]:
     for f, s, w in zip(plan.frame.tolist(), plan.slot.tolist(), plan.weight.tolist()):
         out[s][f] = w
     return out
+
+
+def write_video(path, frames: int = 16, fps: int = 8, size: int = 32):
+    """A small mpeg4 video of coloured noise, written with PyAV."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -52,7 +52,7 @@ def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_c
 
 
 def test_a_broken_video_file_is_listed_and_the_rest_answered(tmp_path, tiny_cfg, tokenizer):
-    from test_pipelines import write_video
+    from helpers import write_video
 
     tiny_cfg.model.vision.enabled = True
     answerer = answerer_for(tiny_cfg, tokenizer)
@@ -97,7 +97,7 @@ def test_moviechat_generation_samples_reproducibly_per_video(tiny_cfg, tokenizer
 
 
 def test_video_frame_tokens_are_cached_on_disk_and_reused(tmp_path, tiny_cfg, tokenizer):
-    from test_pipelines import write_video
+    from helpers import write_video
 
     tiny_cfg.model.vision.enabled = True
     answerer = answerer_for(tiny_cfg, tokenizer)

@@ -226,7 +226,7 @@ def test_our_forgiving_parser(reply, expected):
 
 @pytest.mark.slow
 def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path, capsys):
-    from test_pipelines import write_video
+    from helpers import write_video
 
     write_video(tmp_path / "clip.mp4", frames=16, fps=8)
     assert answer_cli.main([str(lora_run), "--video-file", str(tmp_path / "clip.mp4"), "--fps", "4",
@@ -237,7 +237,7 @@ def test_inference_from_a_video_file_through_the_eva_encoder(lora_run, tmp_path,
 
 @pytest.mark.slow
 def test_batch_over_video_files_with_moviechat_sampling(lora_run, tmp_path, capsys):
-    from test_pipelines import write_video
+    from helpers import write_video
 
     (tmp_path / "videos").mkdir()
     (tmp_path / "ann").mkdir()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY
+from helpers import TINY, write_video
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.builders import build_datasets
 from moviechat.data.dataset import VideoQADataset
@@ -27,20 +27,6 @@ SCRIPTS = {"extract_features": "moviechat.prepare.extract_features", "convert_mo
 def load_script(name: str):
     """The module behind a data_pipelines/ script (the script itself only calls ``moviechat <verb>``)."""
     return importlib.import_module(SCRIPTS[name])
-
-
-def write_video(path, frames: int = 16, fps: int = 8, size: int = 32):
-    """A small mpeg4 video of coloured noise, written with PyAV."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 def test_read_frames_samples_at_a_rate_or_a_count(tmp_path):

@@ -14,7 +14,8 @@ import pytest
 
 from helpers import REPO
 
-EXTERNAL = {"huggingface-cli", "source", "pip", "tar"}  # other programs: the README names them, we do not run them
+# other programs: the docs name them, this test does not run them (tests/test_lmms_eval_plugin.py runs lmms-eval)
+EXTERNAL = {"huggingface-cli", "source", "pip", "tar", "export", "lmms-eval", "accelerate", "torchrun"}
 PLACEHOLDER_CFG = "configs/experiments/tiny_synthetic.yaml"  # for `--cfg configs/experiments/X.yaml` / `X.yaml`
 
 

@@ -71,11 +71,12 @@ class VideoFileLookup:
     """EVA features of ``<folder>/<key>.mp4`` (or another video suffix), decoded with PyAV and encoded by
     the run's frozen ViT (``model.vision.weights``), loaded once."""
 
-    def __init__(self, cfg, folder: str | Path, fps: Optional[float] = None, num_frames: Optional[int] = None):
+    def __init__(self, cfg, folder: str | Path, fps: Optional[float] = None, num_frames: Optional[int] = None,
+                 device: Optional[torch.device] = None):
         from moviechat.models.frame_encoders import load_encoder
 
         self.cfg, self.folder, self.fps, self.num_frames = cfg, Path(folder), fps, num_frames
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = load_encoder(cfg, frame_tokens=False, device=self.device)
         # recorded with every prediction
         self.sampling = f"fps={fps}" if fps else f"frames={num_frames}" if num_frames else "all frames"
@@ -302,7 +303,7 @@ def video_tokens(answerer, lookup, video: str, cache: Optional[Path]) -> tuple[t
         from safetensors.torch import save_file
 
         with atomic_path(path) as tmp:  # safetensors: reading it back runs no code
-            save_file({"tokens": tokens.half().contiguous()}, str(tmp),
+            save_file({"tokens": tokens.half().cpu().contiguous()}, str(tmp),
                       metadata={"stamps": json.dumps(stamps), "meta": json.dumps(meta)})
         tokens = tokens.half()  # what a later run reads back: the same answers either way
     return tokens, stamps, meta

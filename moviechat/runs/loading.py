@@ -53,3 +53,26 @@ def load_run(path: str | Path, trust: bool = False):
         raise ValueError(f"{root / tag}: checkpoint parameters the model does not have: {', '.join(unexpected[:6])}")
     model.load_state_dict(state, strict=False)
     return cfg, tokenizer, model.eval(), root / tag
+
+
+def load_with_config(checkpoint: str | Path, config: str | Path):
+    """(config, tokenizer, model in eval mode) of a MovieChat / Video-LLaMA ``.pth`` (or one of ours) loaded into
+    the model of an experiment config (``model.checkpoint`` set to it); the LLM's tokenizer from
+    ``model.llm.path``."""
+    from moviechat.config.shipped import find_config
+    from moviechat.text.tokenizers import build_tokenizer
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
+    found = find_config(config)
+    cfg = load_config(found, [f"model.checkpoint={Path(checkpoint).resolve()}"])
+    if cfg.model.llm.path:
+        tokenizer = build_tokenizer(cfg.model.llm)
+    elif (found.parent / "tokenizer").is_dir():  # a run's config.yaml: the run's own tokenizer beside it
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(found.parent / "tokenizer", local_files_only=True)
+    else:
+        raise ValueError(f"{config}: model.llm.path is empty and no tokenizer/ is beside it; a released checkpoint "
+                         f"needs the LLM it was trained with (a local Hugging Face folder)")
+    return cfg, tokenizer, build_from_config(cfg, tokenizer).eval()
