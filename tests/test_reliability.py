@@ -146,14 +146,17 @@ ONE = ["deepspeed.gradient_accumulation_steps=2", "data.num_workers=2"]  # 1 pro
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("before,after,stage", [(2, 1, 2), (1, 2, 2), (2, 1, 0)])
-def test_elastic_resume_continues_as_the_uninterrupted_run(before, after, stage, tmp_path):
+@pytest.mark.parametrize("before,after,stage,grouped", [(2, 1, 2, False), (1, 2, 2, False), (2, 1, 0, False),
+                                                         (2, 1, 2, True)])
+def test_elastic_resume_continues_as_the_uninterrupted_run(before, after, stage, grouped, tmp_path):
     """A ZeRO checkpoint of N processes resumed on M: the same data streams and global batch, so steps 3-4
-    give the losses of the uninterrupted run on N."""
+    give the losses of the uninterrupted run on N (with length-grouped batches too)."""
     layout = {2: TWO, 1: ONE}
-    run_train(tmp_path, "run.name=full", *ELASTIC, *layout[before], f"deepspeed.zero_stage={stage}", nproc=before)
+    group = ["data.group_by_length=true", "data.group_window=2"] if grouped else []
+    run_train(tmp_path, "run.name=full", *ELASTIC, *layout[before], f"deepspeed.zero_stage={stage}", *group,
+              nproc=before)
     step2 = tmp_path / "full" / "checkpoints" / "step00000002"
-    proc = run_train(tmp_path, "run.name=cut", *ELASTIC, *layout[after], f"deepspeed.zero_stage={stage}",
+    proc = run_train(tmp_path, "run.name=cut", *ELASTIC, *layout[after], f"deepspeed.zero_stage={stage}", *group,
                      resume=str(step2), nproc=after)
     assert f"at step 2 (written by {before} process(es), elastic)" in proc.stdout
     full, cut = losses(tmp_path / "full"), losses(tmp_path / "cut")

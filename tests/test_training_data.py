@@ -272,3 +272,15 @@ def test_preview_of_a_record_works_when_other_records_are_bad_with_on_error_skip
         preview(cfg, 1)
     with pytest.raises(DataError, match="record 1"):  # without skip, the bad record stops the preview, named
         preview(load_config(REPO / "configs" / "datasets" / "videochat_instruct.yaml", overrides), 2)
+
+
+def test_instruction_and_caption_records_are_grouped_by_length_and_question_sets_are_not(instruct, tmp_path):
+    mixture = load_config(MIXTURE, mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align"))
+    assert {p.name: p.train.group_window for p in build_parts(mixture)} == {
+        "videochat_instruct": 32, "llava_instruct": 32, "cc_sbu_align": 32}
+    off = load_config(MIXTURE, [*mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align"),
+                                "data.mixture.llava_instruct.group_by_length=false"])
+    assert {p.name: p.train.group_window for p in build_parts(off)}["llava_instruct"] == 0
+    synthetic = load_config(MIXTURE.parent / "tiny_synthetic.yaml", [f"run.output_dir={tmp_path}",
+                                                                      "data.synthetic.num_videos=40"])
+    assert [p.train.group_window for p in build_parts(synthetic)] == [0]  # the embedded default: today's order

@@ -83,6 +83,10 @@ class DataConfig:
     folder_fps: float = 1.0  # frame rate of folder features that have no .json beside them
     on_error: str = "raise"  # raise | skip (skipped samples are counted and reported)
     max_tokens: int = 512  # a conversation or caption sample's text tokens (the original's 512)
+    # training batches of similar length (moviechat/data/length_grouping.py); None: on for instruction and caption
+    # records (lengths vary), off for question sets (their order and losses as before)
+    group_by_length: Optional[bool] = None
+    group_window: int = 32  # micro-batches per grouping window (window x micro-batch samples are held at once)
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # name: mixture -> {dataset name: {ratio, [builder], any key of data}}; an entry's unset keys are data's
@@ -101,6 +105,8 @@ class DataConfig:
             raise ConfigError(f"data.feature_kind={self.feature_kind!r} must be 'eva' or 'tokens'")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 1) (0: no held-out videos)")
+        if self.group_window < 1:
+            raise ConfigError(f"data.group_window={self.group_window} must be >= 1 (micro-batches per window)")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
 

@@ -172,7 +172,8 @@ def _datasets(cfg: Config, source: VideoQASource, rank: int, world_size: int, na
                   caption_template=data.conversation.caption_template)
     dialogs = any(qa.dialog is not None for qas in source.qas.values() for qa in qas)
     keep = {} if dialogs else mode_keep_probabilities(source.qas, source.train_keys, cfg.train.breakpoint_fraction)
+    grouped = dialogs if data.group_by_length is None else data.group_by_length
     train = VideoQADataset(source.store, source.qas, source.train_keys, shuffle_buffer=data.shuffle_buffer,
-                           mode_keep=keep, **common)
+                           mode_keep=keep, group_window=data.group_window if grouped else 0, **common)
     val = VideoQADataset(source.store, source.qas, source.val_keys, shuffle_buffer=0, **common)
     return train, val

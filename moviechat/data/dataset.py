@@ -19,6 +19,7 @@ from torch import Tensor
 
 from moviechat.data.annotations import QA
 from moviechat.data.conversation import MARKUP_TEXTS, Dialog, DialogEncoder, EncodedText, with_caption_prompt
+from moviechat.data.length_grouping import group_by_length
 from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, PreprocessCheck, validate_features
 
@@ -65,7 +66,7 @@ class VideoQADataset(IterableDataset):
                  token_shape: tuple[int, int], sampling: FrameSampling, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 0, on_error: str = "raise",
                  mode_keep: Optional[dict[str, float]] = None, preprocess: Optional[str] = None, name: str = "",
-                 caption_prompts: Sequence[str] = (), caption_template: str = "{}"):
+                 caption_prompts: Sequence[str] = (), caption_template: str = "{}", group_window: int = 0):
         self.store = store
         self.qas = qas
         self.keys = keys
@@ -82,6 +83,8 @@ class VideoQADataset(IterableDataset):
         self.name = name
         self.encoder: Optional[DialogEncoder] = None  # set once the tokenizer exists (set_encoder)
         self.caption_prompts, self.caption_template = list(caption_prompts), caption_template
+        self.group_window = group_window  # micro-batches per length-grouping window; 0: stream order
+        self.batch_size = 1  # the micro-batch the loader cuts (set_batch_size); grouping needs it
         self.epoch = 0
         self.resume: dict[int, int] = {}
         self.skips = SkipCounter()
@@ -89,6 +92,10 @@ class VideoQADataset(IterableDataset):
     def set_encoder(self, encoder: DialogEncoder) -> None:
         """How dialog records become tokens; a record that cannot (a cut first answer) is then a bad sample."""
         self.encoder = encoder
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """The micro-batch its loader cuts: length-grouped windows are made of batches of this size."""
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -109,6 +116,9 @@ class VideoQADataset(IterableDataset):
         skip = self.resume.get(stream, 0)
         self.skips = SkipCounter()  # this epoch's (a resumed stream counts again what it passes over)
         samples = self._shuffled(self._samples(stream, num_streams, seed), random.Random(seed * 7919 + stream))
+        if self.group_window and self.batch_size > 1:
+            samples = group_by_length(samples, self.batch_size, self.group_window,
+                                      random.Random(f"group:{seed}:{stream}"))
         for index, sample in enumerate(samples):
             if index >= skip:
                 sample.position = (stream, index)

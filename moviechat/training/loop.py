@@ -85,6 +85,7 @@ class Trainer:
 
     def _train_loader(self, part):
         collate = setup.collator(self.cfg, self.tokenizer, part)
+        part.train.set_batch_size(self.micro_batch)
         return setup.loader(part.train, collate, self.micro_batch, self.cfg.data.num_workers, self.cfg.run.seed)
 
     # ----------------------------------------------------------------------------------- the loop
