@@ -19,6 +19,8 @@ SMOKE = {
     "inference.py": ["--videos", "2", "--seconds", "4", "--fps", "4"],
     "search.py": ["--steps", "4", "--trials", "2"],
     "digest.py": ["--mib", "8"],
+    "padding.py": ["--llm", "tiny", "--samples", "16", "--batch", "4", "--repeats", "1"],
+    "extract.py": ["--videos", "2", "--frames", "24", "--workers", "1"],
 }
 
 

@@ -32,9 +32,15 @@ class FeatureEncoder(nn.Module):
         out = []
         for start in range(0, len(frames), batch_size):
             batch = torch.from_numpy(frames[start : start + batch_size])
-            features = self.vision(preprocess_frames(batch, self.img_size, self.preprocess).to(device))
-            out.append((self.frame_tokens(features) if self.frame_tokens is not None else features).half().cpu())
+            out.append(self.encode(preprocess_frames(batch, self.img_size, self.preprocess), device))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Preprocessed pixels [B, 3, S, S] -> fp16 EVA features or frame tokens (CPU), in the encoder's dtype."""
+        dtype = next(self.vision.parameters()).dtype
+        features = self.vision(pixels.to(device, dtype))
+        return (self.frame_tokens(features) if self.frame_tokens is not None else features).half().cpu()
 
 
 @contextlib.contextmanager
