@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, write_video
+from helpers import REPO, TINY, write_video
 from moviechat.data.stores import ShardStore, SkipCounter
 from moviechat.prepare import feature_index
 from moviechat.prepare.frame_batches import FrameBatches
@@ -145,3 +145,22 @@ def test_extraction_is_reproducible_run_to_run(tmp_path):
         run(extract_cmd(videos, tmp_path / name, "--decode-workers", "1"), tmp_path)
     a, b = features(tmp_path / "a"), features(tmp_path / "b")
     assert all(np.array_equal(a[k], b[k]) for k in a)  # the encoder without weights is seeded from run.seed
+
+
+@pytest.mark.slow
+def test_a_slurm_array_of_extractions_then_a_merge_gives_the_features_of_one_process(tmp_path):
+    videos = make_media(tmp_path / "videos", n=5)
+    run(extract_cmd(videos, tmp_path / "one", "--decode-workers", "0"), tmp_path)
+    script = REPO / "launch" / "extract_features.sbatch"
+    for task in range(2):  # what SLURM runs for --array=0-1
+        env = os.environ | {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_CPUS_PER_TASK": "1",
+                            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(["bash", str(script), str(TINY), str(videos), str(tmp_path / "array"), "--fps", "4",
+                               "--batch-size", "8"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "--merge" in proc.stdout  # each task says how to merge once all are done
+    assert len(list((tmp_path / "array").glob("index.rank*.jsonl"))) == 2
+    run([sys.executable, "-m", "moviechat", "extract-features", "--out", str(tmp_path / "array"), "--merge"], tmp_path)
+    one, array = features(tmp_path / "one"), features(tmp_path / "array")
+    assert sorted(one) == sorted(array) and all(np.array_equal(one[k], array[k]) for k in one)
+    assert len((tmp_path / "array" / "index.jsonl").read_text().splitlines()) == 5

@@ -123,7 +123,11 @@ def extract(args: argparse.Namespace, cfg, together: bool) -> int:
     done = feature_index.done_keys(out)
     units = shard_units(args.image_shards) if args.image_shards else file_units(Path(args.videos))
     todo = remaining(units, done)
-    mine = rank_share(todo, rank, world)
+    if together:  # every rank has read the same indexes before any writes: share what is left evenly
+        torch.distributed.barrier()
+        mine = rank_share(todo, rank, world)
+    else:  # independent tasks (a SLURM array) see each other's indexes grow: split the whole list, then skip done
+        mine = remaining(rank_share(units, rank, world), done)
     total, left = sum(len(u.keys) for u in units), sum(len(u.keys) for u in todo)
     where = f"[rank {rank}/{world}] " if world > 1 else ""
     print(f"{where}{total} videos/images, {total - left} already done, {left} to extract"
