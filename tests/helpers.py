@@ -3,6 +3,7 @@ subprocess, and small generated inputs (videos of frame tokens, annotations, mem
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
@@ -165,3 +166,26 @@ def write_video(path, frames: int = 16, fps: int = 8, size: int = 32):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+class ChatJudgeStub(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-style chat-completions judge on 127.0.0.1: ``verdict(user message)`` gives each reply's text."""
+
+    count = 0
+
+    def verdict(self, text: str) -> str:
+        raise NotImplementedError
+
+    def do_POST(self):
+        type(self).count += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        data = json.dumps({"model": body["model"],
+                           "choices": [{"message": {"content": self.verdict(body["messages"][1]["content"])}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass

@@ -22,7 +22,7 @@ from moviechat.answering.chat import instruct_prompt_ids
 from moviechat.runs import export
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.runs.loading import load_run
-from helpers import lavis_bert_names, run_train, synthetic_features
+from helpers import ChatJudgeStub, lavis_bert_names, run_train, synthetic_features
 
 LORA = ["model.llm.lora.enabled=true", "model.freeze.llm=true", "train.max_steps=3", "train.eval_every=0",
         "train.eval_generate=0"]
@@ -162,24 +162,11 @@ def test_offline_scores_on_a_hand_made_set(tmp_path):
                                     "pred": "a blue cup"}]}
 
 
-class StubJudge(http.server.BaseHTTPRequestHandler):
+class StubJudge(ChatJudgeStub):
     replies = {"in the kitchen": "{'pred': 'yes', 'score': 5}", "a blue cup": "Sure! My verdict is yes, 3"}
-    count = 0
 
-    def do_POST(self):
-        StubJudge.count += 1
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = body["messages"][1]["content"]
-        reply = next(r for pred, r in self.replies.items() if f"Predicted Answer: {pred}" in text)
-        data = json.dumps({"model": body["model"], "choices": [{"message": {"content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    def verdict(self, text: str) -> str:
+        return next(r for pred, r in self.replies.items() if f"Predicted Answer: {pred}" in text)
 
 
 def test_judge_on_a_localhost_stub_counts_malformed_and_caches(tmp_path):

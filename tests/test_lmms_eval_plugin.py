@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import REPO, run_train, write_video
+from helpers import ChatJudgeStub, run_train, write_video
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.lmms_eval_plugin.settings import ModelArgsError, PluginSettings
 
@@ -175,22 +175,11 @@ def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path):
         get_model("moviechat_ft").create_from_arg_string(f"pretrained={tmp_path}")
 
 
-class StubJudge(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-style judge: 'yes' (score 4) for global questions' pairs, 'no' (score 1) for the others."""
+class StubJudge(ChatJudgeStub):
+    """'yes' (score 4) for the global questions' pairs, 'no' (score 1) for the others."""
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = body["messages"][1]["content"]
-        verdict = "{'pred': 'yes', 'score': 4}" if "first scene" in text or "dogs" in text else "{'pred': 'no', 'score': 1}"
-        data = json.dumps({"model": body["model"], "choices": [{"message": {"content": verdict}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    def verdict(self, text: str) -> str:
+        return "{'pred': 'yes', 'score': 4}" if "first scene" in text or "dogs" in text else "{'pred': 'no', 'score': 1}"
 
 
 @pytest.mark.slow
@@ -266,3 +255,25 @@ def test_an_original_pth_with_its_config_answers_as_the_run_does(tmp_path):
         answers.append(model.generate_until(requests_for(model, docs, lambda d: [{"video_path": d["path"],
                                                                                   "timestep": 10}])))
     assert answers[0] == answers[1]
+
+
+def test_task_files_for_the_hub_and_a_local_copy_without_some_videos(tmp_path, capsys):
+    import yaml
+
+    from moviechat.data.stores import DataError
+    from moviechat.lmms_eval_plugin import task_files
+
+    assert task_files.main(["--hub", "--out", str(tmp_path / "hub")]) == 0
+    text = (tmp_path / "hub" / "moviechat_ft_breakpoint.yaml").read_text()
+    config = yaml.safe_load("\n".join(line for line in text.splitlines() if "!function" not in line))
+    assert config["dataset_path"] == "Enxin/lmms_MovieChat_test" and config["task"] == "moviechat_ft_breakpoint"
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "videos").mkdir()
+    for key in ("a", "b"):
+        (tmp_path / "ann" / f"{key}.json").write_text(json.dumps(annotation_json(key, qas("clip_a"), 8.0, 40)))
+    write_video(tmp_path / "videos" / "a.mp4", frames=8, fps=8)
+    with pytest.raises(DataError, match=r"1 annotated video\(s\) have no file in .*videos \(b\)"):
+        task_files.docs(tmp_path / "ann", tmp_path / "videos")
+    rows, missing = task_files.docs(tmp_path / "ann", tmp_path / "videos", skip_missing=True)
+    assert missing == ["b"] and {r["video_name"] for r in rows} == {"a.mp4"}
+    assert [r["time"] for r in rows if r["mode"] == "breakpoint"] == [12, 30]  # frame indices, as the release

@@ -3,7 +3,6 @@ import io
 import json
 import tarfile
 
-import av
 import h5py
 import numpy as np
 import pytest
