@@ -6,8 +6,8 @@ reports img/s against the bf16 compute bound of EVA ViT-g (267 GMACs per 224 px 
     python benchmarks/extract.py                                   # tiny ViT, CPU
     python benchmarks/extract.py --vision eva_g --device cuda --dtype bfloat16 --peak-tflops 989   # H100/H200
 
-torchcodec, which may decode faster, is timed too where it loads (it needs FFmpeg's shared libraries on the
-system; PyAV's wheels carry their own).
+torchcodec (``--decoder torchcodec``, the same frames) is timed too where it loads: it needs FFmpeg's shared
+libraries on the system (PyAV's wheels carry their own).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from common import TINY
 from moviechat.config import load_config
-from moviechat.data.video import read_frames
+from moviechat.data.video import check_decoder, read_frames
 from moviechat.models.frame_encoders import load_encoder
 from moviechat.models.vision import preprocess_frames
 from moviechat.prepare import extract_features
@@ -50,22 +50,20 @@ def write_videos(folder: Path, count: int, frames: int, size: int) -> list[Path]
     return paths
 
 
-def decode_pyav(paths: list[Path], fps: float) -> tuple[int, float]:
+def decode(paths: list[Path], fps: float, decoder: str) -> tuple[int, float]:
     start, n = time.perf_counter(), 0
     for path in paths:
-        n += len(read_frames(path, fps=fps)[0])
+        n += len(read_frames(path, fps=fps, decoder=decoder)[0])
     return n, time.perf_counter() - start
 
 
-def decode_torchcodec(paths: list[Path]) -> str:
+def torchcodec_loads() -> str | None:
+    """None where torchcodec runs here, else why not."""
     try:
-        from torchcodec.decoders import VideoDecoder
-    except Exception as e:  # noqa: BLE001  (not installed, or FFmpeg's libraries missing)
-        return f"not timed ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
-    start, n = time.perf_counter(), 0
-    for path in paths:
-        n += len(VideoDecoder(str(path))[:])
-    return f"{n / (time.perf_counter() - start):.0f} frames/s (all frames)"
+        check_decoder("torchcodec")
+    except RuntimeError as e:
+        return str(e).split(" (")[-1].rstrip(")")
+    return None
 
 
 def encode_alone(encoder, pixels: torch.Tensor, batch: int, device: torch.device) -> float:
@@ -80,9 +78,10 @@ def encode_alone(encoder, pixels: torch.Tensor, batch: int, device: torch.device
     return time.perf_counter() - start
 
 
-def pipeline(cfg, folder: Path, out: Path, encoder, device, fps: float, batch: int, workers: int) -> float:
+def pipeline(cfg, folder: Path, out: Path, encoder, device, fps: float, batch: int, workers: int,
+             decoder: str = "pyav") -> float:
     args = extract_features.parse(["--cfg", "unused", "--videos", str(folder), "--out", str(out), "--fps", str(fps),
-                                   "--batch-size", str(batch), "--decode-workers", str(workers)])
+                                   "--batch-size", str(batch), "--decode-workers", str(workers), "--decoder", decoder])
     start = time.perf_counter()
     extract_features.run_pipeline(args, cfg, file_units(folder), encoder, device, "eva", cfg.model.vision.preprocess)
     if device.type == "cuda":
@@ -111,23 +110,33 @@ def main() -> None:
         folder = Path(tmp) / "videos"
         folder.mkdir()
         paths = write_videos(folder, args.videos, args.frames, args.size)
-        frames, decode_s = decode_pyav(paths, args.fps)
+        frames, decode_s = decode(paths, args.fps, "pyav")
         pixels = torch.cat([preprocess_frames(torch.from_numpy(read_frames(q, fps=args.fps)[0]), cfg.model.vision.img_size,
                                               cfg.model.vision.preprocess) for q in paths])
         encode_s = encode_alone(encoder, pixels, args.batch, device)
         serial_s = pipeline(cfg, folder, Path(tmp) / "serial", encoder, device, args.fps, args.batch, 0)
         piped_s = pipeline(cfg, folder, Path(tmp) / "piped", encoder, device, args.fps, args.batch, args.workers)
-        codec = decode_torchcodec(paths)
+        codec = {"missing": torchcodec_loads()}
+        if codec["missing"] is None:
+            codec["decode"] = decode(paths, args.fps, "torchcodec")[1]
+            codec["pipeline"] = pipeline(cfg, folder, Path(tmp) / "codec", encoder, device, args.fps, args.batch,
+                                         args.workers, "torchcodec")
     rate = {k: frames / s for k, s in (("decode", decode_s), ("encode", encode_s), ("serial", serial_s),
                                         ("pipeline", piped_s))}
     print(f"{args.videos} videos x {args.frames} frames ({args.size} px), {frames} sampled at {args.fps} fps; "
           f"{args.vision} ViT on {device.type} ({args.dtype}), batch {args.batch}")
-    print(f"PyAV decode alone (the CPU limit): {rate['decode']:.0f} frames/s; torchcodec: {codec}")
-    print(f"encoder alone (the compute limit): {rate['encode']:.0f} frames/s")
-    print(f"pipeline, decode in this process: {rate['serial']:.0f} frames/s")
-    print(f"pipeline, {args.workers} decode workers: {rate['pipeline']:.0f} frames/s = "
+    print(f"PyAV decode alone (the CPU limit): {rate['decode']:.3g} frames/s")
+    print(f"encoder alone (the compute limit): {rate['encode']:.3g} frames/s")
+    print(f"pipeline, decode in this process: {rate['serial']:.3g} frames/s")
+    print(f"pipeline, {args.workers} decode workers: {rate['pipeline']:.3g} frames/s = "
           f"{rate['pipeline'] / min(rate['decode'], rate['encode']):.2f}x its slower limit, "
           f"{rate['pipeline'] / rate['serial']:.2f}x the serial pipeline")
+    if codec["missing"]:
+        print(f"torchcodec: not timed ({codec['missing']})")
+    else:
+        print(f"torchcodec decode alone: {frames / codec['decode']:.3g} frames/s = {decode_s / codec['decode']:.2f}x PyAV; "
+              f"pipeline with --decoder torchcodec, {args.workers} decode workers: {frames / codec['pipeline']:.3g} "
+              f"frames/s = {piped_s / codec['pipeline']:.2f}x the PyAV pipeline")
     if args.vision == "eva_g" and device.type == "cuda":
         bound = args.peak_tflops * 1e12 / (2 * EVA_G_GMACS * 1e9)
         print(f"EVA-g encoder: {rate['encode']:.0f} img/s = {rate['encode'] / bound:.2f}x the bf16 compute bound "

@@ -154,11 +154,11 @@ def slot_weights(plan) -> list[dict[int, float]]:
     return out
 
 
-def write_video(path, frames: int = 16, fps: int = 8, size: int = 32):
-    """A small mpeg4 video of coloured noise, written with PyAV."""
+def write_video(path, frames: int = 16, fps=8, size: int = 32, codec: str = "mpeg4"):
+    """A small video of coloured noise, written with PyAV (``fps`` may be a Fraction, e.g. 30000/1001)."""
     rng = np.random.default_rng(0)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
         for _ in range(frames):

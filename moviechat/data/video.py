@@ -1,4 +1,5 @@
-"""Decoding frames from video files with PyAV, sampled at a frame rate or a fixed count."""
+"""Decoding frames from video files, sampled at a frame rate or a fixed count: with PyAV (its wheels carry
+FFmpeg), or with torchcodec where it is installed with FFmpeg's shared libraries (the same frames, faster)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,32 @@ from typing import Optional
 
 import av
 import numpy as np
+import torch
 
 from moviechat.data.stores import DataError
 
 
-def read_frames(path: str | Path, fps: Optional[float] = None, num_frames: Optional[int] = None) -> tuple[np.ndarray, list[float], float]:
+DECODERS = ("pyav", "torchcodec")
+
+
+def read_frames(path: str | Path, fps: Optional[float] = None, num_frames: Optional[int] = None,
+                decoder: str = "pyav") -> tuple[np.ndarray, list[float], float]:
     """Decode ``path`` -> (uint8 frames [T, H, W, 3], timestamps in seconds, duration in seconds).
 
     ``fps``: one frame per 1/fps seconds; ``num_frames``: that many, spread over the video; neither: all.
-    An unreadable file raises DataError naming it.
+    For each sampled time, the first frame from that time on. An unreadable file raises DataError naming it.
     """
     if fps is not None and num_frames is not None:
         raise ValueError("give fps or num_frames, not both")
+    if decoder == "torchcodec":
+        return _read_torchcodec(path, fps, num_frames)
+    if decoder != "pyav":
+        raise ValueError(f"decoder={decoder!r}: choose one of {DECODERS}")
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             duration = _duration(container, stream)
-            targets = _targets(duration, fps, num_frames)
+            targets = sample_times(duration, fps, num_frames)
             frames, stamps = [], []
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else len(stamps) / float(stream.average_rate or 1)
@@ -45,12 +55,87 @@ def _duration(container, stream) -> float:
     return 0.0
 
 
-def _targets(duration: float, fps: Optional[float], num_frames: Optional[int]) -> Optional[list[float]]:
+def sample_times(duration: float, fps: Optional[float], num_frames: Optional[int]) -> Optional[list[float]]:
+    """The times (seconds) whose frames ``read_frames`` keeps; None: every frame."""
     if fps is not None:
         return [i / fps for i in range(int(duration * fps) + 1)] if duration else None
     if num_frames is not None:
         return [duration * i / num_frames for i in range(num_frames)]
     return None
+
+
+def check_decoder(decoder: str) -> None:
+    """Fail at start, not once per video, when ``decoder`` cannot run here."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: choose one of {DECODERS}")
+    if decoder == "torchcodec":
+        try:
+            from torchcodec.decoders import VideoDecoder  # noqa: F401
+        except Exception as e:  # noqa: BLE001  (ImportError, or FFmpeg's libraries missing: RuntimeError)
+            raise RuntimeError("torchcodec cannot load: install the torchcodec release that matches your "
+                               "torch and FFmpeg's shared libraries (4 to 7), or use the default pyav "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _read_torchcodec(path, fps: Optional[float], num_frames: Optional[int]) -> tuple[np.ndarray, list[float], float]:
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        decoder = VideoDecoder(str(path), dimension_order="NHWC", seek_mode="exact")
+        meta = decoder.metadata
+        duration = meta.duration_seconds_from_header or 0.0  # PyAV's duration: the stream header's
+        targets = sample_times(duration, fps, num_frames)
+        if targets is None:
+            batch = decoder.get_frames_in_range(0, len(decoder))
+            frames, stamps = batch.data, batch.pts_seconds.tolist()
+        else:
+            frames, stamps = _first_frames_from(decoder, [t for t in targets if t < meta.end_stream_seconds])
+    except (RuntimeError, ValueError, IndexError, OSError) as e:
+        raise DataError(f"{path}: cannot decode video: {e}") from None
+    if not stamps:
+        raise DataError(f"{path}: no frames decoded")
+    return frames.numpy(), stamps, duration or stamps[-1]
+
+
+def _first_frames_from(decoder, targets: list[float]) -> tuple[Optional[torch.Tensor], list[float]]:
+    """For each target time, the first frame whose timestamp is at or after it, as PyAV's path keeps; targets
+    after the last frame are dropped. One decoding pass when the frame rate is constant: the frame played just
+    under one frame after ``t`` is that frame; where the returned frames do not show it, a second pass asks
+    for the frame after the one played at ``t``."""
+    if not targets:
+        return None, []
+    meta = decoder.metadata
+    end, step = meta.end_stream_seconds, 1.0 / meta.average_fps
+    guess = decoder.get_frames_played_at(seconds=[min(t + 0.999 * step, end - 1e-6) for t in targets])
+    pts = guess.pts_seconds.tolist()
+    keep = _verified(targets, pts, guess.duration_seconds.tolist(), end)
+    if keep is not None:  # the dropped targets are the last ones: a view, not a copy
+        return guess.data[:keep], pts[:keep]
+    played = decoder.get_frames_played_at(seconds=targets)
+    times = []
+    for t, pts, length in zip(targets, played.pts_seconds.tolist(), played.duration_seconds.tolist()):
+        if pts + 1e-6 < t:  # the frame played at t began before it: take the next one
+            pts += length
+        if pts < end:
+            times.append(pts + 1e-6)  # inside that frame whatever the time base rounds to
+    if not times:
+        return None, []
+    batch = decoder.get_frames_played_at(seconds=times)
+    return batch.data, batch.pts_seconds.tolist()
+
+
+def _verified(targets: list[float], pts: list[float], lengths: list[float], end: float) -> Optional[int]:
+    """How many of the guessed frames to keep (the rest: targets after the last frame), or None where one
+    guess is not shown to be right."""
+    keep, past_the_end = 0, False
+    for t, start, length in zip(targets, pts, lengths):
+        if not past_the_end and start + 1e-6 >= t and start - length + 1e-6 < t:  # at or after t, and the one before before t
+            keep += 1
+        elif start + 1e-6 < t and start + length >= end - 1e-6:  # no frame from t on
+            past_the_end = True
+        else:
+            return None
+    return keep
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

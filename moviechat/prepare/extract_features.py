@@ -24,12 +24,14 @@ Over a node's GPUs or several nodes, with the same features bitwise as one proce
     moviechat extract-features --cfg X.yaml --videos DIR --out OUT --rank 3 --world-size 16   # e.g. a SLURM array
     moviechat extract-features --out OUT --merge                                              # after all ranks
 
-Each rank takes every world_size-th video still to do, writes its own shards and ``index.rank<N>.jsonl``, and
+Under torchrun each rank takes every world_size-th video still to do; ranks started apart (``--rank``) take
+every world_size-th video of the folder and skip those done. Each writes its own shards and ``index.rank<N>.jsonl``, and
 at the end of a torchrun rank 0 merges the indexes into one ``index.jsonl`` (``--merge`` does it after ranks
 started apart). A killed rank's videos are extracted by the next run, none twice (``feature_index``).
 Decoding and preprocessing run in ``--decode-workers`` loader processes ahead of the encoder, and a batch of
 ``--batch-size`` frames spans videos (``frame_batches``: constant shapes, so features do not depend on the
-split).
+split). ``--decoder torchcodec`` decodes the same frames as PyAV, faster, where torchcodec and FFmpeg's
+shared libraries are installed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from tqdm import tqdm
 from moviechat.common.errors import stop_if_only_checking
 from moviechat.config import load_config
 from moviechat.data.stores import VideoFeatures, feature_meta, write_shards
+from moviechat.data.video import DECODERS, check_decoder
 from moviechat.models.frame_encoders import load_encoder
 from moviechat.models.vision import PREPROCESSING
 from moviechat.prepare import feature_index
@@ -70,6 +73,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch (spanning videos)")
     p.add_argument("--decode-workers", type=int, default=2,
                    help="processes decoding and preprocessing ahead of the encoder (0: in this process)")
+    p.add_argument("--decoder", choices=DECODERS, default="pyav",
+                   help="torchcodec: the same frames, faster, where it is installed with FFmpeg's libraries")
     p.add_argument("--shard-size", type=int, default=16, help="videos per shard")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="the encoder's precision (features are stored in fp16 either way)")
@@ -89,6 +94,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
     if args.decode_workers < 0:
         p.error(f"--decode-workers={args.decode_workers} must be >= 0")
+    try:
+        check_decoder(args.decoder)
+    except RuntimeError as e:
+        p.error(f"--decoder {e}")
     return args
 
 
@@ -152,7 +161,7 @@ def run_pipeline(args, cfg, units: list[Unit], encoder, device: torch.device, ki
                  preprocess: str) -> tuple[dict[str, int], int]:
     """Decode (workers) -> encode (batches spanning videos) -> shards + this rank's index; returns counts."""
     out, rank = Path(args.out), args.rank
-    decoded = DecodedMedia(units, args.fps, args.num_frames, cfg.model.vision.img_size, preprocess)
+    decoded = DecodedMedia(units, args.fps, args.num_frames, cfg.model.vision.img_size, preprocess, args.decoder)
     loader = DataLoader(decoded, batch_size=None, collate_fn=_as_is, num_workers=args.decode_workers,
                         prefetch_factor=2 if args.decode_workers else None)
     batches = FrameBatches(lambda pixels: encoder.encode(pixels, device), args.batch_size)

@@ -102,9 +102,9 @@ class DecodedMedia(IterableDataset):
     loader workers take every n-th unit."""
 
     def __init__(self, units: list[Unit], fps: Optional[float], num_frames: Optional[int], img_size: int,
-                 preprocess: str):
+                 preprocess: str, decoder: str = "pyav"):
         self.units, self.fps, self.num_frames = units, fps, num_frames
-        self.img_size, self.preprocess = img_size, preprocess
+        self.img_size, self.preprocess, self.decoder = img_size, preprocess, decoder
 
     def __iter__(self) -> Iterator[Decoded]:
         info = get_worker_info()
@@ -119,7 +119,7 @@ class DecodedMedia(IterableDataset):
         path = Path(unit.path)
         try:
             frames, stamps, duration = (read_image(path) if path.suffix.lower() in IMAGE_SUFFIXES else
-                                        read_frames(path, self.fps, self.num_frames))
+                                        read_frames(path, self.fps, self.num_frames, self.decoder))
         except DataError as e:
             return Decoded(unit.keys[0], unit.path, error=str(e))
         return Decoded(unit.keys[0], unit.path, self._pixels(frames), stamps, duration)
