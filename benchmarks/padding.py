@@ -86,8 +86,8 @@ def run(model, optimizer, collate, plan: list[list[Sample]], device) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llm", choices=["smollm2", "tiny"], default="smollm2")
-    p.add_argument("--samples", type=int, default=192)
-    p.add_argument("--batch", type=int, default=8, help="micro-batch (smollm2_synthetic's)")
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4, help="micro-batch")
     p.add_argument("--window", type=int, default=32, help="data.group_window")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2, help="passes per order, interleaved; the fastest counts")
