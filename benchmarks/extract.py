@@ -17,13 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from common import TINY
 from moviechat.config import load_config
-from moviechat.data.video import check_decoder, read_frames
+from moviechat.data.video import check_decoder, read_frames, write_frames
 from moviechat.models.frame_encoders import load_encoder
 from moviechat.models.vision import preprocess_frames
 from moviechat.prepare import extract_features
@@ -35,19 +34,8 @@ EVA_G_GMACS = 267.0
 
 def write_videos(folder: Path, count: int, frames: int, size: int) -> list[Path]:
     rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        path = folder / f"v{i:03d}.mp4"
-        with av.open(str(path), mode="w") as container:
-            stream = container.add_stream("mpeg4", rate=24)
-            stream.width = stream.height = size
-            stream.pix_fmt = "yuv420p"
-            for _ in range(frames):
-                image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())
-        paths.append(path)
-    return paths
+    return [write_frames(folder / f"v{i:03d}.mp4", rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8))
+            for i in range(count)]
 
 
 def decode(paths: list[Path], fps: float, decoder: str) -> tuple[int, float]:

@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
+
+from moviechat.data.video import write_frames
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
@@ -155,17 +156,9 @@ def slot_weights(plan) -> list[dict[int, float]]:
 
 
 def write_video(path, frames: int = 16, fps=8, size: int = 32, codec: str = "mpeg4"):
-    """A small video of coloured noise, written with PyAV (``fps`` may be a Fraction, e.g. 30000/1001)."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    """A small video of coloured noise (``fps`` may be a Fraction, e.g. 30000/1001)."""
+    noise = np.random.default_rng(0).integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+    return write_frames(path, noise, fps, codec)
 
 
 class ChatJudgeStub(http.server.BaseHTTPRequestHandler):

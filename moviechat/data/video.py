@@ -138,6 +138,18 @@ def _verified(targets: list[float], pts: list[float], lengths: list[float], end:
     return keep
 
 
+def write_frames(path: str | Path, frames: np.ndarray, fps=24, codec: str = "mpeg4") -> Path:
+    """Encode uint8 RGB ``frames`` [T, H, W, 3] (even H and W) into a video file at ``fps`` (a Fraction too)."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return Path(path)
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
