@@ -24,12 +24,15 @@ train-mixture: $(VENV)/.installed
 	$(BIN)/moviechat make-synthetic-instruct --cfg configs/experiments/tiny_instruct_mixture.yaml --out data/synthetic_instruct
 	$(BIN)/moviechat train --cfg configs/experiments/tiny_instruct_mixture.yaml
 
+# tests run in parallel worker processes (pytest-xdist), one per core up to 4; TEST_WORKERS=0 runs them in this one
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+
 test: $(VENV)/.lmms-eval
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # the inner loop: every test that starts no training, torchrun, sweep or install process
 test-fast: $(VENV)/.lmms-eval
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 sweep: $(VENV)/.installed
 	$(BIN)/moviechat sweep --sweep configs/sweeps/tiny_memory.yaml
