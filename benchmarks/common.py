@@ -23,9 +23,7 @@ def smollm2_path() -> str:
     from moviechat.prepare import smollm2
 
     out = REPO / smollm2.DEFAULT_OUT
-    if not (out / smollm2.DONE).is_file():
-        print(f"SmolLM2-135M-Instruct is not in {out}: fetching it once (moviechat get-smollm2)", flush=True)
-        smollm2.main(["--out", str(out)])
+    smollm2.main(["--out", str(out)])  # reuses a complete folder; prints its path
     return str(out)
 
 

@@ -2,13 +2,15 @@
 
 Everything the framework writes for later reading (configs, checkpoints' side files, exports, shards,
 cached frame tokens, the generated data set) goes through :func:`atomic_path`: write to a temporary
-name in the same folder, flush to disk, then rename over the target.
+name in the same folder, flush to disk, then rename over the target. Where several processes may create the
+same thing (a study, a converted model), :func:`held_lock` lets one check and create it while the others wait.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -45,6 +47,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def held_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created with its folder), waiting for any other holder."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

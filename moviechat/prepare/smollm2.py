@@ -12,14 +12,11 @@ reused. Prints the folder's path last.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_OUT = Path(".cache") / "llm" / "SmolLM2-135M-Instruct"  # where configs/models/smollm2_135m.yaml reads it
@@ -82,25 +79,18 @@ def check(out: Path) -> str:
     return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-@contextlib.contextmanager
-def one_at_a_time(out: Path) -> Iterator[None]:
-    """Hold a lock beside ``out``: parallel test workers (or two shells) convert once, the others wait and reuse."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="the Hugging Face folder to write (default: %(default)s)")
     p.add_argument("--check", action="store_true", help="also ask the saved model a question")
     args = p.parse_args(argv)
+    from moviechat.common.atomic import held_lock
     from moviechat.common.errors import stop_if_only_checking
 
     stop_if_only_checking()
     out = Path(args.out).resolve()
-    with one_at_a_time(out):
+    # parallel test workers (or two shells) convert once; the others wait, then reuse the folder
+    with held_lock(out.parent / f".{out.name}.lock"):
         if not (out / DONE).is_file():
             if out.exists():
                 raise SystemExit(f"{out} exists but is not a complete conversion ({DONE} missing); remove it and retry")

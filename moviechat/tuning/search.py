@@ -18,7 +18,6 @@ the old run folder from its checkpoint, so no trial is lost or counted twice. A 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import signal
@@ -31,6 +30,7 @@ import optuna
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what each trial did
 
+from moviechat.common.atomic import held_lock
 from moviechat.config import ConfigError, load_config
 from moviechat.runs.folder import STOPPED_EXIT
 from moviechat.tuning.grid import SweepConfig
@@ -116,21 +116,17 @@ def open_study(sweep: SweepConfig, sweep_dir: Path, storage_url: Optional[str]) 
     workers starting together must not create it twice)."""
     lock_path = (Path(storage_url[len("journal:"):] + ".create.lock") if storage_url and storage_url.startswith("journal:")
                  else sweep_dir / ".study.create.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:  # the storage is read inside the lock too: a journal replayed before it would miss a new study
-            storage = storage_of(storage_url, sweep_dir)
-            study = optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.search.direction,
-                                        sampler=sampler_of(sweep), pruner=pruner_of(sweep), load_if_exists=True)
-            runner = sum(k.startswith("runner_") for k in study.user_attrs)
-            seed = runner_seed(sweep.search.seed, runner)
-            study.set_user_attr(f"runner_{runner}", {"seed": seed, "host": socket.gethostname(), "pid": os.getpid()})
-            study.sampler = sampler_of(sweep, seed)
-            print(f"[search] runner {runner} of study {sweep.name}: sampler seed {seed}", flush=True)
-            return study
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # the storage is read inside the lock too: a journal replayed before it would miss a new study
+    with held_lock(lock_path):
+        storage = storage_of(storage_url, sweep_dir)
+        study = optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.search.direction,
+                                    sampler=sampler_of(sweep), pruner=pruner_of(sweep), load_if_exists=True)
+        runner = sum(k.startswith("runner_") for k in study.user_attrs)
+        seed = runner_seed(sweep.search.seed, runner)
+        study.set_user_attr(f"runner_{runner}", {"seed": seed, "host": socket.gethostname(), "pid": os.getpid()})
+        study.sampler = sampler_of(sweep, seed)
+        print(f"[search] runner {runner} of study {sweep.name}: sampler seed {seed}", flush=True)
+        return study
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
