@@ -1,8 +1,9 @@
 import os
+
 import pytest
 import torch
 
-from helpers import SMOLLM2_EXPERIMENT, REPO, TINY, tiny_tokenizer
+from helpers import REPO, SMOLLM2_EXPERIMENT, TINY, run_train, tiny_tokenizer
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -52,3 +53,13 @@ def smollm2_tokenizer(smollm2_cfg):
     from moviechat.text.tokenizers import run_tokenizer
 
     return run_tokenizer(smollm2_cfg.model.llm, smollm2_cfg.model.system_prompt, [])
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory):
+    """Three steps of the tiny model with LoRA on its frozen LLM, trained once per test process and shared by
+    the export and answering tests."""
+    tmp = tmp_path_factory.mktemp("lora")
+    run_train(tmp, "run.name=r", "model.llm.lora.enabled=true", "model.freeze.llm=true", "train.max_steps=3",
+              "train.eval_every=0", "train.eval_generate=0")
+    return tmp / "r"

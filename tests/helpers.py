@@ -4,16 +4,19 @@ subprocess, and small generated inputs (videos of frame tokens, annotations, mem
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from moviechat.data.video import write_frames
+from moviechat.data.video import check_decoder, write_frames
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
@@ -182,3 +185,19 @@ class ChatJudgeStub(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def write_tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def torchcodec_or_skip():
+    """Skip, saying why, where torchcodec or FFmpeg's shared libraries cannot load (.ci/run installs both)."""
+    try:
+        check_decoder("torchcodec")
+    except RuntimeError as e:
+        pytest.skip(str(e))

@@ -31,7 +31,7 @@ CHECK_ENV = "MOVIECHAT_CHECK_ARGS"
 
 def stop_if_only_checking() -> None:
     """With ``MOVIECHAT_CHECK_ARGS=1`` a command stops as soon as its arguments (and its config, where it
-    reads one) are known good, doing nothing: how ``tests/test_readme.py`` proves that every command the
+    reads one) are known good, doing nothing: how ``tests/end_to_end/test_readme.py`` proves that every command the
     README shows still parses, without running it."""
     if os.environ.get(CHECK_ENV) == "1":
         print("arguments ok", flush=True)

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from moviechat.config import Config, ConfigError, load_config, save_config
+
+EXPERIMENT = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def configs(tmp_path):
+    root = tmp_path / "configs"
+    write(root / "models" / "m.yaml", "model:\n  frame_position_rows: 20\n  llm: {hidden_size: 48}\n")
+    write(root / "datasets" / "d.yaml", "data:\n  name: mine\n")
+    return root
+
+
+def test_defaults_compose_in_order_then_file_then_overrides(configs):
+    exp = write(configs / "experiments" / "e.yaml",
+                "defaults: [models/m, datasets/d]\nmodel:\n  llm: {hidden_size: 40}\nmemory: {n_position: 4,"
+                " long_memory_length: 16, short_memory_length: 8}\n")
+    cfg = load_config(exp, ["memory.short_memory_merge=4", "run.seed=7"])
+    assert cfg.model.frame_position_rows == 20  # from models/m
+    assert cfg.model.llm.hidden_size == 40  # the experiment wins over its defaults
+    assert cfg.data.name == "mine"
+    assert (cfg.memory.short_memory_merge, cfg.run.seed) == (4, 7)
+    assert cfg.memory.fragment == 8  # fragment_frames unset -> follows the overridden K
+
+
+def test_unknown_key_in_a_file_names_the_file_and_key(configs):
+    exp = write(configs / "experiments" / "e.yaml", "memory:\n  short_memory_lenght: 8\n")
+    with pytest.raises(ConfigError, match=r"e\.yaml: memory\.short_memory_lenght"):
+        load_config(exp)
+
+
+def test_unknown_or_malformed_override_names_it():
+    with pytest.raises(ConfigError, match=r"command-line overrides: memory\.merge"):
+        load_config(EXPERIMENT, ["memory.merge=3"])
+    with pytest.raises(ConfigError, match="memory.short_memory_merge' must look like"):
+        load_config(EXPERIMENT, ["memory.short_memory_merge"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"memory\.short_memory_length: Value 'many'"):
+        load_config(EXPERIMENT, ["memory.short_memory_length=many"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["memory.short_memory_merge=8"], "memory.short_memory_merge=8 must be < memory.short_memory_length=8"),
+        (["memory.long_memory_length=300"], "memory.long_memory_length=300 must be <= memory.n_position"),
+        (["memory.n_position=40", "memory.long_memory_length=16"], "memory.n_position=40 must be <= the rows"),
+        (["data.on_error=ignore"], "data.on_error='ignore'"),
+        (["train.max_steps=0"], "train.max_steps=0"),
+    ],
+)
+def test_impossible_combinations_fail_at_load_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
+        load_config(EXPERIMENT, overrides)
+
+
+def test_missing_default_and_cycle_are_reported(configs):
+    exp = write(configs / "experiments" / "e.yaml", "defaults: [models/none]\n")
+    with pytest.raises(ConfigError, match="config file not found: .*models/none.yaml"):
+        load_config(exp)
+    a = write(configs / "experiments" / "a.yaml", "defaults: [experiments/b]\n")
+    write(configs / "experiments" / "b.yaml", "defaults: [experiments/a]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    cfg = load_config(EXPERIMENT, ["memory.short_memory_merge=3"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_schema_defaults_are_valid():
+    assert load_config(None) == Config()
+
+
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_validates_against_schema_and_registry(path):
+    import moviechat.data  # noqa: F401  (registers the dataset builders)
+    import moviechat.models  # noqa: F401
+    from moviechat.common.registry import DATASETS, MODELS
+
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.model.name in MODELS and all(part.builder in DATASETS for part in cfg.data.parts())
+
+
+def test_every_experiment_names_its_command():
+    for path in (REPO / "configs" / "experiments").glob("*.yaml"):
+        assert f"moviechat train --cfg configs/experiments/{path.name}" in path.read_text(), path

@@ -1,0 +1,89 @@
+"""Data under bad input: annotations of the wrong type named (also when skipping), token caches that miss
+when features change at the same path, dotted keys kept whole in shards, metadata kept on extraction."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import moviechat1k_json
+from moviechat.answering.whole_split import FeatureLookup
+from moviechat.data.annotations import load_annotations, parse_moviechat1k
+from moviechat.data.stores import (
+    DataError,
+    ShardStore,
+    SkipCounter,
+    VideoFeatures,
+    default_meta,
+    write_shards,
+)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update({"global": None}), "'global' must be a list of questions, got None"),
+    (lambda d: d.update({"global": 5}), "'global' must be a list of questions, got 5"),
+    (lambda d: d["info"].update({"video_path": 123}), "info.video_path=123 must be a string"),
+    (lambda d: d["info"].update({"fps": float("nan")}), "info.fps=nan must be a finite number"),
+    (lambda d: d["info"].update({"fps": "30"}), "info.fps='30' must be a finite number"),
+    (lambda d: d["info"].update({"num_frame": True}), "info.num_frame=True must be a finite integer"),
+    (lambda d: d.update({"info": []}), "not a MovieChat-1K annotation (needs an object with an 'info' object)"),
+])
+def test_annotations_of_the_wrong_type_are_named_also_when_skipping(tmp_path, change, message):
+    data = moviechat1k_json()
+    change(data)
+    path = tmp_path / "ann" / "1.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=f"1.json: {message}".replace("(", r"\(").replace(")", r"\)")):
+        parse_moviechat1k(path)
+    (tmp_path / "ann" / "2.json").write_text(json.dumps(moviechat1k_json(key="2")))
+    skips = SkipCounter()
+    assert list(load_annotations(tmp_path / "ann", skips=skips)) == ["2"] and skips.counts == {"bad annotation file": 1}
+
+
+def test_the_training_token_cache_misses_when_features_are_re_extracted_at_the_same_path(tmp_path):
+    from moviechat.models.token_cache import FrameTokenCache
+
+    cache = FrameTokenCache("digest", max_mb=64, folder=str(tmp_path / "cache"))
+    shard = tmp_path / "s.tar"
+    encode = lambda f: f * 2  # noqa: E731
+    feats = torch.ones(3, 4, 8)
+    shard.write_bytes(b"a" * 100)
+    cache.get(str(shard), "v", feats, encode)
+    cache.get(str(shard), "v", feats, encode)
+    assert (cache.hits, cache.misses) == (1, 1)
+    stat = shard.stat()
+    shard.write_bytes(b"b" * 100)  # re-extracted: same path, same size, same time
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = FrameTokenCache("digest", max_mb=64, folder=str(tmp_path / "cache"))  # a later run, from disk
+    assert torch.equal(again.get(str(shard), "v", feats * 3, encode), feats * 6)
+    assert (again.hits, again.misses) == (0, 1)
+
+
+def test_keys_with_dots_stay_whole_in_shards(tmp_path):
+    vids = [VideoFeatures(k, np.ones((2, 8, 32), np.float16), default_meta(2, "tokens"), "") for k in ("my.video", "b")]
+    paths = write_shards(vids, str(tmp_path / "s-%03d.tar"))
+    store = ShardStore(paths)
+    assert sorted(store.keys()) == ["b", "my.video"]
+    assert sorted(v.key for v in store.videos(0, 1, 0, SkipCounter())) == ["b", "my.video"]
+    feats, _ = FeatureLookup(None, str(tmp_path / "s-000.tar"), "tokens")("my.video")
+    assert feats.shape == (2, 8, 32)
+
+
+def test_features_taken_out_of_a_shard_keep_their_metadata(tmp_path, capsys):
+    """``tar -xf SHARD KEY.feats.npy KEY.json``: the .json beside a .feats.npy is its metadata."""
+    import tarfile
+
+    from moviechat.answering.whole_split import load_features
+
+    meta = default_meta(3, "tokens", fps=2.0)
+    write_shards([VideoFeatures("clip", np.ones((3, 8, 32), np.float16), meta, "")], str(tmp_path / "s-%03d.tar"))
+    with tarfile.open(tmp_path / "s-000.tar") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    feats, got = load_features(tmp_path / "x" / "clip.feats.npy", "tokens")
+    assert got["timestamps"] == [0.0, 0.5, 1.0] and feats.shape == (3, 8, 32)
+    np.save(tmp_path / "bare.npy", feats)
+    load_features(tmp_path / "bare.npy", "tokens", warn=True)
+    assert "no bare.json beside" in capsys.readouterr().out

@@ -1,0 +1,80 @@
+"""Preparing data from what users have: the SLURM extraction script quotes every value, and the release
+converter reads npy chunks in a tar and keeps dotted keys."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import TINY
+from moviechat.data.annotations import QA, annotation_json, load_annotations
+from moviechat.data.stores import (
+    ShardStore,
+    SkipCounter,
+    validate_features,
+)
+from moviechat.training.launch import LaunchError
+
+
+@pytest.mark.slow
+def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
+    """A run name with a space and $(...) reaches train.py as one literal argument; nothing executes."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("scontrol", "srun"):
+        (fake / tool).write_text(f"#!/bin/bash\necho {tool} \"$@\" >> {tmp_path}/calls\n"
+                                 + ('for a in "$@"; do echo "ARG[$a]"; done >> ' + f"{tmp_path}/calls\n"))
+        (fake / tool).chmod(0o755)
+    marker = tmp_path / "pwned"
+    name = f"a b$(touch {marker})"
+    script = tmp_path / "job.sbatch"
+    proc = subprocess.run([sys.executable, "-m", "moviechat", "launch", "slurm", "--cfg", str(TINY),
+                           f"run.output_dir={tmp_path}", f"run.name={name}", "--script", str(script),
+                           "--log-dir", str(tmp_path / "logs"), "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    script.write_text(proc.stdout.split("\n", 1)[1].rsplit("\n", 2)[0] + "\n")  # the printed script
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    os.makedirs(tmp_path / name / "checkpoints")
+    (tmp_path / name / "checkpoints" / "latest").write_text("step00000001")
+    env = os.environ | {"PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1",
+                        "SLURM_NODEID": "0", "SLURM_JOB_ID": "7"}
+    subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, timeout=60)
+    calls = (tmp_path / "calls").read_text()
+    assert not marker.exists()
+    assert f"ARG[run.name={name}]" in calls and f"ARG[{tmp_path / name}]" in calls  # --resume "<run dir>", whole
+    with pytest.raises(LaunchError, match="only letters, digits"):
+        from moviechat.training import launch
+
+        launch.main(["slurm", "--cfg", str(TINY), "--name", "x y", "run.name=a", "--dry-run"])
+
+
+def test_the_converter_reads_npy_chunks_in_a_tar_and_keeps_dotted_keys(tmp_path, tiny_cfg):
+    import io
+
+    from helpers import write_tar
+    from moviechat.prepare import convert_release
+
+    frame_shape = tiny_cfg.model.vision.feature_shape
+    root = tmp_path / "MC1K"
+    (root / "jsons").mkdir(parents=True)
+    (root / "movies").mkdir()
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((n, *frame_shape)).astype(np.float32) for n in (3, 2)]
+
+    def npy(array):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        return buf.getvalue()
+
+    write_tar(root / "movies" / "my.video.tar", {f"c_{i}.npy": npy(c) for i, c in enumerate(chunks)})
+    qas = [QA("what happens", "a chase", "global")]
+    (root / "jsons" / "my.video.json").write_text(json.dumps(annotation_json("my.video", qas, fps=1.0, num_frame=5)))
+    out = tmp_path / "out"
+    assert convert_release.main(["--release", str(root), "--out", str(out), "--cfg", str(TINY)]) == 0
+    (video,) = ShardStore([str(out / "shards" / "mc1k-00000.tar")]).videos(0, 1, 0, SkipCounter())
+    assert video.key == "my.video" and np.array_equal(video.feats, np.concatenate(chunks).astype(np.float16))
+    validate_features(video.feats, video.meta, video.key, "x")
+    assert list(load_annotations(out / "annotations")) == ["my.video"]
