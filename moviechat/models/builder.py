@@ -6,7 +6,7 @@ from torch import nn
 
 from moviechat.config import ModelConfig
 from moviechat.memory import MemoryConfig
-from moviechat.models.weight_names import load_weights
+from moviechat.models.weight_names import load_weights as load_weight_file
 from moviechat.models.llm import apply_lora, build_llm
 from moviechat.models.moviechat import MovieChatModel
 from moviechat.models.qformer import build_qformer
@@ -16,14 +16,19 @@ from moviechat.common.registry import MODELS
 
 
 @MODELS.register("moviechat")
-def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: bool = True) -> MovieChatModel:
-    """The model of ``cfg`` with weights from its checkpoints, frozen parts set, LoRA applied if asked."""
+def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: bool = True, load_weights: bool = True,
+                    vocab_size: int = 0) -> MovieChatModel:
+    """The model of ``cfg`` with weights from its checkpoints, frozen parts set, LoRA applied if asked.
+
+    Without ``load_weights`` no weight file is read (sizing a run on fake tensors, ``moviechat plan``);
+    ``vocab_size`` widens the LLM's vocabulary past the tokenizer's (a random LLM of a real one's shape).
+    """
     image_qformer = build_qformer(cfg.image_qformer)
     video_qformer = build_qformer(cfg.video_qformer)
     if cfg.video_qformer.encoder_hidden_size != cfg.image_qformer.hidden_size:
         raise ValueError(f"model.video_qformer.encoder_hidden_size={cfg.video_qformer.encoder_hidden_size} must equal "
                          f"model.image_qformer.hidden_size={cfg.image_qformer.hidden_size} (it reads frame tokens)")
-    llm = build_llm(cfg.llm, vocab_size=len(tokenizer))
+    llm = build_llm(cfg.llm, vocab_size=max(len(tokenizer), vocab_size), load_weights=load_weights)
     model = MovieChatModel(
         ln_vision=nn.LayerNorm(cfg.vision.embed_dim),
         image_qformer=image_qformer,
@@ -40,8 +45,8 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
              (cfg.qformer_checkpoint, ("image_qformer", "ln_vision")),
              (cfg.checkpoint, ("video_qformer", "frame_position_embedding", "projection"))]
     for path, require in loads:
-        if path:
-            report = load_weights(model, path, require=require, vision_depth=cfg.vision.depth)
+        if path and load_weights:
+            report = load_weight_file(model, path, require=require, vision_depth=cfg.vision.depth)
             if verbose:
                 print(report)
     if cfg.llm.lora.enabled:

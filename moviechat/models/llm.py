@@ -6,18 +6,21 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from moviechat.config import LLMConfig, LoraConfig
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
-    """The causal LM in ``cfg.dtype``, its embeddings covering ``vocab_size`` tokens (with ``<ImageHere>``)."""
+def build_llm(cfg: LLMConfig, vocab_size: int, load_weights: bool = True) -> torch.nn.Module:
+    """The causal LM in ``cfg.dtype``, its embeddings covering ``vocab_size`` tokens (with ``<ImageHere>``);
+    without ``load_weights``, a folder's architecture only (its config.json; sizing a run reads no weights)."""
     dtype = TORCH_DTYPES[cfg.dtype]
-    if cfg.path:
+    if cfg.path and load_weights:
         llm = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, local_files_only=True)
+    elif cfg.path:
+        llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.path, local_files_only=True), dtype=dtype)
     else:
         config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,

@@ -13,6 +13,8 @@ A batch (built by ``moviechat.data``'s collator) is a dict with
   ``video_ids``/``sources`` per sample: which video, from which file (keys of the caches)
   ``input_ids``, ``attention_mask``, ``labels`` [B, L]: the prompt with one ``<ImageHere>`` per sample and,
   for training, the answer; labels are IGNORE_INDEX everywhere but the answer tokens.
+and, where the values cannot be read (a step on fake tensors, ``moviechat plan``), ``memory_plans`` (each
+sample's memory plan, made beforehand) and ``image_positions`` (each row's ``<ImageHere>`` index).
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ from moviechat.models.parts import PARTS, parameter_summary, set_frozen, trainab
 from moviechat.models.splice import generate_on_video, splice
 from moviechat.text.prompt import IGNORE_INDEX, Stop
 
+
+
+def pad_memories(memories: Sequence[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """Memories [M_i, Q, H] padded to the longest, [B, M, Q, H], and their mask [B, M] (None where all are full)."""
+    longest = max(m.shape[0] for m in memories)
+    padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
+    if all(m.shape[0] == longest for m in memories):
+        return padded, None
+    return padded, torch.stack([torch.arange(longest, device=padded.device) < m.shape[0] for m in memories])
 
 
 class MovieChatModel(nn.Module):
@@ -112,6 +123,9 @@ class MovieChatModel(nn.Module):
         Memory plans are reused from ``plan_cache`` while the frame tokens are fixed (same rule as the
         token cache); gradients reach the frame tokens either way.
         """
+        if "memory_plans" in batch:
+            plans = batch["memory_plans"]
+            return [apply_plan(v, p) for v, p in zip(tokens, plans)], [p.n_position for p in plans]
         fixed = batch["feature_kind"] == "tokens" or self.frame_tokens_fixed
         keys = list(zip(batch.get("sources", [""] * len(tokens)), batch["video_ids"])) if fixed and "video_ids" in batch else None
         plans = memory_plans(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
@@ -132,11 +146,12 @@ class MovieChatModel(nn.Module):
         ``memory.n_position``).
         """
         b, m, q, h = memory.shape
-        mask = torch.ones(b, m, dtype=torch.long, device=memory.device) if mask is None else mask.long()
+        lengths = [m] * b if mask is None else mask.long().sum(1).tolist()
         n_positions = list(n_positions) if n_positions is not None else [self.memory_cfg.n_position] * b
-        table = self.position_tables(mask.sum(1).tolist(), n_positions)[:, :m]
+        table = self.position_tables(lengths, n_positions)[:, :m]
         x = (memory + table[:, :, None, :].to(memory.dtype)).reshape(b, m * q, h)
-        video = self.video_qformer(x, mask.repeat_interleave(q, dim=1))
+        # no mask where every memory is full: the Q-Former skips an all-ones mask anyway
+        video = self.video_qformer(x, None if mask is None else mask.long().repeat_interleave(q, dim=1))
         return self.projection(video)
 
     def encode_video(self, batch: dict[str, Any]) -> tuple[Tensor, float]:
@@ -145,21 +160,22 @@ class MovieChatModel(nn.Module):
         start = time.perf_counter()
         memories, n_positions = self.build_memories(batch, tokens)
         seconds = time.perf_counter() - start
-        longest = max(m.shape[0] for m in memories)
-        padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
-        mask = torch.stack([torch.arange(longest, device=padded.device) < m.shape[0] for m in memories])
+        padded, mask = pad_memories(memories)
         return self.encode_memory(padded, mask, n_positions), seconds
 
     # ------------------------------------------------------------------------- video tokens -> LLM
 
-    def splice(self, input_ids: Tensor, attention_mask: Tensor, video: Tensor, labels: Optional[Tensor] = None):
+    def splice(self, input_ids: Tensor, attention_mask: Optional[Tensor], video: Tensor, labels: Optional[Tensor] = None,
+               positions: Optional[Sequence[int]] = None):
         """Replace each row's ``<ImageHere>`` by its video tokens; returns embeds, mask and labels."""
-        return splice(self.llm.get_input_embeddings(), self.image_token_id, input_ids, attention_mask, video, labels)
+        return splice(self.llm.get_input_embeddings(), self.image_token_id, input_ids, attention_mask, video, labels,
+                      positions)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """LM loss on the answer tokens: ``{"loss", "num_tokens", "memory_seconds"}``."""
         video, memory_seconds = self.encode_video(batch)
-        embeds, mask, labels = self.splice(batch["input_ids"], batch["attention_mask"], video, batch["labels"])
+        embeds, mask, labels = self.splice(batch["input_ids"], batch["attention_mask"], video, batch["labels"],
+                                           batch.get("image_positions"))
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
         return {"loss": out.loss, "num_tokens": (labels != IGNORE_INDEX).sum(), "memory_seconds": memory_seconds}
 
@@ -191,10 +207,8 @@ class MovieChatModel(nn.Module):
     def answer_many(self, memories: Sequence[Tensor], prompts: Sequence[Sequence[int]], max_new_tokens: int = 32,
                     stop: Optional[Stop] = None, n_positions: Optional[Sequence[int]] = None) -> list[Tensor]:
         """Greedy answers to several prompts, each on its own memory [M_i, Q, H], generated together."""
-        longest = max(m.shape[0] for m in memories)
-        padded = torch.stack([nn.functional.pad(m, (0, 0, 0, 0, 0, longest - m.shape[0])) for m in memories])
-        mask = torch.stack([torch.arange(longest) < m.shape[0] for m in memories])
-        video = self.encode_memory(padded.to(self.device), mask.to(self.device), n_positions)
+        padded, mask = pad_memories(memories)
+        video = self.encode_memory(padded.to(self.device), None if mask is None else mask.to(self.device), n_positions)
         return self._generate(video, [torch.as_tensor(list(p)) for p in prompts], max_new_tokens, stop)
 
     def _generate(self, video: Tensor, prompts: list[Tensor], max_new_tokens: int, stop: Optional[Stop]) -> list[Tensor]:

@@ -3,7 +3,7 @@ video positions ignored), and greedy or sampled generation from such rows with t
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,22 +11,34 @@ from torch import Tensor, nn
 from moviechat.text.prompt import IGNORE_INDEX, Stop
 
 
-def splice(embed: nn.Module, image_token_id: int, input_ids: Tensor, attention_mask: Tensor, video: Tensor,
-           labels: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Replace each row's ``<ImageHere>`` by its video tokens; returns embeds, mask and labels."""
+def splice(embed: nn.Module, image_token_id: int, input_ids: Tensor, attention_mask: Optional[Tensor], video: Tensor,
+           labels: Optional[Tensor] = None, positions: Optional[Sequence[int]] = None
+           ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Replace each row's ``<ImageHere>`` by its video tokens; returns embeds, mask and labels.
+
+    ``positions`` (each row's ``<ImageHere>`` index) skips finding them: fake tensors have no values to search.
+    No ``attention_mask`` means every token is attended, and none is returned.
+    """
     text = embed(input_ids)
     video = video.to(text.dtype)
     rows_e, rows_m, rows_l = [], [], []
     for i in range(input_ids.shape[0]):
-        where = (input_ids[i] == image_token_id).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(f"sample {i} has {where.numel()} <ImageHere> tokens; exactly one is needed")
-        p, nv = int(where), video.shape[1]
+        p, nv = (positions[i] if positions is not None else image_position(input_ids[i], image_token_id, i)), video.shape[1]
         rows_e.append(torch.cat([text[i, :p], video[i], text[i, p + 1:]]))
-        rows_m.append(torch.cat([attention_mask[i, :p], attention_mask.new_ones(nv), attention_mask[i, p + 1:]]))
+        if attention_mask is not None:
+            rows_m.append(torch.cat([attention_mask[i, :p], attention_mask.new_ones(nv), attention_mask[i, p + 1:]]))
         if labels is not None:
             rows_l.append(torch.cat([labels[i, :p], labels.new_full((nv,), IGNORE_INDEX), labels[i, p + 1:]]))
-    return torch.stack(rows_e), torch.stack(rows_m), (torch.stack(rows_l) if labels is not None else None)
+    return (torch.stack(rows_e), torch.stack(rows_m) if rows_m else None,
+            torch.stack(rows_l) if labels is not None else None)
+
+
+def image_position(ids: Tensor, image_token_id: int, row: int) -> int:
+    """The index of the one ``<ImageHere>`` of a row of token ids."""
+    where = (ids == image_token_id).nonzero().flatten()
+    if where.numel() != 1:
+        raise ValueError(f"sample {row} has {where.numel()} <ImageHere> tokens; exactly one is needed")
+    return int(where)
 
 
 def generate_on_video(llm: nn.Module, image_token_id: int, video: Tensor, prompts: list[Tensor],
