@@ -11,6 +11,7 @@ import sys
 # verb -> (module whose main(argv) runs it, one line for --help); the order is the order of a user's work
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("moviechat.training.cli", "train a model on an experiment config (CPU, one GPU, or under torchrun)"),
+    "plan": ("moviechat.planning.cli", "size a run before it starts: memory per GPU, what fits, time per step"),
     "launch": ("moviechat.training.launch", "start training on a node's GPUs, several nodes (hostfile) or SLURM"),
     "sweep": ("moviechat.tuning.cli", "sweep or search memory settings; one table and plots of the results"),
     "inspect-memory": ("moviechat.tuning.inspect_memory", "draw which source seconds each memory slot covers"),

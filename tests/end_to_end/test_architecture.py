@@ -27,10 +27,11 @@ MAY_IMPORT = {
     "scoring": {"common", "config", "text", "memory", "data", "models", "runs", "answering"},
     "tuning": {"common", "config", "text", "memory", "data", "models", "runs"},
     "prepare": {"common", "config", "text", "memory", "data", "models"},
+    "planning": {"common", "config", "text", "memory", "data", "models", "runs", "training"},
     "lmms_eval_plugin": {"common", "config", "text", "memory", "data", "models", "runs", "answering"},
 }
 LOWER = ("common", "configs", "memory", "config", "text", "data", "models", "runs")
-JOBS = ("training", "answering", "scoring", "tuning", "prepare", "lmms_eval_plugin")
+JOBS = ("training", "answering", "scoring", "tuning", "prepare", "planning", "lmms_eval_plugin")
 
 
 def module_name(path: Path) -> str:

@@ -21,6 +21,8 @@ SMOKE = {
     "digest.py": ["--mib", "8"],
     "padding.py": ["--llm", "tiny", "--samples", "16", "--batch", "4", "--repeats", "1"],
     "extract.py": ["--videos", "2", "--frames", "24", "--workers", "1"],
+    "plan.py": ["--configs", "tiny", "--batches", "1,3", "--memories", "16"],
+    "plan_gpu.py": ["--device", "cpu", "--configs", "tiny", "--batches", "2", "--frames", "64", "--steps", "1"],
 }
 
 
@@ -36,3 +38,6 @@ def test_the_benchmark_runs_and_reports_a_ratio(name, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert re.search(r"\d+(\.\d+)?x\b", proc.stdout), proc.stdout[-2000:]  # a ratio against its baseline
     assert not re.search(r"same predictions: no|same answers: no|same=False", proc.stdout), proc.stdout[-2000:]
+    if name == "plan.py":  # the plan's activations within 15% of the real step's, each setting
+        ratios = [float(r) for r in re.findall(r"(\d+\.\d+)x", proc.stdout.strip().splitlines()[-1])]
+        assert ratios and all(0.85 <= r <= 1.15 for r in ratios), proc.stdout
