@@ -9,7 +9,6 @@ to the model's frozen image path (``MovieChatModel.ln_vision``), see docs/archit
 from __future__ import annotations
 
 import torch
-from timm.models.eva import Eva
 from torch import Tensor, nn
 
 from moviechat.config import VisionConfig
@@ -26,6 +25,10 @@ class EvaVisionEncoder(nn.Module):
 
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float):
         super().__init__()
+        # timm is imported here, not at the top: it imports wandb, seconds of start-up for every process that
+        # loads the model without a ViT (training and answering on features)
+        from timm.models.eva import Eva
+
         self.vit = Eva(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
             mlp_ratio=mlp_ratio, qkv_bias=True, qkv_fused=True, use_abs_pos_emb=True, use_rot_pos_emb=False,

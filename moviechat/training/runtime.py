@@ -56,10 +56,7 @@ def seed_everything(seed: int) -> None:
 
 
 def environment(world_size: int) -> dict[str, Any]:
-    import deepspeed
-    import peft
-    import timm
-    import transformers
+    from importlib.metadata import version
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -68,7 +65,7 @@ def environment(world_size: int) -> dict[str, Any]:
         commit = ""
     return {
         "python": sys.version.split()[0], "platform": platform.platform(), "host": platform.node(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
-        "peft": peft.__version__, "timm": timm.__version__, "cuda": torch.cuda.is_available(),
+        "torch": torch.__version__, "transformers": version("transformers"), "deepspeed": version("deepspeed"),
+        "peft": version("peft"), "timm": version("timm"), "cuda": torch.cuda.is_available(),
         "world_size": world_size, "git_commit": commit, "argv": sys.argv,
     }
