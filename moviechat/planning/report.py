@@ -36,6 +36,9 @@ def render(plan: dict[str, Any], source: str) -> str:
              f"{mem['slots']} memory slots ({mem['mode']}, preset {mem['preset']}; position table {mem['position_table']}, "
              f"MovieChat's rule of thumb (K-2) x (L/2) = {mem['rule_of_thumb_frames']} frames) -> "
              f"{mem['llm_tokens']} LLM tokens with {c['text_tokens']} text tokens",
+             *([f"  {mem['frames']} frames is more than the rule of thumb: the long-term memory merges more than "
+                "MovieChat's settings were chosen for (memory.long_memory_length, memory.short_memory_length)"]
+               if mem['frames'] > mem['rule_of_thumb_frames'] else []),
              "",
              f"{'parameters':<26}{'trainable':>16}{'frozen':>16}"]
     for part, n in plan["parameters"].items():
