@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: lmms-eval train train-mixture test test-fast sweep bench-memory smollm2 clean-venv
+.PHONY: lmms-eval train train-mixture test test-fast coverage sweep bench-memory smollm2 clean-venv
 
 # ranges in pyproject.toml, the exact tested versions in constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -11,10 +11,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $@
 
-# the tests also run MovieChat-1K inside lmms-eval: the optional extra, from the same constraints
+# the tests also run MovieChat-1K inside lmms-eval and decode with torchcodec: the optional extras, from the same
+# constraints (torchcodec needs FFmpeg's shared libraries: .ci/run installs them; without them its tests skip, saying so)
 $(VENV)/.lmms-eval: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lmms-eval]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lmms-eval,torchcodec]"
 	touch $@
+
+# SmolLM2-135M-Instruct, the real LLM of the tests: installed once with the rest, so the tests run offline after
+SMOLLM2 := .cache/llm/SmolLM2-135M-Instruct
+$(SMOLLM2)/.complete: $(VENV)/.installed
+	$(BIN)/moviechat get-smollm2 --out $(SMOLLM2)
 
 train: $(VENV)/.installed
 	$(BIN)/moviechat train --cfg configs/experiments/tiny_synthetic.yaml
@@ -27,19 +33,28 @@ train-mixture: $(VENV)/.installed
 # tests run in parallel worker processes (pytest-xdist), one per core up to 4; TEST_WORKERS=0 runs them in this one
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 
-test: $(VENV)/.lmms-eval
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+# COVERAGE=1: branch coverage of moviechat/ (subprocesses included), a table of the least-covered modules
+COVERAGE_ARGS := --cov=moviechat --cov-branch --cov-report=
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(if $(COVERAGE),$(COVERAGE_ARGS))
 
-# the inner loop: every test that starts no training, torchrun, sweep or install process
-test-fast: $(VENV)/.lmms-eval
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
+test: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
+	$(PYTEST)
+
+# the inner loop, offline: every test that starts no training, torchrun, sweep or install process
+test-fast: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
+	$(PYTEST) -m "not slow"
+
+# the whole suite with coverage: the total, then the ten least-covered modules
+coverage:
+	$(MAKE) test COVERAGE=1
+	$(BIN)/python -m coverage report --sort=-cover | tail -n 1
+	$(BIN)/python -m coverage report --sort=cover --skip-empty | sed -n '3,12p'
 
 sweep: $(VENV)/.installed
 	$(BIN)/moviechat sweep --sweep configs/sweeps/tiny_memory.yaml
 
 # SmolLM2-135M-Instruct as a local Hugging Face folder (.cache/llm/), for configs/experiments/smollm2_*.yaml
-smollm2: $(VENV)/.installed
-	$(BIN)/moviechat get-smollm2
+smollm2: $(SMOLLM2)/.complete
 
 bench-memory: $(VENV)/.installed
 	$(BIN)/python benchmarks/memory.py
