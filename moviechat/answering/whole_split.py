@@ -29,7 +29,8 @@ from moviechat.common.errors import UserError
 from moviechat.common.atomic import atomic_path
 from moviechat.common.digest import content_digest
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.keys import check_key, finite_number
+from moviechat.common.values import finite_number
+from moviechat.data.keys import check_key
 from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from moviechat.data.keys import finite_number
+from moviechat.common.values import finite_number
 from moviechat.data.stores import DataError, SkipCounter
 
 CAPTION_QUESTION = "Describe the video in detail."

@@ -3,20 +3,12 @@ whose fields are what readers rely on. Violations are :class:`DataError` naming 
 
 from __future__ import annotations
 
-import math
-
 from moviechat.common.errors import UserError
+from moviechat.common.values import finite_number
 
 
 class DataError(UserError, ValueError):
     """Bad input data; the message names the file and the key."""
-
-
-def finite_number(value, minimum: float = -math.inf) -> bool:
-    """A finite JSON number of at least ``minimum``: not a boolean (``True`` is an int in Python), not a
-    string, not NaN or infinity."""
-    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-            and value >= minimum)
 
 
 def check_key(key: str, store: str) -> str:

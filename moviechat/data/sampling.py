@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from moviechat.data.keys import finite_number
+from moviechat.common.values import finite_number
 from moviechat.data.stores import DataError
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from moviechat.answering.whole_split import VideoFileLookup, answer_file
 from moviechat.common.errors import UserError
-from moviechat.data.keys import finite_number
+from moviechat.common.values import excerpt, finite_number
 from moviechat.data.stores import DataError
 
 log = logging.getLogger("moviechat.lmms_eval")
@@ -50,13 +50,18 @@ def ask_of(context: str, visuals: Any, where: str) -> Ask:
         return Ask(Path(visual), context.strip())
     if isinstance(visual, dict) and isinstance(visual.get("video_path"), (str, Path)):
         step = visual.get("timestep")
-        if step is None:
-            return Ask(Path(visual["video_path"]), context.strip())
+        if step is None:  # a global question is a plain path: a dict without its time is a task's mistake
+            raise RequestError(f"{where}: a {{'video_path'}} visual without 'timestep' asks nothing at a time; give a "
+                               f"plain video path for a global question")
         if not finite_number(step, 0):
-            raise RequestError(f"{where}: timestep={step!r} must be a frame index >= 0")
+            raise RequestError(f"{where}: timestep={excerpt(step)} must be a frame index >= 0")
         fps, num_frame = visual.get("fps"), visual.get("num_frame")
+        if fps is not None and not (finite_number(fps) and fps > 0):
+            raise RequestError(f"{where}: fps={excerpt(fps)} must be a finite number > 0")
+        if num_frame is not None and not (finite_number(num_frame, 1) and float(num_frame) == int(float(num_frame))):
+            raise RequestError(f"{where}: num_frame={excerpt(num_frame)} must be a whole number of frames >= 1")
         return Ask(Path(visual["video_path"]), context.strip(), float(step), None if fps is None else float(fps),
-                   None if num_frame is None else int(num_frame))
+                   None if num_frame is None else int(float(num_frame)))
     raise RequestError(f"{where}: moviechat_ft answers videos; a visual of {_short(visual)} is not a video path "
                        f"or a {{'video_path', 'timestep'}} dict")
 

@@ -13,6 +13,7 @@ from moviechat.answering.answerer import GENERATIONS
 from moviechat.answering.breakpoints import CONVENTIONS
 from moviechat.answering.cli import MOVIECHAT_FRAGMENT_FRAMES, MOVIECHAT_FRAGMENTS
 from moviechat.common.errors import UserError
+from moviechat.common.values import finite_number, parse_bool
 from moviechat.memory.config import PRESETS
 
 SAMPLINGS = ("moviechat", "fps", "all")
@@ -40,6 +41,10 @@ class PluginSettings:
     device: Optional[str] = None  # default: cuda:<LOCAL_RANK> when a GPU is there, else cpu
 
     def __post_init__(self) -> None:
+        try:  # lmms-eval turns only true/false into booleans: trust_checkpoint=no arrives as the text "no"
+            object.__setattr__(self, "trust_checkpoint", parse_bool(self.trust_checkpoint, "--model_args trust_checkpoint"))
+        except ValueError as e:
+            raise ModelArgsError(str(e)) from None
         for key, value, allowed in (("sampling", self.sampling, SAMPLINGS), ("generation", self.generation, GENERATIONS),
                                     ("preset", self.preset, PRESETS + (None,)),
                                     ("breakpoint_convention", self.breakpoint_convention, CONVENTIONS),
@@ -50,8 +55,8 @@ class PluginSettings:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ModelArgsError(f"--model_args {key}={value!r} must be an integer >= 1")
-        if self.fps is not None and (not isinstance(self.fps, (int, float)) or self.fps <= 0):
-            raise ModelArgsError(f"--model_args fps={self.fps!r} must be a number > 0")
+        if self.fps is not None and not (finite_number(self.fps) and self.fps > 0):
+            raise ModelArgsError(f"--model_args fps={self.fps!r} must be a finite number > 0")
         if self.fps is not None and self.num_frames is not None:
             raise ModelArgsError("--model_args: give fps= or num_frames=, not both")
         if str(self.pretrained).endswith(".pth") and not self.config:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from moviechat.common.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
-from moviechat.data.keys import finite_number
+from moviechat.common.values import finite_number
 from moviechat.data.stores import DataError
 from moviechat.scoring.judge import JudgeClient
 from moviechat.scoring.provenance import provenance_lines

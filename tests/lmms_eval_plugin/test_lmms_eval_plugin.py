@@ -157,6 +157,21 @@ def test_model_args_are_checked_by_name():
     assert PluginSettings.of({"pretrained": "r", "fps": 2}).decoding() == (2.0, None)
 
 
+@pytest.mark.parametrize("word, trusted", [("no", False), ("off", False), ("false", False), (False, False),
+                                          ("0", False), ("yes", True), ("on", True), (True, True)])
+def test_trust_checkpoint_reads_every_spelling_one_way(word, trusted):
+    """``trust_checkpoint=no`` arrives from lmms-eval as the text "no", which once turned unsafe loading on."""
+    assert PluginSettings.of({"pretrained": "r", "trust_checkpoint": word}).trust_checkpoint is trusted
+
+
+@pytest.mark.parametrize("args, message", [({"trust_checkpoint": "maybe"}, "trust_checkpoint='maybe' must be true or false"),
+                                           ({"fps": float("nan")}, "fps=nan must be a finite number > 0"),
+                                           ({"fps": float("inf")}, "fps=inf must be a finite number > 0")])
+def test_model_args_that_read_two_ways_are_refused(args, message):
+    with pytest.raises(ModelArgsError, match=message):
+        PluginSettings.of({"pretrained": "r", **args})
+
+
 def test_a_visual_that_is_not_a_video_is_refused_by_name():
     from moviechat.lmms_eval_plugin.requests import RequestError, ask_of
 
@@ -165,6 +180,11 @@ def test_a_visual_that_is_not_a_video_is_refused_by_name():
     with pytest.raises(RequestError, match="timestep=-1"):
         ask_of("q", [{"video_path": "v.mp4", "timestep": -1}], "t doc 0")
     assert ask_of(" q ", [{"video_path": "v.mp4", "timestep": 12}], "w").timestep == 12.0
+    with pytest.raises(RequestError, match="doc 1: .*without 'timestep'"):
+        ask_of("q", [{"video_path": "v.mp4"}], "t doc 1")
+    for key, value in (("num_frame", "x"), ("num_frame", 0), ("fps", float("nan")), ("fps", -2)):
+        with pytest.raises(RequestError, match=f"{key}="):
+            ask_of("q", [{"video_path": "v.mp4", "timestep": 3, key: value}], "t doc 2")
 
 
 @pytest.mark.slow
