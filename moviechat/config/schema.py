@@ -206,6 +206,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.wandb not in ("offline", "online", "disabled"):
             raise ConfigError(f"run.wandb={self.wandb!r} must be 'offline', 'online' or 'disabled'")
+        if self.name is not None and (self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0")):
+            raise ConfigError(f"run.name={self.name!r} must be one folder name inside run.output_dir (no '/', '\\', "
+                              f"'.' or '..')")
 
 
 @dataclass

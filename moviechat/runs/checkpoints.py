@@ -8,6 +8,7 @@ renamed when every rank has finished, so a crash never leaves a half checkpoint 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -18,6 +19,7 @@ from moviechat.common.errors import UserError
 from moviechat.common.atomic import disk_full, write_text_atomic
 from moviechat.common.distributed import any_rank, barrier
 from moviechat.common.safe_load import UnsafeFileError, check_files, load_pt
+from moviechat.common.values import excerpt
 from moviechat.runs.train_state import STATE_TYPES
 
 PARTIAL = ".partial-"
@@ -67,6 +69,7 @@ def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], rank: 
     of ``moviechat.training.elastic``); returns the folder. A write that fails on any rank (a full disk:
     :class:`~moviechat.common.atomic.DiskFull`) fails on every rank, its partial folder removed and ``latest``
     left on the previous checkpoint, which stays complete."""
+    refuse_links(root)
     tag = tag_of(step)
     partial = PARTIAL + tag
     error: Optional[BaseException] = None
@@ -121,10 +124,20 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     for root in (path / "checkpoints", path):
         if (root / "latest").is_file():
-            return root, inside(root, (root / "latest").read_text().strip())
+            refuse_links(root)
+            return root, inside(root, (root / "latest").read_text(errors="replace").strip())
     if path.is_dir() and path.name.startswith("step") and any(path.glob("trainer_state_rank*.pt")):
         return path.parent, path.name
     raise CheckpointNotFound(f"no checkpoint at {path} (expected a run folder, its checkpoints/ or a step folder)")
+
+
+def refuse_links(root: Path) -> None:
+    """A run's ``checkpoints/`` folder and its ``latest`` are its own: a link to another run's would load its
+    weights and, on resume, prune and write its checkpoints; a linked ``latest`` could print another file."""
+    for path in (root, root / "latest"):
+        if path.is_symlink():
+            raise CheckpointNotFound(f"{path} is a link (to {excerpt(os.readlink(path), 80)}): refused; a run reads "
+                                     f"and writes only its own checkpoints")
 
 
 def inside(root: Path, tag: str) -> str:
@@ -132,7 +145,7 @@ def inside(root: Path, tag: str) -> str:
     ``../../A/checkpoints/step00000004`` or a link that leads out of the run would load (and export into)
     another run's folder."""
     if not (tag.startswith("step") and tag[4:].isdigit()) or not (root / tag).resolve().is_relative_to(root.resolve()):
-        raise CheckpointNotFound(f"{root / 'latest'} names {tag!r}, which is not a checkpoint inside {root}: refused "
+        raise CheckpointNotFound(f"{root / 'latest'} names {excerpt(tag)}, which is not a checkpoint inside {root}: refused "
                                  f"(it must name a stepNNNNNNNN folder of this run)")
     return tag
 

@@ -60,6 +60,9 @@ def test_wrong_type_names_the_key():
         (["memory.n_position=40", "memory.long_memory_length=16"], "memory.n_position=40 must be <= the rows"),
         (["data.on_error=ignore"], "data.on_error='ignore'"),
         (["train.max_steps=0"], "train.max_steps=0"),
+        (["run.name=../escaped"], "run.name='../escaped' must be one folder name inside run.output_dir"),
+        (["run.name=.."], "run.name='..' must be one folder name"),
+        (["run.name=a/b"], "run.name='a/b' must be one folder name"),
     ],
 )
 def test_impossible_combinations_fail_at_load_naming_the_key(overrides, message):

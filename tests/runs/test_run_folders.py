@@ -183,3 +183,43 @@ def test_latest_must_name_a_checkpoint_inside_its_own_run(tmp_path, capsys, late
         assert "is not a checkpoint inside" in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in (tmp_path / "A").rglob("*")) == ["checkpoints", "step00000004",
                                                                      "trainer_state_rank0.pt"]  # nothing written
+
+
+@pytest.mark.parametrize("link", ["checkpoints", "latest"])
+def test_a_linked_checkpoints_folder_or_latest_is_refused_and_never_printed(tmp_path, capsys, link):
+    """A link to another run's checkpoints would answer with its weights and, on resume, prune and write them; a
+    ``latest`` linked to a file would print the file in the error."""
+    from moviechat.__main__ import main
+
+    other = tmp_path / "B" / "checkpoints"
+    (other / "step00000004").mkdir(parents=True)
+    (other / "step00000004" / "trainer_state_rank0.pt").write_bytes(b"")
+    (other / "latest").write_text("step00000004")
+    secret = tmp_path / "secret.env"
+    secret.write_text("TOKEN=sk-do-not-print-me\n" * 50)
+    run = tmp_path / "L"
+    run.mkdir()
+    if link == "checkpoints":
+        (run / "checkpoints").symlink_to(other)
+    else:
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "latest").symlink_to(secret)
+    for argv in (["answer", str(run), "--question", "q", "--features", str(tmp_path / "x.npy")],
+                 ["export", str(run), "--format", "moviechat"],
+                 ["train", "--cfg", "tiny_synthetic", "--resume", str(run)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "is a link" in err and "refused" in err and len(err.splitlines()) == 1, err
+        assert "sk-do-not-print-me" not in err
+    assert sorted(p.name for p in (tmp_path / "B").rglob("*")) == ["checkpoints", "latest", "step00000004",
+                                                                     "trainer_state_rank0.pt"]  # nothing written
+
+
+def test_a_latest_naming_no_checkpoint_is_quoted_short(tmp_path):
+    from moviechat.runs.checkpoints import CheckpointNotFound, resolve_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    with pytest.raises(CheckpointNotFound) as e:
+        resolve_checkpoint(tmp_path)
+    assert len(str(e.value)) < 400 and "more characters" in str(e.value)
