@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from moviechat.common.atomic import atomic_path, torch_save_atomic, write_text_atomic
-from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.common.errors import UserError, run_cli, stop_if_only_checking
 from moviechat.config import save_config, to_yaml
 from moviechat.data import Collator, Sample
 from moviechat.models.weight_names import load_weights, to_original_names
@@ -154,20 +154,43 @@ def export_merged(cfg, tokenizer, model, out: Path) -> Path:
     return out
 
 
+EXPORTED = ".moviechat-export"  # in every folder an export wrote: a later export may write there again
+
+
+class ExportRefused(UserError):
+    """An export that would overwrite what it did not write."""
+
+
+def check_out(out: Path, ours: bool, force: bool) -> None:
+    """Refuse to overwrite a user's file or a non-empty folder that no export wrote (``--force`` allows it);
+    ``ours``: the run's own export/ path, which only exports write."""
+    if force or not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()) or (out / EXPORTED).is_file():
+            return
+        raise ExportRefused(f"--out {out} is a folder that holds other files and no export: refused (choose an empty "
+                            f"or new folder, or --force to write into it)")
+    if not (ours and out.is_file() and not out.is_symlink()):
+        raise ExportRefused(f"--out {out} exists and no export wrote it: refused (choose a new path, or --force)")
+
+
 def export(path: str | Path, fmt: str, out: str | Path | None = None, merge_lora: bool = False,
-           trust: bool = False) -> Path:
+           trust: bool = False, force: bool = False) -> Path:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} must be one of {FORMATS}")
+    if out is not None:
+        check_out(Path(out), False, force)  # before loading anything
     cfg, tokenizer, model, ckpt = load_run(path, trust)
     default = ckpt.parent.parent / "export" / (f"moviechat_{ckpt.name}.pth" if fmt == "moviechat" else f"{fmt}_{ckpt.name}")
     out = Path(out) if out else default
+    check_out(out, out == default, force)
     if fmt == "moviechat":
         return export_moviechat(cfg, tokenizer, model, out, merge_lora)
-    if fmt == "hf":
-        return export_hf(cfg, tokenizer, model, out)
-    if fmt == "lora":
-        return export_lora(cfg, tokenizer, model, out)
-    if fmt == "merged":
-        return export_merged(cfg, tokenizer, model, out)
-    raise ValueError(f"--format {fmt!r} must be one of {FORMATS}")
+    writer = {"hf": export_hf, "lora": export_lora, "merged": export_merged}[fmt]
+    written = writer(cfg, tokenizer, model, out)
+    write_text_atomic(written / EXPORTED, f"{fmt} export of {ckpt}\n")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=FORMATS, default="moviechat")
     p.add_argument("--out")
     p.add_argument("--merge-lora", action="store_true", help="moviechat format: merge LoRA into the stored LLM")
+    p.add_argument("--force", action="store_true", help="overwrite --out though no export wrote it")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoint files that need more than plain data (only files you vouch for)")
     args = p.parse_args(argv)
     stop_if_only_checking()
 
     def run() -> int:
-        out = export(args.run, args.format, args.out, args.merge_lora, args.trust_checkpoint)
+        out = export(args.run, args.format, args.out, args.merge_lora, args.trust_checkpoint, args.force)
         print(f"exported ({args.format}, verified by reloading): {out}")
         return 0
 

@@ -1,8 +1,6 @@
 """Export of a trained run: MovieChat's .pth with the original names, Hugging Face folders with LoRA
-adapters or merged weights, a ZeRO-2 checkpoint of two processes; each reloads with equal outputs."""
-
-
-
+adapters or merged weights, a ZeRO-2 checkpoint of two processes; each reloads with equal outputs; a user's
+file or folder is never overwritten."""
 
 import pytest
 import torch
@@ -57,3 +55,24 @@ def test_moviechat_export_leaves_the_model_as_it_was(tiny_lora_run, tmp_path):
     llm = model.llm
     export.export_moviechat(cfg, tokenizer, model, tmp_path / "m.pth", merge_lora=True)
     assert model.llm is llm and export.has_lora(model)  # still the adapted LLM, not its merged copy
+
+
+@pytest.mark.slow
+def test_export_never_overwrites_what_it_did_not_write_unless_forced(tiny_lora_run, tmp_path, capsys):
+    notes = tmp_path / "notes.pth"
+    notes.write_text("my notes")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "README.md").write_text("my readme")
+    for argv in ([str(tiny_lora_run), "--merge-lora", "--out", str(notes)], [str(tiny_lora_run), "--format", "hf",
+                                                                             "--out", str(folder)]):
+        assert export.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "refused" in err and "--force" in err and len(err.splitlines()) == 1, err
+    assert notes.read_text() == "my notes" and (folder / "README.md").read_text() == "my readme"
+    hf = export.export(tiny_lora_run, "hf", tmp_path / "hf")
+    assert export.export(tiny_lora_run, "hf", hf) == hf  # an export's own folder is written again
+    default = export.export(tiny_lora_run, "moviechat", merge_lora=True)
+    assert export.export(tiny_lora_run, "moviechat", merge_lora=True) == default  # so is the run's export/ path
+    assert export.main([str(tiny_lora_run), "--merge-lora", "--out", str(notes), "--force"]) == 0
+    assert notes.read_bytes() != b"my notes"
