@@ -51,6 +51,8 @@ def check_judge_url(url: str, sends_key: bool, allow_insecure: bool) -> None:
 
 DEFAULT_CONCURRENCY = 8
 MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is waited this long at most
+DEFAULT_TIMEOUT = 60.0  # seconds for one whole request, its reply's body included
+MAX_REPLY_BYTES = 1 << 20  # a chat completion of a verdict is a few hundred bytes; a bigger reply is read no further
 
 
 def add_judge_arguments(p, default_protocol: str, why: str) -> None:
@@ -62,6 +64,8 @@ def add_judge_arguments(p, default_protocol: str, why: str) -> None:
                         f"moviechat/scoring/judge_protocols.py)")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--judge-cache", help="JSONL cache of parsed judgements (default: OUT/judge_cache.jsonl)")
+    p.add_argument("--judge-timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds for one request, its whole reply included (default: %(default)s)")
     p.add_argument("--judge-concurrency", type=int, default=DEFAULT_CONCURRENCY,
                    help="questions judged at once (default: %(default)s; the scores do not depend on it)")
     p.add_argument("--judge-allow-insecure", action="store_true",
@@ -73,6 +77,8 @@ def check_judge_arguments(p, args) -> None:
         p.error("--judge-model is required with --judge-url (it is recorded with the results)")
     if args.judge_concurrency < 1:
         p.error(f"--judge-concurrency={args.judge_concurrency} must be >= 1")
+    if not args.judge_timeout > 0 or args.judge_timeout == float("inf"):
+        p.error(f"--judge-timeout={args.judge_timeout} must be a number of seconds > 0")
 
 
 def judge_from_args(args, default_cache: Path) -> Optional["JudgeClient"]:
@@ -84,7 +90,7 @@ def judge_from_args(args, default_cache: Path) -> Optional["JudgeClient"]:
     check_judge_url(args.judge_url, key is not None, args.judge_allow_insecure)
     cache = Path(args.judge_cache) if args.judge_cache else default_cache
     return JudgeClient(args.judge_url, args.judge_model, cache, key, protocol=PROTOCOLS[args.judge_protocol],
-                       concurrency=args.judge_concurrency)
+                       concurrency=args.judge_concurrency, timeout=args.judge_timeout)
 
 
 def _loopback(host: str) -> bool:
@@ -149,13 +155,14 @@ class JudgeClient:
     """A judge behind any OpenAI-compatible ``/chat/completions`` endpoint, with a JSONL cache."""
 
     def __init__(self, base_url: str, model: str, cache: Path, api_key: Optional[str] = None, retries: int = 3,
-                 timeout: float = 60.0, backoff: float = 1.0, protocol: JudgeProtocol = PROTOCOLS["lmms-eval"],
-                 concurrency: int = DEFAULT_CONCURRENCY):
+                 timeout: float = DEFAULT_TIMEOUT, backoff: float = 1.0, protocol: JudgeProtocol = PROTOCOLS["lmms-eval"],
+                 concurrency: int = DEFAULT_CONCURRENCY, max_reply_bytes: int = MAX_REPLY_BYTES):
         if concurrency < 1 or retries < 1:
             raise DataError(f"judge concurrency={concurrency} and retries={retries} must be >= 1")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.protocol = model, api_key, protocol
         self.retries, self.timeout, self.backoff, self.concurrency = retries, timeout, backoff, concurrency
+        self.max_reply_bytes = max_reply_bytes
         self.cache = JudgeCache(cache)
         self.reported: set[str] = set()  # the model names the server said it answered with
         self.requests = 0
@@ -222,7 +229,7 @@ class JudgeClient:
         with self._count:
             self.requests += 1
         try:
-            response = self._http.post(self.url, json=payload, headers=headers)
+            response, body = self._exchange(payload, headers)
         except httpx.HTTPError as e:  # connection refused or dropped, timeout, short body: all retried
             raise JudgeFailure(f"transport: {type(e).__name__}") from None
         if response.is_redirect:
@@ -233,7 +240,7 @@ class JudgeClient:
         if response.status_code >= 400:
             raise JudgeFailure(f"status {response.status_code}", retry=False)
         try:
-            data = response.json()
+            data = json.loads(body)
             text = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise JudgeFailure("reply: not an OpenAI chat completion") from None
@@ -242,6 +249,21 @@ class JudgeClient:
         if self.protocol.empty_is_failure and not text.strip():
             raise JudgeFailure("reply: empty")  # lmms-eval asks again
         return text, data.get("model") if isinstance(data, dict) else None
+
+
+    def _exchange(self, payload: dict, headers: dict) -> tuple[httpx.Response, bytes]:
+        """The response and its body, read within ``timeout`` seconds in all (httpx's timeout bounds each read
+        only: a judge sending a byte a second would never end) and up to ``max_reply_bytes``."""
+        deadline = time.monotonic() + self.timeout
+        with self._http.stream("POST", self.url, json=payload, headers=headers) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self.max_reply_bytes:
+                    raise JudgeFailure(f"reply: over {self.max_reply_bytes} bytes, read no further", retry=False)
+                if time.monotonic() > deadline:
+                    raise JudgeFailure(f"transport: no whole reply within {self.timeout:g} s")
+        return response, bytes(body)
 
 
 def retry_after(value: Optional[str]) -> Optional[float]:

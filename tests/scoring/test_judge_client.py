@@ -208,3 +208,41 @@ def test_two_clients_appending_to_one_cache_leave_only_whole_lines(tmp_path, thr
     lines = (tmp_path / "cache.jsonl").read_text().splitlines()
     assert len(lines) == 80 and all(json.loads(x)["reply"] == GOOD * 20 for x in lines)
     assert len(client("http://127.0.0.1:9", tmp_path).cache.replies) == 40
+
+
+class Huge(Judge):
+    def behave(self, body):
+        self.content("{'pred': 'yes', 'score': 4}" + " " * (2 << 20))  # a valid completion of 2 MiB
+
+
+def test_a_reply_over_the_size_limit_is_a_counted_failure_read_no_further_and_never_cached(tmp_path):
+    server = judge(Huge)
+    with serving(server) as url:
+        c = client(url, tmp_path)
+        assert c.reply(*ASKED[0]) is None
+    assert c.failures == 1 and set(c.reasons) == {"reply"} and len(server.requests) == 1  # not asked again
+    assert not (tmp_path / "cache.jsonl").exists()
+
+
+class Trickling(Judge):
+    def behave(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        for _ in range(100):  # a byte every 0.1 s: each read is quick, the whole reply is not (bounded: 10 s)
+            try:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+
+def test_a_judge_that_trickles_its_reply_times_out_in_total_time(tmp_path, threaded):
+    with serving(judge(Trickling)) as url:
+        c = client(url, tmp_path, retries=1, timeout=1.0)
+        start = time.monotonic()
+        assert c.reply(*ASKED[0]) is None
+        took = time.monotonic() - start
+    assert c.failures == 1 and set(c.reasons) == {"transport"}
+    assert took < 6  # the 1 s bound holds for the whole reply (read by read it would take 10 s)
