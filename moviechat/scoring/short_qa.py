@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.common.values import excerpt, finite_number
 from moviechat.data.stores import DataError
 from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.text.answers import exact_match, normalized_match
@@ -52,10 +53,18 @@ def _field(row, name: str, path: Path, i: int, kinds: tuple = (str,)):
     if not isinstance(row, dict):
         raise DataError(f"{path}: entry {i}: a JSON {type(row).__name__}, not an object")
     value = row.get(name)
-    if value is None or value == "" or isinstance(value, bool) or not isinstance(value, kinds):
+    if (value is None or value == "" or isinstance(value, bool) or not isinstance(value, kinds)
+            or isinstance(value, float) and not finite_number(value)):  # json reads NaN and Infinity as numbers
         raise DataError(f"{path}: entry {i}: {name!r} must be a non-empty "
-                        f"{' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+                        f"{' or '.join(k.__name__ for k in kinds)}, got {excerpt(value)}")
     return value
+
+
+def _row_id(row: dict, path: Path, i: int):
+    """Entry ``i``'s ``id`` (its index where the file has none): a string or a whole number, written back as read."""
+    if "id" not in row:
+        return i
+    return _field(row, "id", path, i, (str, int))
 
 
 def _answers_by_id(answers: Path, questions: Path, ids: list[str]) -> dict[str, str]:
@@ -90,7 +99,7 @@ def load_short_qa(fmt: str, questions: str | Path, answers: Optional[str | Path]
                  "answer": gold[qid], "id": qid} for i, (q, qid) in enumerate(zip(rows, ids))]
     prefix = "video" if fmt == "msrvtt" else ""
     return [{"video": f"{prefix}{_field(r, 'video_id', path, i, (str, int))}", "question": _field(r, "question", path, i),
-             "answer": str(_field(r, "answer", path, i, (str, int, float))), "id": r.get("id", i)}
+             "answer": str(_field(r, "answer", path, i, (str, int, float))), "id": _row_id(r, path, i)}
             for i, r in enumerate(rows)]
 
 

@@ -71,6 +71,12 @@ def test_short_qa_files_are_checked(tmp_path):
         short_qa.load_short_qa("msvd", tmp_path / "q.json")
     with pytest.raises(DataError, match="needs --answers"):
         short_qa.load_short_qa("activitynet", tmp_path / "q.json")
+    for row, message in (({"answer": float("nan")}, "'answer' .* got nan"), ({"answer": float("inf")}, "got inf"),
+                         ({"answer": "a", "id": float("nan")}, "'id' must be a non-empty str or int, got nan"),
+                         ({"answer": "a", "id": [1, 2]}, r"'id' .* got \[1, 2\]")):
+        (tmp_path / "q.json").write_text(json.dumps([{"video_id": 1, "question": "q", **row}]))  # json writes NaN
+        with pytest.raises(DataError, match=message):
+            short_qa.load_short_qa("msvd", tmp_path / "q.json")
 
 
 def test_question_files_are_typed_and_activitynet_answers_pair_by_question_id(tmp_path):
