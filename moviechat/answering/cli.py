@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards")
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16, help="questions generated together (across videos)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="questions generated together, across videos (default: %(default)s)")
     p.add_argument("--token-cache", help="with --videos: keep each video's frame tokens here and reuse them in "
                                          "later runs (keyed by file, sampling, preprocessing and weights)")
     p.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy",

@@ -1,5 +1,7 @@
 """``moviechat train``: moviechat train --cfg EXPERIMENT [dotted.key=value ...] [--resume RUN]
 
+``moviechat train --resume RUN`` alone continues a run from the config it saved (``RUN/config.yaml``).
+
 EXPERIMENT is a file or a shipped experiment's name (``tiny_synthetic``). Under launchers: ``torchrun
 --nproc_per_node=N -m moviechat train ...`` or ``moviechat launch`` (``moviechat.training.launch``).
 Exit status: 0 finished (train.max_steps reached); 75 stopped by SIGTERM/SIGINT after a checkpoint (resume
@@ -21,7 +23,8 @@ DISK_FULL_EXIT = 74  # sysexits' EX_IOERR: a write failed for want of space (sta
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="experiment YAML, or a shipped experiment by name (tiny_synthetic, experiments/tiny_synthetic)")
+    parser.add_argument("--cfg", help="experiment YAML, or a shipped experiment by name (tiny_synthetic, "
+                                      "experiments/tiny_synthetic); with --resume alone, the run's own config")
     parser.add_argument("--resume", help="a run folder, its checkpoints/ or one checkpoint folder to continue from")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even if the config changes what is trained (recorded in config_changes.jsonl)")
@@ -43,10 +46,28 @@ def run_folder(cfg, cfg_path: str, resume: str | None) -> Path:
     return Path(cfg.run.output_dir) / name
 
 
+def config_source(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(config file, overrides): ``--cfg``, or with ``--resume`` alone the run's saved config, kept in its folder."""
+    if args.cfg:
+        return args.cfg, list(args.overrides)
+    if not args.resume:
+        raise ConfigError("give --cfg EXPERIMENT (or --resume RUN to continue a run from its own config)")
+    from moviechat.runs.checkpoints import CheckpointNotFound, resolve_checkpoint
+
+    try:
+        run = resolve_checkpoint(args.resume)[0].parent
+    except CheckpointNotFound as e:
+        raise ConfigError(str(e)) from None
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run} has no config.yaml to resume from: give --cfg")
+    return str(run / "config.yaml"), [*args.overrides, f"run.output_dir={run.parent}", f"run.name={run.name}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = load_config(args.cfg, args.overrides)
+        args.cfg, overrides = config_source(args)
+        cfg = load_config(args.cfg, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

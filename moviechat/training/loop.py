@@ -24,7 +24,7 @@ from moviechat.runs.train_state import Layout, TrainState
 from moviechat.training import setup
 from moviechat.training.batches import TrainBatches
 from moviechat.training.heldout import combine_records
-from moviechat.training.resume import Session, resume, save
+from moviechat.training.resume import Session, check_planned_layout, resume, save
 from moviechat.training.run_log import RunLogger, train_record
 from moviechat.training.runtime import deepspeed_config, seed_everything
 from moviechat.training.stop import StopRequest
@@ -42,6 +42,7 @@ class Trainer:
         if checkpoint is not None:
             check_resume_config(checkpoint[0].parent, as_dict(cfg), allow_config_change, step_of(checkpoint[1]),
                                 self.run_dir)
+            check_planned_layout(cfg, checkpoint, trust_checkpoint)  # a refused resume starts no process group
         self.rank, self.world_size, self.device = init_distributed()
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         self.parts = build_parts(cfg, self.rank, self.world_size)
@@ -137,7 +138,7 @@ class Trainer:
         self.save()
         self.stopped = True
         if self.rank == 0:
-            print(f"stopped by a signal at step {self.state.step}; resume with --resume {self.run_dir}")
+            print(f"stopped by a signal at step {self.state.step}; resume with: moviechat train --resume {self.run_dir}")
 
     def _grad_norm(self) -> Optional[float]:
         """The L2 norm of the trainable gradients (ZeRO 0 keeps them whole; ZeRO 1-2 report their own)."""

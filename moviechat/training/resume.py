@@ -3,6 +3,7 @@ exactly; one written by another number of processes is restored from its portabl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from moviechat.runs.checkpoints import PORTABLE, load_checkpoint, load_state, sa
 from moviechat.runs.folder import truncate_metrics
 from moviechat.runs.train_state import Layout, TrainState, upgrade
 from moviechat.training.elastic import check_layout, merged_train_state, portable_state, restore_portable
-from moviechat.training.runtime import rng_state, seed_everything, set_rng_state
+from moviechat.training.runtime import deepspeed_config, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -28,6 +29,18 @@ class Session:
     layout: Layout
     trust: bool = False
     device: Any = None  # where collectives run (the save's any-rank-failed check)
+
+
+def check_planned_layout(cfg, checkpoint: tuple[Path, str], trust: bool) -> None:
+    """Refuse, before any process group or engine starts, a resume whose data streams or global batch would
+    differ from the checkpoint's (the launcher's ``WORLD_SIZE`` and the DeepSpeed config say what they will be)."""
+    saved = saved_layout(checkpoint[0] / checkpoint[1], trust)
+    ds = deepspeed_config(cfg)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = int(ds.get("train_micro_batch_size_per_gpu", 1)) * int(ds.get("gradient_accumulation_steps", 1)) * processes
+    planned = Layout(processes, max(cfg.data.num_workers, 1), batch)
+    if saved is not None and saved != planned:
+        check_layout(saved, planned, checkpoint[0] / checkpoint[1])
 
 
 def resume(s: Session, root: Path, tag: str, first_dataset: str, seed: int, max_steps: int) -> TrainState:

@@ -80,9 +80,14 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
     assert stopped >= 3 and "stopped by a signal" in out
     status = json.loads((tmp_path / "s" / "status.json").read_text())
     assert status.pop("time") >= running["time"] and status == {"status": "stopped", "step": stopped, "max_steps": 100000}
-    run_train(tmp_path, "run.name=s", f"train.max_steps={stopped + 2}", "train.eval_every=0", "train.eval_generate=0",
-              resume=str(tmp_path / "s"))
-    assert max(losses(tmp_path / "s")) == stopped + 2
+    # as the stop message says: --resume RUN alone continues from the run's own config, from any folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "moviechat", "train", "--resume", str(tmp_path / "s"),
+                           f"train.max_steps={stopped + 2}"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert max(losses(tmp_path / "s")) == stopped + 2 and not list(elsewhere.iterdir())
 
 
 def test_a_second_signal_exits_at_once():
