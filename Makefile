@@ -35,7 +35,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n :
 
 # COVERAGE=1: branch coverage of moviechat/ (subprocesses included), a table of the least-covered modules
 COVERAGE_ARGS := --cov=moviechat --cov-branch --cov-report=
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(if $(COVERAGE),$(COVERAGE_ARGS))
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(if $(filter-out 0,$(TEST_WORKERS)),--dist worksteal) $(if $(COVERAGE),$(COVERAGE_ARGS))
 
 test: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
 	$(PYTEST)
