@@ -14,7 +14,6 @@ be read are listed in ``<out>.failures.jsonl`` and counted; the rest are answere
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from moviechat.common.errors import UserError
-from moviechat.common.atomic import atomic_path
+from moviechat.common.atomic import atomic_path, held_lock
 from moviechat.common.digest import content_digest
 from moviechat.data.sampling import FrameSampling
 from moviechat.common.values import finite_number
@@ -244,39 +243,23 @@ class OutputBusy(UserError, RuntimeError):
 @contextlib.contextmanager
 def exclusive(out: Path):
     """Hold ``<out>.lock`` for the whole run (removed at exit); a second process on the same ``--out`` is refused."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.with_name(out.name + ".lock")
-    f = _locked(lock, out)
+    held = contextlib.ExitStack()
     try:
+        f = held.enter_context(held_lock(lock, wait=False, remove=True))
+    except BlockingIOError:
+        try:
+            holder = lock.read_text(errors="replace").strip()[:40] or "pid unknown"
+        except OSError:
+            holder = "pid unknown"
+        raise OutputBusy(f"{out} is being written by another process ({holder}); "
+                         f"wait for it or give another --out") from None
+    with held:
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}")
         f.flush()
         yield
-    finally:
-        lock.unlink(missing_ok=True)  # while still held: a process waiting on it sees the file gone and retries
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-def _locked(lock: Path, out: Path):
-    """The lock file, open and held; one removed by its holder between our open and our lock is opened again."""
-    while True:
-        f = open(lock, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "pid unknown"
-            f.close()
-            raise OutputBusy(f"{out} is being written by another process ({holder}); "
-                             f"wait for it or give another --out") from None
-        try:
-            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
-        except FileNotFoundError:
-            pass
-        f.close()
 
 
 def _append(path: Path, text: str) -> None:

@@ -15,7 +15,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 from moviechat.common.errors import UserError
 
@@ -50,13 +50,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def held_lock(lock_path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created with its folder), waiting for any other holder."""
+def held_lock(lock_path: str | os.PathLike, wait: bool = True, remove: bool = False) -> Iterator[IO[str]]:
+    """Hold an exclusive lock on ``lock_path`` (created with its folder) and yield it open for appending: the one
+    file lock of the package. ``wait=False`` raises ``BlockingIOError`` while another process holds it;
+    ``remove`` deletes the file at the end, while still held (a process waiting on it then opens it anew)."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    lock = _acquire(lock_path, wait)
+    try:
+        yield lock
+    finally:
+        if remove:
+            lock_path.unlink(missing_ok=True)
+        lock.close()  # closing the file releases the lock
+
+
+def _acquire(path: Path, wait: bool) -> IO[str]:
+    """``path`` open and locked; one that its holder removed between our open and our lock is opened again."""
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.close()
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -16,7 +16,6 @@ processes can share a folder.
 from __future__ import annotations
 
 import email.utils
-import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Optional, Sequence
 import httpx
 from tqdm import tqdm
 
+from moviechat.common.atomic import held_lock
 from moviechat.data.stores import DataError
 from moviechat.scoring.judge_protocols import PROTOCOLS, JudgeProtocol
 
@@ -131,16 +131,11 @@ class JudgeCache:
         return self.replies.get(key)
 
     def add(self, key: str, row: dict) -> None:
-        line = (json.dumps({"key": key, **row}) + "\n").encode()
-        with self._lock:
+        line = json.dumps({"key": key, **row}) + "\n"
+        with self._lock, held_lock(self.path) as f:  # whole lines, also beside another scoring process
             self.replies[key] = row["reply"]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            f.write(line)
+            f.flush()
 
 
 class JudgeFailure(Exception):
