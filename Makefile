@@ -47,8 +47,8 @@ test-fast: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
 # the whole suite with coverage: the total, then the ten least-covered modules
 coverage:
 	$(MAKE) test COVERAGE=1
-	$(BIN)/python -m coverage report --sort=-cover | tail -n 1
-	$(BIN)/python -m coverage report --sort=cover --skip-empty | sed -n '3,12p'
+	@echo "branch coverage of moviechat/: $$($(BIN)/python -m coverage report --format=total)%; the least covered:"
+	@$(BIN)/python -m coverage report --sort=cover | sed -n '3,12p'
 
 sweep: $(VENV)/.installed
 	$(BIN)/moviechat sweep --sweep configs/sweeps/tiny_memory.yaml

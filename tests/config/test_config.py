@@ -108,3 +108,29 @@ def test_every_shipped_config_validates_against_schema_and_registry(path):
 def test_every_experiment_names_its_command():
     for path in (REPO / "configs" / "experiments").glob("*.yaml"):
         assert f"moviechat train --cfg configs/experiments/{path.name}" in path.read_text(), path
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.synthetic.min_frames=100"], "data.synthetic.min_frames=100 must be in [1, max_frames=96]"),
+    (["data.synthetic.min_scene=0"], "data.synthetic.min_scene=0 must be in [1, max_scene=16]"),
+    (["data.synthetic.num_colors=9"], "data.synthetic.num_colors=9 must be in [2, 8]"),
+    (["data.synthetic.num_videos=1"], "data.synthetic.num_videos=1 must be >= 2"),
+    (["data.conversation.labels=all"], "data.conversation.labels='all' must be 'original' or 'answers'"),
+    (["data.conversation.caption_template=no slot"], "caption_template='no slot' must hold one '{}'"),
+    (["data.conversation.caption_prompts=[a video]"], "'a video' must hold one <ImageHere>"),
+    (["data.max_tokens=4"], "data.max_tokens=4 must be >= 8"),
+    (["data.name=mixture"], "data.mixture must list the datasets of data.name=mixture"),
+    (["data.feature_kind=pixels"], "data.feature_kind='pixels' must be 'eva' or 'tokens'"),
+    (["data.val_fraction=1.0"], "data.val_fraction=1.0 must be in [0, 1)"),
+    (["data.group_window=0"], "data.group_window=0 must be >= 1"),
+    (["data.num_workers=-1"], "data.num_workers=-1 must be >= 0"),
+    (["data.name=mixture", "data.mixture={a: 3}"], "data.mixture.a must be a mapping of data keys"),
+    (["data.name=mixture", "data.mixture={a: {ratio: 0}}"], "data.mixture.a.ratio=0 must be a number > 0"),
+    (["data.name=mixture", "data.mixture={a: {builder: mixture}}"], "data.mixture.a: a mixture cannot hold a mixture"),
+    (["data.name=mixture", "data.mixture={a: {colour: red}}"], "data.mixture.a.colour"),
+    (["data.name=mixture", "data.mixture={a: {val_fraction: 2.0}}"], "data.mixture.a.val_fraction=2.0 must be in [0, 1)"),
+])
+def test_every_data_setting_that_cannot_work_is_named_at_load(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(EXPERIMENT, overrides)
+    assert message in str(e.value)

@@ -288,3 +288,31 @@ def test_smollm2_fetched_by_two_processes_at_once_is_converted_once(tmp_path, mo
     for t in callers:
         t.join()
     assert codes == [0, 0] and converted == [out] and (out / smollm2.DONE).is_file()
+
+
+def test_a_broken_image_in_a_shard_is_a_counted_failure_and_the_rest_extracted(tmp_path, tiny_cfg, capsys):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((24, 24, 3), dtype=np.uint8)).save(buf, format="PNG")
+    write_tar(tmp_path / "img-0.tar", {"good.png": buf.getvalue(), "broken.jpg": b"not an image at all"})
+    extract = load_script("extract_features")
+    assert extract.main(["--cfg", str(TINY), "--image-shards", str(tmp_path / "img-0.tar"), "--out",
+                         str(tmp_path / "out"), "--frame-tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "1 extracted" in out and "1 failed" in out, out
+    failures = (tmp_path / "out" / "failures.jsonl").read_text()
+    assert "img-0.tar:broken.jpg" in failures
+    with pytest.raises(DataError, match="matches no file"):
+        extract.main(["--cfg", str(TINY), "--image-shards", str(tmp_path / "none-*.tar"), "--out", str(tmp_path / "o2")])
+
+
+def test_make_synthetic_instruct_refuses_a_set_too_small_to_split(tmp_path, capsys):
+    from moviechat.prepare import make_synthetic_instruct
+
+    with pytest.raises(SystemExit):
+        make_synthetic_instruct.main(["--cfg", str(TINY), "--out", str(tmp_path / "s"), "--videos", "3"])
+    assert "--videos and --images must be >= 4" in capsys.readouterr().err
+    assert make_synthetic_instruct.main(["--cfg", str(TINY), "--out", str(tmp_path / "s"), "--videos", "4",
+                                         "--images", "4"]) == 0
+    assert "instruction set (4 videos, 4 images" in capsys.readouterr().out

@@ -109,3 +109,17 @@ def test_sweep_run_names_are_unique_per_setting():
     check_unique_names(settings)
     assert short_names(["memory.short_memory_merge", "memory.long_memory_length"]) == {
         "memory.short_memory_merge": "short_memory_merge", "memory.long_memory_length": "long_memory_length"}
+
+
+def test_a_two_key_sweep_draws_a_heatmap_and_a_curve_per_key_with_one_seed(tmp_path):
+    """The grid of memory.short_memory_length x memory.long_memory_length, as the shipped tiny_memory sweep is."""
+    from moviechat import tuning
+
+    rows = [{"setting": {"memory.short_memory_length": k, "memory.long_memory_length": n}, "eval/acc": k / 100 + n / 100,
+             "eval/acc_prior": 0.2} for k in (8, 16) for n in (16, 32)]
+    tuning.plot(rows, ["memory.short_memory_length", "memory.long_memory_length"], ["eval/acc"], tmp_path)
+    for name in ("acc_vs_short_memory_length.png", "acc_vs_long_memory_length.png", "acc_heatmap.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    table = "\n".join(tuning.summary_table(rows, ["eval/acc"]))
+    assert "| memory.short_memory_length=16, memory.long_memory_length=32 | 1 | 0.480 |" in table
+    assert "| memory.short_memory_length=8, memory.long_memory_length=16 | 1 | 0.240 |" in table
