@@ -49,6 +49,7 @@ def test_parameters_and_flops_are_those_of_the_materialised_step(overrides):
     assert fake.memory_slots == plan.num_slots and fake.llm_tokens == shape.text_tokens - 1 + 8
 
 
+@pytest.mark.slow  # materialises a 7B decoder layer (200 M parameters)
 def test_the_7b_configs_parts_count_as_built_one_at_a_time():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer

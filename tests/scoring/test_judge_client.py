@@ -159,7 +159,7 @@ def test_429_is_retried_after_the_wait_the_server_asks_for(tmp_path):
 
 class Stalling(Judge):
     def behave(self, body):
-        time.sleep(3)
+        time.sleep(1.5)  # three times the client's timeout
         self.content(GOOD)
 
 
@@ -172,7 +172,7 @@ def test_a_stalled_judge_times_out_into_a_counted_failure(tmp_path):
 
 class Slow(Judge):
     def behave(self, body):
-        time.sleep(0.2)
+        time.sleep(0.1)
         n = question_number(body)
         self.content("{'pred': '%s', 'score': %d}" % ("yes" if n % 2 else "no", n % 6))
 
