@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.video import check_decoder, write_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,3 +202,20 @@ def torchcodec_or_skip():
         check_decoder("torchcodec")
     except RuntimeError as e:
         pytest.skip(str(e))
+
+
+def hand_made(tmp_path):
+    """Two annotated questions of one video and three predictions: one matching after normalisation, one
+    partly, one for a video without annotations."""
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    qas = [QA("Where is he?", "In the kitchen.", "global"), QA("What is he holding?", "A red cup", "breakpoint", 10.0)]
+    (ann / "v1.json").write_text(json.dumps(annotation_json("v1", qas, fps=30.0, num_frame=900)))
+    preds = [
+        {"video": "v1", "question": "Where is he?", "prediction": "in the kitchen"},  # normalised match, not exact
+        {"video": "v1", "question": "What is he holding?", "time": 10.0, "prediction": "a blue cup"},  # F1 2/3... see below
+        {"video": "v9", "question": "Who?", "prediction": "nobody"},  # no reference
+    ]
+    path = tmp_path / "preds.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    return ann, path

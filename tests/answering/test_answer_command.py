@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import synthetic_features
+from helpers import hand_made, synthetic_features
 from moviechat.answering import cli as answer_cli
 from moviechat.answering import whole_split
 from moviechat.answering.answerer import Answerer
@@ -68,21 +68,6 @@ def test_a_chat_asks_each_question_after_the_earlier_answers(tiny_lora_run, tmp_
         "firstscene###Assistant:red###Human:howmanyscenesarethere###Assistant:")
     with pytest.raises(SystemExit):
         answer_cli.main(args + ["--time", "3"])
-
-
-def hand_made(tmp_path):
-    ann = tmp_path / "ann"
-    ann.mkdir()
-    qas = [QA("Where is he?", "In the kitchen.", "global"), QA("What is he holding?", "A red cup", "breakpoint", 10.0)]
-    (ann / "v1.json").write_text(json.dumps(annotation_json("v1", qas, fps=30.0, num_frame=900)))
-    preds = [
-        {"video": "v1", "question": "Where is he?", "prediction": "in the kitchen"},  # normalised match, not exact
-        {"video": "v1", "question": "What is he holding?", "time": 10.0, "prediction": "a blue cup"},  # F1 2/3... see below
-        {"video": "v9", "question": "Who?", "prediction": "nobody"},  # no reference
-    ]
-    path = tmp_path / "preds.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in preds))
-    return ann, path
 
 
 @pytest.mark.slow

@@ -7,26 +7,10 @@ import threading
 
 import pytest
 
-from helpers import ChatJudgeStub
-from moviechat.data.annotations import QA, annotation_json
+from helpers import ChatJudgeStub, hand_made
 from moviechat.scoring import cli as score_cli
 from moviechat.scoring import moviechat1k
 from moviechat.scoring.judge import JudgeClient
-
-
-def hand_made(tmp_path):
-    ann = tmp_path / "ann"
-    ann.mkdir()
-    qas = [QA("Where is he?", "In the kitchen.", "global"), QA("What is he holding?", "A red cup", "breakpoint", 10.0)]
-    (ann / "v1.json").write_text(json.dumps(annotation_json("v1", qas, fps=30.0, num_frame=900)))
-    preds = [
-        {"video": "v1", "question": "Where is he?", "prediction": "in the kitchen"},  # normalised match, not exact
-        {"video": "v1", "question": "What is he holding?", "time": 10.0, "prediction": "a blue cup"},  # F1 2/3... see below
-        {"video": "v9", "question": "Who?", "prediction": "nobody"},  # no reference
-    ]
-    path = tmp_path / "preds.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in preds))
-    return ann, path
 
 
 def test_offline_scores_on_a_hand_made_set(tmp_path):

@@ -6,30 +6,14 @@ import pytest
 import torch
 
 from moviechat.data import Collator, Sample
-from moviechat.models import build_moviechat
 from moviechat.text.prompt import IMAGE_TOKEN, PromptFormat
 
 pytestmark = pytest.mark.real_llm
 
 
-@pytest.fixture(scope="session")
-def cfg(smollm2_cfg):
-    return smollm2_cfg
-
-
-@pytest.fixture(scope="session")
-def tokenizer(smollm2_tokenizer):
-    return smollm2_tokenizer
-
-
-@pytest.fixture(scope="session")
-def model(cfg, tokenizer):
-    torch.manual_seed(0)
-    return build_moviechat(cfg.model, cfg.memory, tokenizer, verbose=False).eval()
-
-
 @pytest.mark.parametrize("name", ["moviechat", "chat"])
-def test_the_prompt_splits_at_the_video_into_exact_tokenizations(name, tokenizer):
+def test_the_prompt_splits_at_the_video_into_exact_tokenizations(name, smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
     fmt = PromptFormat(name, tokenizer, "Answer in one word.")
     question = "what color is the first scene"
     ids = fmt.prompt_ids(question)
@@ -53,7 +37,8 @@ def test_the_prompt_splits_at_the_video_into_exact_tokenizations(name, tokenizer
     assert tokenizer.decode(answer) == fmt.answer_text("red") and answer[-1] in fmt.stop().token_ids
 
 
-def test_training_batches_label_only_the_answer(cfg, tokenizer):
+def test_training_batches_label_only_the_answer(smollm2_cfg, smollm2_tokenizer):
+    cfg, tokenizer = smollm2_cfg, smollm2_tokenizer
     collate = Collator(tokenizer, cfg.model.system_prompt, cfg.model.max_txt_len, "tokens", prompt="chat")
     batch = collate([Sample("v", torch.zeros(4, 8, 32), "how many scenes", "3", "global")])
     labels = batch["labels"][0]

@@ -123,3 +123,15 @@ def test_a_two_key_sweep_draws_a_heatmap_and_a_curve_per_key_with_one_seed(tmp_p
     table = "\n".join(tuning.summary_table(rows, ["eval/acc"]))
     assert "| memory.short_memory_length=16, memory.long_memory_length=32 | 1 | 0.480 |" in table
     assert "| memory.short_memory_length=8, memory.long_memory_length=16 | 1 | 0.240 |" in table
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_and_search_file_loads_and_each_setting_makes_a_valid_config(path, tmp_path):
+    """Every file under configs/sweeps/, grids and searches alike, as `moviechat sweep` checks it before a run."""
+    from moviechat import tuning
+    from moviechat.tuning.runner import validate
+
+    sweep = tuning.load_sweep(path)
+    settings = [] if sweep.search is not None else tuning.expand(sweep)
+    assert sweep.search is not None or settings
+    validate(sweep, settings, tmp_path)
