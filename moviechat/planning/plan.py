@@ -140,11 +140,10 @@ def _advice(peak: int, card: Card, states, layout: Layout, m: StepMeasure, large
         return []
     out = []
     chosen = states[layout.stage].total
-    if chosen > card.memory_gib * GIB * 0.5 and layout.stage < 3:
-        better = min(s for s in states if states[s].total < chosen) if any(states[s].total < chosen for s in states) else None
-        if better is not None:
-            out.append(f"model states take {chosen / GIB:.1f} GiB: ZeRO-{better} takes "
-                       f"{states[better].total / GIB:.1f} GiB (deepspeed.zero_stage={better})")
+    smallest = min(states, key=lambda s: states[s].total)
+    if chosen > card.memory_gib * GIB * 0.5 and states[smallest].total < chosen:
+        out.append(f"model states take {chosen / GIB:.1f} GiB: ZeRO-{smallest} takes "
+                   f"{states[smallest].total / GIB:.1f} GiB (deepspeed.zero_stage={smallest})")
     if largest >= 1:
         out.append(f"activations take {m.peak_bytes / GIB:.1f} GiB: micro-batch {largest} fits "
                    f"(deepspeed.micro_batch_size={largest}, raise gradient_accumulation_steps to keep the batch)")
