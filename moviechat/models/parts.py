@@ -18,16 +18,22 @@ def set_frozen(model: nn.Module, frozen: dict[str, bool]) -> None:
             p.requires_grad = not freeze or (name == "llm" and "lora_" in pname)
 
 
+def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(trainable, frozen) parameters of each part the model has."""
+    counts = {}
+    for name in PARTS:
+        module = model.part(name)
+        if module is not None:
+            counts[name] = (sum(p.numel() for p in module.parameters() if p.requires_grad),
+                            sum(p.numel() for p in module.parameters() if not p.requires_grad))
+    return counts
+
+
 def parameter_summary(model: nn.Module) -> str:
     """A table of trainable and frozen parameter counts per part."""
     lines = [f"{'part':<26}{'trainable':>14}{'frozen':>16}"]
     total = [0, 0]
-    for name in PARTS:
-        module = model.part(name)
-        if module is None:
-            continue
-        train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    for name, (train, frozen) in parameter_counts(model).items():
         total[0] += train
         total[1] += frozen
         lines.append(f"{name:<26}{train:>14,}{frozen:>16,}")

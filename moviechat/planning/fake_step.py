@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from moviechat.config import Config
 from moviechat.memory import MemoryPlan, memory_plans
 from moviechat.models import build_moviechat
-from moviechat.models.parts import PARTS
+from moviechat.models.parts import PARTS, parameter_counts
 from moviechat.planning.step_memory import SavedByPart, StepMemory
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -110,17 +110,11 @@ def conversions_in_place() -> Iterator[None]:
 
 
 def count_parameters(model) -> tuple[dict[str, int], dict[str, int], dict[str, int], int]:
-    trainable, frozen, weight_bytes = {}, {}, {}
-    for name in PARTS:
-        part = model.part(name)
-        if part is None:
-            continue
-        params = list(part.parameters())
-        trainable[name] = sum(p.numel() for p in params if p.requires_grad)
-        frozen[name] = sum(p.numel() for p in params if not p.requires_grad)
-        weight_bytes[name] = sum(p.numel() * p.element_size() for p in params)
+    """(trainable, frozen, weight bytes) by part, and the LoRA adapters' parameters."""
+    counts = parameter_counts(model)
+    weight_bytes = {name: sum(p.numel() * p.element_size() for p in model.part(name).parameters()) for name in counts}
     lora = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
-    return trainable, frozen, weight_bytes, lora
+    return {n: c[0] for n, c in counts.items()}, {n: c[1] for n, c in counts.items()}, weight_bytes, lora
 
 
 def measure_step(cfg: Config, tokenizer, shape: StepShape, precision: str | None, vocab_size: int = 0) -> StepMeasure:
@@ -142,8 +136,8 @@ def measure_step(cfg: Config, tokenizer, shape: StepShape, precision: str | None
             model(batch)["loss"].backward()
     batch_bytes = sum(f.numel() * f.element_size() for f in batch["frames"]) + 2 * batch["input_ids"].numel() * 8
     return StepMeasure(
-        frames=shape.frames, text_tokens=shape.text_tokens, trainable=trainable, frozen=frozen, weight_bytes=weight_bytes, saved_bytes=saved.by_part(),
-        peak_bytes=live.peak, largest_transient=live.largest, batch_bytes=batch_bytes,
+        frames=shape.frames, text_tokens=shape.text_tokens, trainable=trainable, frozen=frozen,
+        weight_bytes=weight_bytes, saved_bytes=saved.by_part(), peak_bytes=live.peak, largest_transient=live.largest, batch_bytes=batch_bytes,
         flops=int(flops.get_total_flops()), memory_mode=mode, memory_slots=plan.num_slots,
         position_table=plan.n_position ** 2, llm_tokens=shape.text_tokens - 1 + cfg.model.video_qformer.num_query_tokens,
         lora=lora,
