@@ -13,6 +13,29 @@ from moviechat.config.errors import ConfigError, first_line
 
 
 @dataclass
+class NeedleConfig:
+    """Needle videos added to the generated set (moviechat/data/needles.py); ``videos: 0`` adds none."""
+
+    videos: int = 0  # needle videos added to the set (their questions: needle, needle_count, needle_order)
+    min_frames: int = 64  # the training videos' lengths (a recall map asks about its own lengths)
+    max_frames: int = 192
+    needle_frames: int = 3  # frames of one needle scene
+    max_needles: int = 3  # a video holds 1 to this many needles, each of another colour
+
+    def __post_init__(self) -> None:
+        if self.videos < 0:
+            raise ConfigError(f"data.synthetic.needles.videos={self.videos} must be >= 0")
+        if self.needle_frames < 1:
+            raise ConfigError(f"data.synthetic.needles.needle_frames={self.needle_frames} must be >= 1")
+        if not 1 <= self.max_needles <= 8:
+            raise ConfigError(f"data.synthetic.needles.max_needles={self.max_needles} must be in [1, 8]")
+        if not self.max_needles * self.needle_frames * 2 <= self.min_frames <= self.max_frames:
+            raise ConfigError(f"data.synthetic.needles.min_frames={self.min_frames} must be in "
+                              f"[2 x max_needles x needle_frames = {2 * self.max_needles * self.needle_frames}, "
+                              f"max_frames={self.max_frames}]")
+
+
+@dataclass
 class SyntheticConfig:
     """The generated long-video QA set (moviechat/data/synthetic.py)."""
 
@@ -26,6 +49,7 @@ class SyntheticConfig:
     breakpoints: int = 2  # breakpoint questions per video ("now", and "previous" when there is one)
     seed: int = 0
     dir: Optional[str] = None  # where it is written; None: <run.output_dir>/data/synthetic-<settings hash>
+    needles: NeedleConfig = field(default_factory=NeedleConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_frames <= self.max_frames:
@@ -36,6 +60,9 @@ class SyntheticConfig:
             raise ConfigError(f"data.synthetic.num_colors={self.num_colors} must be in [2, 8]")
         if self.num_videos < 2:
             raise ConfigError(f"data.synthetic.num_videos={self.num_videos} must be >= 2")
+        if self.needles.max_needles > self.num_colors:
+            raise ConfigError(f"data.synthetic.needles.max_needles={self.needles.max_needles} must be <= "
+                              f"data.synthetic.num_colors={self.num_colors} (each needle of a video has its own colour)")
 
 
 @dataclass

@@ -26,9 +26,10 @@ import numpy as np
 from moviechat.common.atomic import atomic_path
 from moviechat.config.data import SyntheticConfig
 from moviechat.data.annotations import QA, annotation_json
+from moviechat.data.needles import scenery_patterns, training_needle_video
+from moviechat.data.scenes import COLORS, prototypes, scene_spans
 from moviechat.data.stores import VideoFeatures, default_meta, write_shards
 
-COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 VIDEOS_PER_SHARD = 16  # part of the set's identity: it fixes the order in which shards are read
 
 
@@ -39,19 +40,8 @@ class SyntheticVideo:
     scenes: list[tuple[str, int, int]]  # (colour, first frame, end frame)
 
 
-def prototypes(num_colors: int, tokens: int, dim: int, seed: int) -> np.ndarray:
-    """One fixed [tokens, dim] pattern per colour, shared by all videos of a seed."""
-    return np.random.default_rng(seed).standard_normal((num_colors, tokens, dim)).astype(np.float32)
-
-
 def make_scenes(rng: np.random.Generator, num_frames: int, num_colors: int, min_scene: int, max_scene: int):
-    scenes, start, last = [], 0, -1
-    while start < num_frames:
-        color = int(rng.choice([c for c in range(num_colors) if c != last]))
-        end = min(num_frames, start + int(rng.integers(min_scene, max_scene + 1)))
-        scenes.append((COLORS[color], start, end))
-        start, last = end, color
-    return scenes
+    return [(COLORS[c], start, end) for c, start, end in scene_spans(rng, num_frames, num_colors, min_scene, max_scene)]
 
 
 def make_questions(rng: np.random.Generator, scenes: list[tuple[str, int, int]], breakpoints: int) -> list[QA]:
@@ -93,12 +83,21 @@ def generate_video(key: str, seed: int, protos: np.ndarray, min_frames: int, max
     return SyntheticVideo(feats, make_questions(rng, scenes, breakpoints), scenes)
 
 
+def needle_videos(cfg: SyntheticConfig, protos: np.ndarray) -> list:
+    """The set's needle videos (``data.synthetic.needles``; none by default), after its scene videos."""
+    scenery = scenery_patterns(protos.shape[1], protos.shape[2], cfg.seed)
+    return [training_needle_video(i, cfg.seed, protos, scenery, cfg.needles, cfg.min_scene, cfg.max_scene, cfg.noise)
+            for i in range(cfg.needles.videos)]
+
+
 def synthetic_dir(cfg: SyntheticConfig, tokens: int, dim: int, output_dir: str) -> Path:
     """Where a synthetic set lives: ``cfg.dir``, or a folder named by a hash of everything it depends on."""
     if cfg.dir:
         return Path(cfg.dir)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "dir"} | {"tokens": tokens, "dim": dim,
-                                                                        "videos_per_shard": VIDEOS_PER_SHARD}
+    # needles join the name only when there are any, so a set without them keeps the name it always had
+    skip = {"dir"} | ({"needles"} if cfg.needles.videos == 0 else set())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in skip} | {"tokens": tokens, "dim": dim,
+                                                                          "videos_per_shard": VIDEOS_PER_SHARD}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(output_dir) / "data" / f"synthetic-{digest}"
 
@@ -117,6 +116,7 @@ def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path,
             protos = prototypes(cfg.num_colors, tokens, dim, cfg.seed)
             videos = [generate_video(f"syn{i:05d}", cfg.seed * 100_003 + i, protos, cfg.min_frames, cfg.max_frames,
                                      cfg.min_scene, cfg.max_scene, cfg.noise, cfg.breakpoints) for i in range(cfg.num_videos)]
+            videos += needle_videos(cfg, protos)
             write_shards((v.features for v in videos), str(tmp / "shards" / "syn-%05d.tar"), videos_per_shard)
             (tmp / "annotations").mkdir()
             for v in videos:
