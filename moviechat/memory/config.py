@@ -8,6 +8,8 @@ from typing import Literal, Optional
 Mode = Literal["global", "breakpoint"]
 LONG_MEMORY_POLICIES = ("merge", "fifo")
 PRESETS = ("streaming", "original", "moviechat_plus")
+# how training sees a video (moviechat/memory/train_modes.py); answering always reads the memory
+TRAIN_MODES = ("simulate", "uniform", "detached")
 LOAD_LIMIT = 16  # the released code loads at most a fragment's first 16 frames (encode_short_memory_frame's n_frame)
 PLUS_MAX_N = 32  # MovieChat+ caps its position table at 32 x 32
 
@@ -26,6 +28,7 @@ class MemoryConfig:
     num_frames: Optional[int] = None  # frames sampled uniformly from each video; None keeps all
     fragments: Optional[int] = None  # or: this many equal parts, fragment_frames sampled from each (the original's)
     preset: str = "streaming"  # streaming (ours) | original (MovieChat's released inference) | moviechat_plus
+    train_mode: str = "simulate"  # simulate (the memory in the step) | uniform (training-free MovieChat) | detached
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,6 +78,8 @@ class MemoryConfig:
             raise ValueError(f"set one of memory.fragments={self.fragments} and memory.num_frames={self.num_frames}")
         if self.preset not in PRESETS:
             raise ValueError(f"memory.preset={self.preset!r} must be one of {PRESETS}")
+        if self.train_mode not in TRAIN_MODES:
+            raise ValueError(f"memory.train_mode={self.train_mode!r} must be one of {TRAIN_MODES}")
         self._validate_original_fits(position_rows)
         if position_rows is not None and n > position_rows:
             raise ValueError(

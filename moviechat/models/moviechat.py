@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from moviechat.models.token_cache import FrameTokenCache, weights_digest
-from moviechat.memory import MemoryConfig, PlanCache, apply_plan, memory_plans, position_tables
+from moviechat.memory import MemoryConfig, PlanCache, memory_plans, position_tables, training_memories
 from moviechat.models.qformer import QFormer, encode_frame_tokens
 from moviechat.models.vision import EvaVisionEncoder
 from moviechat.models.parts import PARTS, parameter_summary, set_frozen, trainable_state_dict
@@ -121,16 +121,19 @@ class MovieChatModel(nn.Module):
         and the n of the n x n position table it is read with.
 
         Memory plans are reused from ``plan_cache`` while the frame tokens are fixed (same rule as the
-        token cache); gradients reach the frame tokens either way.
+        token cache); gradients reach the frame tokens either way. In a training step (``self.training`` with
+        grad) ``memory.train_mode`` decides what the step sees (moviechat/memory/train_modes.py).
         """
         if "memory_plans" in batch:
             plans = batch["memory_plans"]
-            return [apply_plan(v, p) for v, p in zip(tokens, plans)], [p.n_position for p in plans]
-        fixed = batch["feature_kind"] == "tokens" or self.frame_tokens_fixed
-        keys = list(zip(batch.get("sources", [""] * len(tokens)), batch["video_ids"])) if fixed and "video_ids" in batch else None
-        plans = memory_plans(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
-                             self.plan_cache if keys else None)
-        return [apply_plan(v, p) for v, p in zip(tokens, plans)], [p.n_position for p in plans]
+        else:
+            fixed = batch["feature_kind"] == "tokens" or self.frame_tokens_fixed
+            keys = list(zip(batch.get("sources", [""] * len(tokens)), batch["video_ids"])) if fixed and "video_ids" in batch else None
+            plans = memory_plans(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
+                                 self.plan_cache if keys else None)
+        # memory.train_mode changes what a training step sees; evaluation and answering read the memory
+        mode = self.memory_cfg.train_mode if self.training and torch.is_grad_enabled() else "simulate"
+        return training_memories(tokens, plans, list(batch["times"]), mode)
 
     # ------------------------------------------------------------------- memory -> video tokens
 
