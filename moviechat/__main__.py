@@ -17,6 +17,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect-memory": ("moviechat.tuning.inspect_memory", "draw which source seconds each memory slot covers"),
     "answer": ("moviechat.answering.cli", "answer questions on videos (one, a chat, or a whole split)"),
     "score": ("moviechat.scoring.cli", "score MovieChat-1K predictions (offline metrics, or a judge model)"),
+    "recall-map": ("moviechat.scoring.recall_map",
+                   "needles at chosen depths of long videos: where a run's memory forgets (heatmap, CSV, JSON)"),
     "results": ("moviechat.scoring.results_table", "collect several scorings into one table (Markdown, CSV)"),
     "lmms-eval-tasks": ("moviechat.lmms_eval_plugin.task_files",
                         "write MovieChat-1K tasks for lmms-eval (a local copy or the Hub's)"),
