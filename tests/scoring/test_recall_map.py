@@ -73,22 +73,25 @@ def test_memory_overrides_are_checked_and_only_memory_keys_are_taken():
 
 @pytest.fixture(scope="session")
 def needle_run(tmp_path_factory):
-    """The tiny model trained on lone needles only (700 steps, about a minute): it names a needle it can see."""
+    """The tiny model trained on scenes and lone needles (1000 steps, about a minute): it names a needle it can see."""
     tmp = tmp_path_factory.mktemp("needles")
-    run_train(tmp, "run.name=n", "data.synthetic.num_videos=2", "data.synthetic.needles.videos=200",
+    run_train(tmp, "run.name=n", "data.synthetic.num_videos=120", "data.synthetic.needles.videos=240",
               "data.synthetic.needles.max_needles=1", "data.synthetic.needles.min_frames=48",
-              "data.synthetic.needles.max_frames=64", "train.max_steps=700", "train.eval_every=0", "train.lr=3e-3",
-              "train.log_every=100", cfg="tiny_needles")
+              "data.synthetic.needles.max_frames=96", "train.max_steps=1000", "train.eval_every=0",
+              "train.log_every=100", "train.warmup_steps=20", "deepspeed.micro_batch_size=16", cfg="tiny_needles")
     return tmp / "n"
 
 
 @pytest.mark.slow
 def test_a_fifo_memory_forgets_early_needles_that_a_memory_keeping_everything_still_names(needle_run, tmp_path):
-    grid = ["--lengths", "400", "--depths", "0,1", "--per-cell", "18", "--modes", "global"]
-    _, fifo = run_map(needle_run, tmp_path / "fifo", *grid, "memory.long_memory_policy=fifo")
-    _, keep = run_map(needle_run, tmp_path / "keep", *grid, "memory.long_memory_length=256")  # 400 frames -> 100 slots
+    # 64 frames are 8 fragments of 8, consolidated to 2 frames each: 16 slots, all of them kept at L=16
+    grid = ["--lengths", "64", "--depths", "0,1", "--per-cell", "24", "--modes", "global"]
+    _, keep = run_map(needle_run, tmp_path / "keep", *grid, "memory.long_memory_length=16")
+    _, fifo = run_map(needle_run, tmp_path / "fifo", *grid, "memory.long_memory_policy=fifo",
+                      "memory.long_memory_length=4")  # the last 2 fragments only
     acc = {(name, float(r["depth"])): float(r["accuracy"]) for name, rows in (("fifo", fifo), ("keep", keep)) for r in rows}
     chance = 1 / 6
-    assert acc[("fifo", 0.0)] <= chance + 0.1  # the needle left the 16-slot FIFO long before the question
-    assert acc[("fifo", 1.0)] >= chance + 0.25  # a late needle is still there
-    assert acc[("keep", 0.0)] >= chance + 0.25 and acc[("keep", 1.0)] >= chance + 0.25
+    assert acc[("keep", 0.0)] >= chance + 0.2 and acc[("keep", 1.0)] >= chance + 0.2  # named wherever it was
+    assert acc[("fifo", 0.0)] <= chance + 0.1  # the early needle left the FIFO before the question
+    assert acc[("fifo", 1.0)] - acc[("fifo", 0.0)] >= 0.2  # a late one is still there
+    assert acc[("keep", 0.0)] - acc[("fifo", 0.0)] >= 0.2
