@@ -40,6 +40,26 @@ class SearchConfig:
     space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {type, low, high, log, step, choices}
 
 
+RECALL_MAP_METRICS = ("recall_map/mean", "recall_map/global", "recall_map/breakpoint")
+
+
+@dataclass
+class RecallMapConfig:
+    """``moviechat recall-map`` on every finished run (its summary joins the run's result: ``recall_map/mean``)."""
+
+    lengths: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    per_cell: int = 12
+    modes: list[str] = field(default_factory=lambda: ["global", "breakpoint"])
+    overrides: list[str] = field(default_factory=list)  # memory.key=value to answer with instead of the run's
+
+    def command(self, run_dir: Path) -> list[str]:
+        """The ``moviechat recall-map`` arguments that map ``run_dir`` into ``run_dir/recall_map``."""
+        return ["recall-map", str(run_dir), "--out", str(run_dir / "recall_map"),
+                "--lengths", ",".join(str(n) for n in self.lengths), "--depths", ",".join(f"{d:g}" for d in self.depths),
+                "--per-cell", str(self.per_cell), "--modes", ",".join(self.modes), *self.overrides]
+
+
 @dataclass
 class SweepConfig:
     base: str  # the experiment every setting starts from
@@ -50,6 +70,7 @@ class SweepConfig:
     settings: list[Any] = field(default_factory=list)  # explicit settings: dotted key -> value
     seeds: int = 1  # runs per setting, with run.seed = 0..seeds-1 (1: the base's seed); results show mean and 95% CI
     search: Optional[SearchConfig] = None  # instead of grid/settings: an Optuna study
+    recall_map: Optional[RecallMapConfig] = None  # a recall map of every finished run (moviechat recall-map)
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -63,17 +84,39 @@ def load_sweep(path: str | Path) -> SweepConfig:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list of values")
     if sweep.seeds < 1:
         raise ConfigError(f"{path}: seeds={sweep.seeds} must be >= 1")
+    if sweep.recall_map is not None:
+        check_recall_map(sweep.recall_map, str(path))
     if sweep.search is not None:
         if sweep.grid or sweep.settings:
             raise ConfigError(f"{path}: give either search: or grid:/settings:, not both")
         check_search(sweep.search, str(path))
+        if sweep.search.metric in RECALL_MAP_METRICS:
+            if sweep.recall_map is None:
+                raise ConfigError(f"{path}: search.metric={sweep.search.metric!r} needs a recall_map: section")
+            if sweep.search.pruner != "none":
+                raise ConfigError(f"{path}: search.metric={sweep.search.metric!r} is measured once a trial has "
+                                  f"finished, so nothing can prune on it: set search.pruner: none")
     elif not sweep.grid and not sweep.settings:
         raise ConfigError(f"{path}: needs grid:, settings: or search:")
     return sweep
 
 
+def check_recall_map(spec: RecallMapConfig, where: str) -> None:
+    """The grid of a sweep's recall maps, checked before any run starts."""
+    bad = ([f"lengths: {n} (needs >= 6 frames)" for n in spec.lengths if n < 6]
+           + [f"depths: {d} (needs 0 to 1)" for d in spec.depths if not 0.0 <= d <= 1.0]
+           + [f"modes: {m!r} (global or breakpoint)" for m in spec.modes if m not in ("global", "breakpoint")]
+           + [f"overrides: {o!r} (memory.key=value only)" for o in spec.overrides if not o.startswith("memory.") or "=" not in o]
+           + ([f"per_cell={spec.per_cell} (needs >= 1)"] if spec.per_cell < 1 else [])
+           + [f"{name} is empty" for name in ("lengths", "depths", "modes") if not getattr(spec, name)])
+    if bad:
+        raise ConfigError(f"{where}: recall_map." + "; recall_map.".join(bad))
+
+
 def reported_metric(metric: str) -> bool:
-    """Whether a run's evaluation rows can hold ``metric``: overall, or one dataset's of a mixture."""
+    """Whether a run's evaluation rows (or its recall map) can hold ``metric``: overall, or one dataset's of a mixture."""
+    if metric in RECALL_MAP_METRICS:
+        return True
     parts = metric.split("/")
     last = parts[-1] if len(parts) in (2, 3) and parts[0] == "eval" else ""
     return last == "loss" or last.startswith("acc")
@@ -88,7 +131,7 @@ def check_search(search: SearchConfig, where: str) -> None:
               (reported_metric(search.metric),
                f"search.metric={search.metric!r} is not reported by a run: eval/loss, eval/acc or eval/acc_<group> "
                f"(global, breakpoint, type_<question type>), or for a mixture's dataset eval/<name>/loss, "
-               f"eval/<name>/acc, eval/<name>/acc_<group>"),
+               f"eval/<name>/acc, eval/<name>/acc_<group>, or a recall map's {', '.join(RECALL_MAP_METRICS)}"),
               (bool(search.space), "search.space is empty")]
     for ok, message in checks:
         if not ok:

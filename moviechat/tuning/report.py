@@ -13,7 +13,8 @@ from moviechat.common.atomic import write_text_atomic
 from moviechat.config import load_config
 from moviechat.common.jsonl import read_jsonl
 from moviechat.runs.folder import read_status
-from moviechat.tuning.grid import SEED, SweepConfig, slug, swept_keys
+from moviechat.tuning.grid import RECALL_MAP_METRICS, SEED, SweepConfig, slug, swept_keys
+from moviechat.tuning.trials import recall_map_result
 
 COLUMNS = ["setting", "eval/loss", "eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior",
            "memory_frames", "memory_tokens", "samples_per_s", "wall_s"]
@@ -36,7 +37,7 @@ def run_result(run_dir: Path, setting: dict[str, Any], wall: float) -> dict[str,
     result.update(memory_frames=cfg.memory.long_memory_length,
                   memory_tokens=cfg.memory.long_memory_length * cfg.model.video_qformer.num_query_tokens,
                   samples_per_s=sum(speeds) / max(len(speeds), 1), wall_s=wall)
-    return result
+    return result | recall_map_result(run_dir)
 
 
 def aggregate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Path) -> list[dict[str, Any]]:
@@ -55,6 +56,7 @@ def aggregate(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
         print("[sweep] no finished settings yet")
         return rows
     per_type = sorted({k for r in rows for k in r if k.startswith("eval/acc_type_")})
+    per_type += [k for k in RECALL_MAP_METRICS if any(k in r for r in rows)]
     columns = COLUMNS + per_type
     table = [[_cell(r, c) for c in columns] for r in rows]
     text = io.StringIO()

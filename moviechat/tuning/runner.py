@@ -21,7 +21,7 @@ from moviechat.config import ConfigError, load_config
 from moviechat.runs.folder import STOPPED_EXIT
 from moviechat.tuning.grid import SweepConfig, check_unique_names, slug, space_probe, swept_keys
 from moviechat.tuning.report import run_result
-from moviechat.tuning.trials import DevicePool, base_path, run_training, train_command
+from moviechat.tuning.trials import DevicePool, base_path, run_recall_map, run_training, train_command
 
 
 def overrides_of(sweep: SweepConfig, setting: dict[str, Any], sweep_dir: Path, name: str) -> list[str]:
@@ -84,6 +84,12 @@ def run_local(sweep: SweepConfig, settings: list[dict[str, Any]], sweep_dir: Pat
                                 29600 + index)
             print(f"[sweep] run {name}{' on ' + group if group else ''}: {' '.join(cmd)}", flush=True)
             outcome = run_training(cmd, run_dir, group, lambda row: False, stop.is_set, parallel=parallel)
+        if outcome.returncode == 0 and sweep.recall_map is not None:
+            try:
+                run_recall_map(sweep.recall_map, run_dir, parallel)
+            except RuntimeError as e:
+                print(f"[sweep] {e}", flush=True)
+                return name, 1
         if outcome.returncode == 0:
             write_text_atomic(run_dir / "result.json", json.dumps(run_result(run_dir, setting, outcome.wall_s), indent=2))
         elif outcome.returncode == STOPPED_EXIT:

@@ -34,7 +34,8 @@ from moviechat.common.atomic import held_lock
 from moviechat.config import ConfigError, load_config
 from moviechat.runs.folder import STOPPED_EXIT
 from moviechat.tuning.grid import SweepConfig
-from moviechat.tuning.trials import DevicePool, Lease, base_path, lease_is_stale, run_training, train_command
+from moviechat.tuning.trials import (DevicePool, Lease, base_path, lease_is_stale, run_recall_map, run_training,
+                                     train_command)
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 ATTEMPTS_PER_TRIAL = 4  # a worker gives up after this many attempts per wanted trial (an infeasible space)
@@ -230,6 +231,16 @@ class Search:
         if outcome.returncode != 0:
             trial.set_user_attr("fail_reason", f"exit {outcome.returncode}: {outcome.last_line}")
             raise TrialFailed(f"trial {trial.number} failed (exit {outcome.returncode}): {outcome.last_line}")
+        if self.sweep.recall_map is not None:
+            try:
+                mapped = run_recall_map(self.sweep.recall_map, run_dir, self.parallel)
+            except RuntimeError as e:
+                trial.set_user_attr("fail_reason", str(e))
+                raise TrialFailed(f"trial {trial.number}: {e}") from None
+            for key, value in mapped.items():
+                trial.set_user_attr(key, value)
+            if self.sweep.search.metric in mapped:
+                trial.set_user_attr("last_value", mapped[self.sweep.search.metric])
         if "last_value" not in trial.user_attrs:
             trial.set_user_attr("fail_reason", f"no evaluation reported {self.sweep.search.metric}")
             raise TrialFailed(f"trial {trial.number}: its run reported no {self.sweep.search.metric!r}")

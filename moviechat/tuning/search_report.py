@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.tuning.grid import SweepConfig
+from moviechat.tuning.grid import RECALL_MAP_METRICS, SweepConfig
 from moviechat.tuning.search import COUNTED
 
 
@@ -27,6 +27,7 @@ def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
         rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
                      **{k: t.params.get(k) for k in keys}, "wall_s": t.user_attrs.get("wall_s"),
                      "memory_frames": t.user_attrs.get("memory_frames"), "memory_tokens": t.user_attrs.get("memory_tokens"),
+                     **{k: t.user_attrs[k] for k in RECALL_MAP_METRICS if k in t.user_attrs},
                      "pruned_at_step": t.user_attrs.get("pruned_at"), "note": why,
                      "run": Path(t.user_attrs.get("run_dir", "")).name})
     return rows
@@ -40,9 +41,9 @@ def write_report(study: optuna.Study, sweep: SweepConfig, sweep_dir: Path) -> st
     """results.csv, results.md and the plots; returns the markdown."""
     keys = list(sweep.search.space)
     rows = trial_rows(study, keys)
-    columns = list(rows[0]) if rows else ["trial", "state", "value", *keys]
+    columns = list(dict.fromkeys(c for r in rows for c in r)) if rows else ["trial", "state", "value", *keys]
     text = io.StringIO()
-    csv.writer(text).writerows([columns] + [[_cell(r[c]) for c in columns] for r in rows])
+    csv.writer(text).writerows([columns] + [[_cell(r.get(c)) for c in columns] for r in rows])
     write_text_atomic(sweep_dir / "results.csv", text.getvalue())
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     counted = len(study.get_trials(deepcopy=False, states=COUNTED))
@@ -56,7 +57,7 @@ def write_report(study: optuna.Study, sweep: SweepConfig, sweep_dir: Path) -> st
     lines += ["", f"{counted} of {sweep.search.trials} trials complete or pruned; sampler {sweep.search.sampler}, "
                   f"pruner {sweep.search.pruner}.", "",
               "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     if 2 <= len(done) < MIN_IMPORTANCE_TRIALS:
         lines += ["", f"Parameter importances (param_importances.png) rest on {len(done)} completed trial(s): "
                       f"indicative only; {MIN_IMPORTANCE_TRIALS} or more are needed to read them."]

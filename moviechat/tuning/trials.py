@@ -186,6 +186,29 @@ def run_training(cmd: list[str], run_dir: Path, devices: Optional[str], on_eval:
     return Outcome(proc.returncode, stopped, error_line(lines), time.time() - start)
 
 
+def run_recall_map(spec, run_dir: Path, parallel: int = 1) -> dict:
+    """``moviechat recall-map`` of a finished run (``spec``: the sweep's ``recall_map:``, logged to
+    ``<run>/recall_map.log``); returns its summary, keyed as a result's columns (``recall_map/mean``, ...)."""
+    log = run_dir / "recall_map.log"
+    with open(log, "a") as out:
+        proc = subprocess.run([sys.executable, "-m", "moviechat", *spec.command(run_dir)], stdout=out,
+                              stderr=subprocess.STDOUT, env=os.environ | cpu_threads(parallel))
+    if proc.returncode != 0:
+        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+        raise RuntimeError(f"recall map of {run_dir} failed (exit {proc.returncode}, see {log}): {error_line(lines)}")
+    return recall_map_result(run_dir)
+
+
+def recall_map_result(run_dir: Path) -> dict:
+    """A run's recall map summary as result columns; empty when it has none."""
+    path = run_dir / "recall_map" / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    return {"recall_map/mean": summary["recall_map/mean"],
+            **{f"recall_map/{mode}": value for mode, value in summary["by_mode"].items()}}
+
+
 def error_line(lines: list[str]) -> str:
     """The line of a log that says why a run failed: the exception line after the last traceback, else the last
     line naming an error, else the last line (not a warning printed after the cause)."""
