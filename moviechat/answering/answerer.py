@@ -171,7 +171,9 @@ class Answerer:
         return replies
 
     @torch.no_grad()
-    def generate_one(self, read: MemoryRead, prompt_ids: list[int]) -> dict:
-        """The answer to one prompt (token ids with one ``<ImageHere>``) on one memory read."""
-        ids = self.model.answer_many([read.memory], [prompt_ids], self.max_new_tokens, self.stop, [read.n_position])[0]
+    def generate_one(self, read: MemoryRead, prompt_ids: list[int], streamer=None) -> dict:
+        """The answer to one prompt (token ids with one ``<ImageHere>``) on one memory read (``streamer``: a
+        transformers streamer that sees the new tokens as they come)."""
+        ids = self.model.answer_many([read.memory], [prompt_ids], self.max_new_tokens, self.stop, [read.n_position],
+                                     streamer)[0]
         return self._result(ids, read)

@@ -131,7 +131,6 @@ class MovieChatModel(nn.Module):
             keys = list(zip(batch.get("sources", [""] * len(tokens)), batch["video_ids"])) if fixed and "video_ids" in batch else None
             plans = memory_plans(tokens, self.memory_cfg, batch["modes"], batch["times"], keys,
                                  self.plan_cache if keys else None)
-        # memory.train_mode changes what a training step sees; evaluation and answering read the memory
         mode = self.memory_cfg.train_mode if self.training and torch.is_grad_enabled() else "simulate"
         return training_memories(tokens, plans, list(batch["times"]), mode)
 
@@ -195,7 +194,7 @@ class MovieChatModel(nn.Module):
         video, _ = self.encode_video(batch)
         lengths = batch["attention_mask"].sum(1).tolist()  # right padding: row i's prompt is its first ids
         prompts = [batch["input_ids"][i, :n] for i, n in enumerate(lengths)]
-        return self._generate(video, prompts, max_new_tokens, stop)
+        return generate_on_video(self.llm, self.image_token_id, video, prompts, max_new_tokens, stop, self.device)
 
     @torch.no_grad()
     def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = 32,
@@ -208,14 +207,14 @@ class MovieChatModel(nn.Module):
 
     @torch.no_grad()
     def answer_many(self, memories: Sequence[Tensor], prompts: Sequence[Sequence[int]], max_new_tokens: int = 32,
-                    stop: Optional[Stop] = None, n_positions: Optional[Sequence[int]] = None) -> list[Tensor]:
-        """Greedy answers to several prompts, each on its own memory [M_i, Q, H], generated together."""
+                    stop: Optional[Stop] = None, n_positions: Optional[Sequence[int]] = None,
+                    streamer: Any = None) -> list[Tensor]:
+        """Greedy answers to several prompts, each on its own memory [M_i, Q, H], generated together
+        (``streamer``: a transformers streamer that sees one prompt's new tokens as they come)."""
         padded, mask = pad_memories(memories)
         video = self.encode_memory(padded.to(self.device), None if mask is None else mask.to(self.device), n_positions)
-        return self._generate(video, [torch.as_tensor(list(p)) for p in prompts], max_new_tokens, stop)
-
-    def _generate(self, video: Tensor, prompts: list[Tensor], max_new_tokens: int, stop: Optional[Stop]) -> list[Tensor]:
-        return generate_on_video(self.llm, self.image_token_id, video, prompts, max_new_tokens, stop, self.device)
+        return generate_on_video(self.llm, self.image_token_id, video, [torch.as_tensor(list(p)) for p in prompts],
+                                 max_new_tokens, stop, self.device, streamer)
 
     # ---------------------------------------------------------------------------------- parameters
 

@@ -3,7 +3,7 @@ video positions ignored), and greedy or sampled generation from such rows with t
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,10 @@ def image_position(ids: Tensor, image_token_id: int, row: int) -> int:
 
 
 def generate_on_video(llm: nn.Module, image_token_id: int, video: Tensor, prompts: list[Tensor],
-                      max_new_tokens: int, stop: Optional[Stop], device: torch.device) -> list[Tensor]:
+                      max_new_tokens: int, stop: Optional[Stop], device: torch.device, streamer: Any = None) -> list[Tensor]:
     """One batch through the LLM with its KV cache: prompts spliced with their video tokens, left-padded
-    (generation appends on the right); each answer cut after its stop token."""
+    (generation appends on the right); each answer cut after its stop token. ``streamer``: a transformers
+    streamer that sees the new tokens as they come (one prompt only)."""
     rows = []
     for i, ids in enumerate(prompts):
         ids = ids.to(device)[None]
@@ -54,7 +55,7 @@ def generate_on_video(llm: nn.Module, image_token_id: int, video: Tensor, prompt
     mask = torch.stack([torch.arange(width, device=device) >= width - r.shape[0] for r in rows]).long()
     stop = stop or Stop([])
     out = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                       **stop.generate_kwargs())
+                       **stop.generate_kwargs(), **({"streamer": streamer} if streamer is not None else {}))
     return [cut_at_stop(row, stop) for row in out]
 
 
