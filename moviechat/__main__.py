@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sweep": ("moviechat.tuning.cli", "sweep or search memory settings; one table and plots of the results"),
     "inspect-memory": ("moviechat.tuning.inspect_memory", "draw which source seconds each memory slot covers"),
     "answer": ("moviechat.answering.cli", "answer questions on videos (one, a chat, or a whole split)"),
+    "demo": ("moviechat.demo.cli", "a trained model in the browser: a video, a moment, a question, the memory drawn"),
     "score": ("moviechat.scoring.cli", "score MovieChat-1K predictions (offline metrics, or a judge model)"),
     "recall-map": ("moviechat.scoring.recall_map",
                    "needles at chosen depths of long videos: where a run's memory forgets (heatmap, CSV, JSON)"),

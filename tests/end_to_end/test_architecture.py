@@ -29,9 +29,10 @@ MAY_IMPORT = {
     "prepare": {"common", "config", "text", "memory", "data", "models"},
     "planning": {"common", "config", "text", "memory", "data", "models", "runs", "training"},
     "lmms_eval_plugin": {"common", "config", "text", "memory", "data", "models", "runs", "answering"},
+    "demo": {"common", "config", "text", "memory", "data", "models", "runs", "answering", "tuning"},
 }
 LOWER = ("common", "configs", "memory", "config", "text", "data", "models", "runs")
-JOBS = ("training", "answering", "scoring", "tuning", "prepare", "planning", "lmms_eval_plugin")
+JOBS = ("training", "answering", "scoring", "tuning", "prepare", "planning", "lmms_eval_plugin", "demo")
 
 
 def module_name(path: Path) -> str:
