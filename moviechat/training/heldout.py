@@ -12,12 +12,14 @@ from moviechat.text.prompt import PromptFormat
 
 
 def prior_answers(qas_by_video: dict[str, list], keys: Iterable[str]) -> dict[str, str]:
-    """The most frequent training answer of each question type: the baseline accuracy to beat."""
+    """The most frequent training answer of each question type: the baseline accuracy to beat. A tie goes to the
+    first answer in sorted order, so the baseline never depends on the order ``keys`` come in (a set's order
+    changes from process to process)."""
     by_type: dict[str, Counter] = {}
     for key in keys:
         for qa in qas_by_video[key]:
             by_type.setdefault(qa.qtype, Counter())[normalize_answer(qa.answer)] += 1
-    return {qtype: counts.most_common(1)[0][0] for qtype, counts in by_type.items()}
+    return {qtype: min(counts, key=lambda a: (-counts[a], a)) for qtype, counts in by_type.items()}
 
 
 def accuracy_groups(qas_by_video: dict[str, list]) -> list[str]:

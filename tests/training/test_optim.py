@@ -39,3 +39,4 @@ def test_video_llama_stage2_preset_schedule():
     lr = [t.lr * lr_lambda(t)(step) for step in (-1, 999, t.max_steps)]
     assert abs(lr[0] - 1e-6) < 1e-9 and abs(lr[1] - 3e-5) < 1e-12 and abs(lr[2] - 1e-5) < 1e-9
     assert t.weight_decay == 0.05 and cfg.deepspeed.micro_batch_size == 4 and cfg.memory.preset == "original"
+
