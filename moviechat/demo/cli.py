@@ -32,8 +32,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max-upload-mb", type=int, default=200, help="(default: %(default)s)")
     p.add_argument("--trust-checkpoint", action="store_true")
     args = p.parse_args(argv)
-    if args.videos and not Path(args.videos).is_dir():
-        raise UserError(f"--videos {args.videos}: no such folder")
     if not 0 < args.port < 65536 or args.max_upload_mb < 1 or not args.fps > 0:
         raise UserError(f"--port={args.port} must be in 1..65535, --max-upload-mb={args.max_upload_mb} >= 1 and "
                         f"--fps={args.fps} > 0")
@@ -43,6 +41,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ImportError:
         raise UserError('moviechat demo needs Gradio: pip install -e ".[demo]" (or make demo RUN=...)') from None
     stop_if_only_checking()
+    if args.videos and not Path(args.videos).is_dir():
+        raise UserError(f"--videos {args.videos}: no such folder")
     from moviechat.demo.page import build_page
     from moviechat.demo.session import DemoSession
 

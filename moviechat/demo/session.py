@@ -77,7 +77,7 @@ class DemoSession:
         return {"run": a.source.get("run"), "step": a.source.get("step"), "config_hash": a.source.get("config_hash"),
                 "memory preset": mem.preset, "memory": f"K={mem.short_memory_length}, m={mem.short_memory_merge}, "
                 f"L={mem.long_memory_length} ({mem.long_memory_policy}), n={mem.n_position}",
-                "frames": f"{self.fps} per second" if mem.num_frames is None else f"{mem.num_frames} per video"}
+                "video files decoded at": f"{self.fps} frames/s" if mem.num_frames is None else f"{mem.num_frames} frames"}
 
     def choices(self) -> list[str]:
         """The files of ``--videos`` the page offers."""

@@ -121,8 +121,8 @@ def draw(rows: list[dict], modes: Sequence[str], lengths: Sequence[int], depths:
     import numpy as np
 
     acc = {(r["mode"], r["length"], r["depth"]): r["accuracy"] for r in rows}
-    fig, axes = plt.subplots(1, len(modes), figsize=(1.2 + 1.1 * len(depths) * len(modes) + 1.5, 0.6 * len(lengths) + 1.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(2.0 + (1.2 + 0.75 * len(depths)) * len(modes), 1.9 + 0.5 * len(lengths)),
+                             squeeze=False, layout="constrained")
     for ax, mode in zip(axes[0], modes):
         grid = np.array([[acc[(mode, n, d)] for d in depths] for n in lengths])
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
