@@ -19,6 +19,7 @@ def run_map(run, out, *extra):
     return json.loads((out / "summary.json").read_text()), list(csv.DictReader((out / "recall_map.csv").open()))
 
 
+@pytest.mark.slow
 def test_the_map_writes_a_row_per_cell_and_answers_as_moviechat_answer_does(tiny_lora_run, tmp_path):
     out = tmp_path / "map"
     summary, rows = run_map(tiny_lora_run, out, "--lengths", "24,40", "--depths", "0,1", "--per-cell", "3")
@@ -38,6 +39,7 @@ def test_the_map_writes_a_row_per_cell_and_answers_as_moviechat_answer_does(tiny
     assert ours == given and len(ours) == 24
 
 
+@pytest.mark.slow
 def test_a_second_map_in_the_same_folder_continues_or_is_refused(tiny_lora_run, tmp_path):
     out = tmp_path / "map"
     first, _ = run_map(tiny_lora_run, out, "--lengths", "24", "--depths", "0.5", "--per-cell", "2")
