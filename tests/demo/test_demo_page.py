@@ -2,6 +2,7 @@
 downloaded), uploads a generated video, asks at a breakpoint, reads the answer from the page and compares it
 with ``moviechat answer``; then a bad upload, and the page still answers. It saves a screenshot."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,12 +18,15 @@ from helpers import write_video
 from moviechat.answering import cli as answer_cli
 from moviechat.common.distributed import free_port
 
-pytest.importorskip("gradio", reason='the demo extra is not installed: pip install -e ".[demo]" (make test does)')
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the test extra) is not installed")
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="Debian's chromium and chromium-driver are not installed "
-                                      "(apt-get install chromium chromium-driver; .ci/run installs them)")]
+# found, not imported: importing Gradio here would slow every collection of the suite by seconds
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
+                                 reason='the demo extra is not installed: pip install -e ".[demo]" (make test does)'),
+              pytest.mark.skipif(importlib.util.find_spec("selenium") is None,
+                                 reason="selenium (the test extra) is not installed"),
+              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium and chromium-driver are not "
+                                 "installed (apt-get install chromium chromium-driver; .ci/run installs them)")]
 
 QUESTION, AT = "what color is on screen now", 3.5
 
@@ -56,6 +60,7 @@ def demo(tiny_lora_run, tmp_path):
 
 @pytest.fixture
 def browser():
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
