@@ -13,3 +13,8 @@ class ConfigError(UserError, ValueError):
 
 def first_line(e: OmegaConfBaseException) -> str:
     return str(getattr(e, "msg", None) or e).splitlines()[0]
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message on one line (a YAML error spreads its message and position over several)."""
+    return " ".join(str(e).split())

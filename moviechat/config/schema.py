@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.config.errors import ConfigError, first_line
+from moviechat.config.errors import ConfigError, first_line, one_line
 from moviechat.config.data import DataConfig
 from moviechat.config.shipped import find_config
 from moviechat.memory.config import MemoryConfig
@@ -75,6 +75,9 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class LLMConfig:
     """A causal LM from a local folder, or (``path: null``) a tiny random LLaMA of the sizes below."""
@@ -86,6 +89,10 @@ class LLMConfig:
     num_attention_heads: int = 4
     intermediate_size: int = 128
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.llm.dtype={self.dtype!r} must be one of {DTYPES}")
 
 
 @dataclass
@@ -248,7 +255,7 @@ def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Dic
     try:
         data = OmegaConf.load(path)
     except Exception as e:  # yaml syntax errors come in several types
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        raise ConfigError(f"{path}: cannot parse YAML: {one_line(e)}") from None
     if not isinstance(data, DictConfig):
         raise ConfigError(f"{path}: must be a mapping of config sections")
     defaults = data.pop("defaults", [])
@@ -280,13 +287,25 @@ def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Di
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
     if overrides:
-        layers.append(("command-line overrides", OmegaConf.from_dotlist(list(overrides))))
+        try:
+            layers.append(("command-line overrides", OmegaConf.from_dotlist(list(overrides))))
+        except Exception as e:  # a value YAML cannot read, e.g. an unclosed [
+            bad = next((o for o in overrides if _unreadable(o)), overrides[0])
+            raise ConfigError(f"command-line override {bad!r}: not a value YAML can read: {one_line(e)}") from None
     for source, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{source}: {getattr(e, 'full_key', '?')}: {first_line(e)}") from None
     return merged
+
+
+def _unreadable(item: str) -> bool:
+    try:
+        OmegaConf.from_dotlist([item])
+        return False
+    except Exception:
+        return True
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:

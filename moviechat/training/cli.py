@@ -63,11 +63,27 @@ def config_source(args: argparse.Namespace) -> tuple[str, list[str]]:
     return str(run / "config.yaml"), [*args.overrides, f"run.output_dir={run.parent}", f"run.name={run.name}"]
 
 
+def check_builders(cfg) -> None:
+    """The model's and every dataset's builder name are registered: a typo is one line here, before any process
+    group starts (the registry is filled by the modules that define the builders)."""
+    from moviechat.common.registry import DATASETS, MODELS
+    from moviechat.data import builders  # noqa: F401  (registers the datasets)
+    from moviechat.models import builder  # noqa: F401  (registers the models)
+
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"model.name={cfg.model.name!r} is not a registered model: {', '.join(MODELS.names())}")
+    for part in cfg.data.parts():
+        if part.builder not in DATASETS:
+            key = f"data.mixture.{part.name}.builder" if cfg.data.mixture else "data.name"
+            raise ConfigError(f"{key}={part.builder!r} is not a registered dataset: {', '.join(DATASETS.names())}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         args.cfg, overrides = config_source(args)
         cfg = load_config(args.cfg, overrides)
+        check_builders(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

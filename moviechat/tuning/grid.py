@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moviechat.config import ConfigError
+from moviechat.config.errors import one_line
 
 SEED = "run.seed"
 
@@ -79,6 +81,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
         sweep = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot parse YAML: {one_line(e)}") from None
     for key, values in sweep.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list of values")

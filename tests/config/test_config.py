@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,39 @@ def test_every_data_setting_that_cannot_work_is_named_at_load(overrides, message
     with pytest.raises(ConfigError) as e:
         load_config(EXPERIMENT, overrides)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.llm.dtype=float17"], "model.llm.dtype='float17' must be one of ('float32', 'bfloat16', 'float16')"),
+    (["memory.long_memory_length=[4"], "command-line override 'memory.long_memory_length=[4': not a value YAML can read"),
+])
+def test_a_bad_dtype_or_an_unreadable_override_fails_at_load_on_one_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs" / "experiments" / "tiny_synthetic.yaml", overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name=moviechatt"], "model.name='moviechatt' is not a registered model: moviechat"),
+    (["data.name=synthetc"], "data.name='synthetc' is not a registered dataset: cc_sbu"),
+])
+def test_an_unregistered_model_or_dataset_is_named_before_training_starts(overrides, message):
+    from moviechat.training.cli import check_builders
+
+    cfg = load_config(REPO / "configs" / "experiments" / "tiny_synthetic.yaml", overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_builders(cfg)
+    check_builders(load_config(REPO / "configs" / "experiments" / "tiny_instruct_mixture.yaml"))  # all registered
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: tiny_synthetic\nname: s\ngrid:\n  memory.long_memory_length: [4, 16\n", "cannot parse YAML: while parsing"),
+    ("base: tiny_synthetic\nname: !!python/object:os.system s\n", "could not determine a constructor"),
+])
+def test_a_sweep_file_yaml_cannot_read_is_one_line(tmp_path, text, message):
+    from moviechat.tuning import load_sweep
+
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_sweep(tmp_path / "s.yaml")
+    assert "\n" not in str(e.value)
