@@ -33,6 +33,7 @@ from moviechat.answering.whole_split import (SPLITS, FeatureLookup, VideoFileLoo
                                              load_features, questions_from_annotations)
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.stores import DataError
+from moviechat.runs.provenance import training_folder
 
 
 MOVIECHAT_FRAGMENTS, MOVIECHAT_FRAGMENT_FRAMES = 128, 8  # MovieChat's MovieChat-1K inference
@@ -126,13 +127,14 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     answerer = Answerer.load(args.run, args.max_new_tokens, args.generation, args.trust_checkpoint, args.batch_size,
                              BreakpointConvention(args.breakpoint_convention, args.current_frame))
     if args.questions or args.annotations:
+        base = training_folder(answerer.source.get("run", args.run), answerer.cfg.run.output_dir)
         questions = Path(args.questions) if args.questions else questions_from_annotations(
-            args.annotations, args.limit, args.split, answerer.cfg)
+            args.annotations, args.limit, args.split, answerer.cfg, base)
         if args.annotations:
             videos = len({q["video"] for q in questions})
             which = (f"split {args.split!r} of the run's train/held-out split (data.val_fraction="
                      f"{answerer.cfg.data.val_fraction}, run.seed={answerer.cfg.run.seed})"
-                     if is_run_data(args.annotations, answerer.cfg) else
+                     if is_run_data(args.annotations, answerer.cfg, base) else
                      "annotations outside the run's training data (every video 'external', not split)")
             print(f"{which}: {len(questions)} question(s) of {videos} video(s)", flush=True)
         if args.videos:

@@ -122,8 +122,10 @@ def run_split(key: str, val_fraction: float, seed: int) -> str:
     return "heldout" if split_by_video([key], val_fraction, seed)[1] else "train"
 
 
-def run_annotations(run_cfg) -> list[Path]:
-    """The annotation sources a run's config trained on (each dataset of a mixture; a generated set's folder)."""
+def run_annotations(run_cfg, base: Optional[Path] = None) -> list[Path]:
+    """The annotation sources a run's config trained on (each dataset of a mixture; a generated set's folder);
+    relative ones are taken from ``base``, the folder the run was trained in (``runs.provenance.training_folder``),
+    when it is known."""
     from moviechat.data.synthetic import synthetic_dir
 
     out = []
@@ -134,16 +136,16 @@ def run_annotations(run_cfg) -> list[Path]:
                                      run_cfg.run.output_dir) / "annotations")
         elif part.data.annotations:
             out.append(Path(part.data.annotations))
-    return out
+    return [base / p if base is not None and not p.is_absolute() else p for p in out]
 
 
-def is_run_data(folder: str | Path, run_cfg) -> bool:
+def is_run_data(folder: str | Path, run_cfg, base: Optional[Path] = None) -> bool:
     """Whether ``folder`` is an annotation source the run trained on (then its split applies to it)."""
-    return Path(folder).resolve() in {p.resolve() for p in run_annotations(run_cfg)}
+    return Path(folder).resolve() in {p.resolve() for p in run_annotations(run_cfg, base)}
 
 
 def questions_from_annotations(folder: str | Path, limit: Optional[int] = None, split: str = "all",
-                               run_cfg=None) -> list[dict]:
+                               run_cfg=None, base: Optional[Path] = None) -> list[dict]:
     """Every question of a MovieChat-1K style annotations folder (breakpoints with their time in seconds),
     each marked with the side of ``run_cfg``'s train/held-out split its video is on when the folder is the
     run's own training data, else ``external`` (a test set is never split); ``split`` keeps one side of the
@@ -152,10 +154,10 @@ def questions_from_annotations(folder: str | Path, limit: Optional[int] = None, 
 
     if split not in SPLITS:
         raise DataError(f"--split {split!r} must be one of {SPLITS}")
-    own = run_cfg is not None and is_run_data(folder, run_cfg)
+    own = run_cfg is not None and is_run_data(folder, run_cfg, base)
     if split != "all" and not own:
         raise DataError(f"--split {split}: {folder} are not the annotations the run trained on "
-                        f"({', '.join(map(str, run_annotations(run_cfg))) if run_cfg else 'no run'}), so none of its "
+                        f"({', '.join(map(str, run_annotations(run_cfg, base))) if run_cfg else 'no run'}), so none of its "
                         f"videos is on a side of the run's split (each is 'external'): use --split all")
     rows = []
     for key, qas in sorted(load_annotations(folder, require_answers=False).items()):

@@ -37,3 +37,16 @@ def source_of(cfg: Config, loaded_from: Path, checkpoint: Optional[Path] = None)
     ``checkpoint`` is one of the run's checkpoints)."""
     run = checkpoint.parent.parent if step_of(checkpoint) is not None else loaded_from
     return {"run": str(Path(run).resolve()), "step": step_of(checkpoint), "config_hash": config_hash(cfg)}
+
+
+def training_folder(run_dir: str | Path, output_dir: str) -> Optional[Path]:
+    """The working folder ``moviechat train`` ran in, read back from where its run folder is: a run's relative
+    paths (``run.output_dir``, ``data.annotations``, a generated set's folder) are relative to it, not to
+    wherever a later command runs. None where it cannot be told (``output_dir`` absolute or going up)."""
+    parts = Path(output_dir).parts
+    parent = Path(run_dir).resolve().parent
+    if Path(output_dir).is_absolute() or ".." in parts or not parts or parts == (".",):
+        return parent if parts in ((), (".",)) else None
+    if parent.parts[-len(parts):] != parts:
+        return None
+    return parent.parents[len(parts) - 1]

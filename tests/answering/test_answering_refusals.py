@@ -38,3 +38,31 @@ def test_inference_and_evaluation_refuse_bad_input_naming_it(tmp_path, capsys):
     assert f"{preds}: line 2: a JSON int, not an object" in capsys.readouterr().err
     rows = moviechat1k.read_predictions(preds, skip_bad=True)
     assert len(rows) == 1 and "skipped 2 malformed prediction line(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("output_dir, run_dir, expected", [
+    ("runs", "/w/runs/r1", "/w"), ("out/runs", "/w/out/runs/r1", "/w"), (".", "/w/r1", "/w"),
+    ("/abs/runs", "/abs/runs/r1", None), ("../runs", "/w/runs/r1", None), ("runs", "/w/elsewhere/r1", None),
+])
+def test_the_folder_a_run_was_trained_in_is_read_back_from_its_run_folder(output_dir, run_dir, expected):
+    from moviechat.runs.provenance import training_folder
+
+    found = training_folder(run_dir, output_dir)
+    assert (None if found is None else str(found)) == expected
+
+
+def test_a_runs_own_annotations_are_its_own_from_any_working_folder(tmp_path, monkeypatch):
+    from moviechat.answering.whole_split import is_run_data, questions_from_annotations
+    from moviechat.config import load_config
+    from moviechat.runs.provenance import training_folder
+
+    (tmp_path / "w" / "data" / "ann").mkdir(parents=True)
+    (tmp_path / "w" / "data" / "ann" / "v1.json").write_text(
+        '{"info": {"fps": 1, "num_frame": 10}, "global": [{"question": "q", "answer": "a"}]}')
+    cfg = load_config("tiny_synthetic", ["data.name=moviechat1k", "data.annotations=data/ann", "data.folder=data/f"])
+    base = training_folder(tmp_path / "w" / "runs" / "r1", cfg.run.output_dir)
+    monkeypatch.chdir(tmp_path)  # answering from another folder than the one the run was trained in
+    folder = tmp_path / "w" / "data" / "ann"
+    assert not is_run_data(folder, cfg) and is_run_data(folder, cfg, base)
+    rows = questions_from_annotations(folder, run_cfg=cfg, base=base)
+    assert rows[0]["split"] in ("train", "heldout")
