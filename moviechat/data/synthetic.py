@@ -28,7 +28,7 @@ from moviechat.config.data import SyntheticConfig
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.needles import scenery_patterns, training_needle_video
 from moviechat.data.scenes import COLORS, prototypes, scene_spans
-from moviechat.data.stores import VideoFeatures, default_meta, write_shards
+from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
 
 VIDEOS_PER_SHARD = 16  # part of the set's identity: it fixes the order in which shards are read
 
@@ -94,12 +94,28 @@ def synthetic_dir(cfg: SyntheticConfig, tokens: int, dim: int, output_dir: str) 
     """Where a synthetic set lives: ``cfg.dir``, or a folder named by a hash of everything it depends on."""
     if cfg.dir:
         return Path(cfg.dir)
-    # needles join the name only when there are any, so a set without them keeps the name it always had
-    skip = {"dir"} | ({"needles"} if cfg.needles.videos == 0 else set())
-    settings = {k: v for k, v in asdict(cfg).items() if k not in skip} | {"tokens": tokens, "dim": dim,
-                                                                          "videos_per_shard": VIDEOS_PER_SHARD}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(set_settings(cfg, tokens, dim), sort_keys=True).encode()).hexdigest()[:10]
     return Path(output_dir) / "data" / f"synthetic-{digest}"
+
+
+def set_settings(cfg: SyntheticConfig, tokens: int, dim: int) -> dict:
+    """Everything a generated set's content depends on (its folder's name is a hash of it)."""
+    # needles join only when there are any, so a set without them keeps the name it always had
+    skip = {"dir"} | ({"needles"} if cfg.needles.videos == 0 else set())
+    return {k: v for k, v in asdict(cfg).items() if k not in skip} | {"tokens": tokens, "dim": dim,
+                                                                      "videos_per_shard": VIDEOS_PER_SHARD}
+
+
+def check_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path) -> None:
+    """A set found on disk must be the one the config asks for (``data.synthetic.dir`` can name any folder)."""
+    recorded = out / "settings.json"
+    if not recorded.is_file():  # written before sets recorded their settings: nothing to compare
+        return
+    before, wanted = json.loads(recorded.read_text()), json.loads(json.dumps(set_settings(cfg, tokens, dim)))
+    if before != wanted:
+        keys = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        raise DataError(f"{out}: a generated set written with other settings ({', '.join(keys)} differ from "
+                        f"data.synthetic and the model's frame tokens): point data.synthetic.dir elsewhere or delete it")
 
 
 def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path,
@@ -110,6 +126,7 @@ def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path,
     folder already exists (an earlier run, or another rank won the race) it is left as it is.
     """
     if (out / "DONE").is_file():
+        check_set(cfg, tokens, dim, out)
         return out
     try:
         with atomic_path(out) as tmp:
@@ -122,6 +139,7 @@ def write_synthetic_set(cfg: SyntheticConfig, tokens: int, dim: int, out: Path,
             for v in videos:
                 ann = annotation_json(v.features.key, v.qas, fps=1.0, num_frame=v.features.feats.shape[0])
                 (tmp / "annotations" / f"{v.features.key}.json").write_text(json.dumps(ann))
+            (tmp / "settings.json").write_text(json.dumps(set_settings(cfg, tokens, dim), sort_keys=True) + "\n")
             (tmp / "DONE").write_text("ok\n")
     except OSError:
         if not (out / "DONE").is_file():  # another rank renamed its copy first: use that one

@@ -1,4 +1,5 @@
-"""The generated needle set (moviechat/data/needles.py): needles where asked, balanced answers, apart from training."""
+"""The generated needle set (moviechat/data/needles.py): needles where asked, balanced answers, apart from training;
+and a generated set on disk is the one its config asks for."""
 
 from collections import Counter
 
@@ -111,3 +112,16 @@ def test_needles_join_the_generated_set_only_when_asked(tmp_path):
 def test_impossible_needle_settings_fail_at_load_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("tiny_synthetic", [override])
+
+
+def test_a_generated_set_on_disk_must_be_the_one_the_config_asks_for(tmp_path):
+    from moviechat.data.stores import DataError
+
+    asked = load_config("tiny_synthetic", ["data.synthetic.num_videos=4"]).data.synthetic
+    out = write_synthetic_set(asked, Q, D, tmp_path / "set")
+    assert write_synthetic_set(asked, Q, D, out) == out  # the same settings: read as it is
+    other = load_config("tiny_synthetic", ["data.synthetic.num_videos=5", "data.synthetic.needles.videos=2"]).data.synthetic
+    with pytest.raises(DataError, match=r"other settings \(needles, num_videos differ"):
+        write_synthetic_set(other, Q, D, out)
+    with pytest.raises(DataError, match=r"other settings \(dim differ"):
+        write_synthetic_set(asked, Q, 64, out)  # another model's frame tokens
