@@ -22,6 +22,7 @@ from typing import Any
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.stores import DataError
+from moviechat.common.values import excerpt, finite_number
 from moviechat.runs.provenance import FIELDS
 
 MODES = ("global", "breakpoint")
@@ -38,7 +39,25 @@ def read_summary(folder: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not JSON ({e})") from None
     if not isinstance(summary, dict) or not all(isinstance(summary.get(m), dict) for m in MODES):
         raise DataError(f"{path}: not a moviechat score summary (no 'global' and 'breakpoint' entries)")
+    check_summary(summary, path)
     return summary
+
+
+def check_summary(summary: dict[str, Any], path: Path) -> None:
+    """The fields a table reads have the types it reads them as (a hand-edited or foreign file is named, not a
+    traceback)."""
+    if not isinstance(summary.get("provenance") or {}, dict):
+        raise DataError(f"{path}: provenance must be an object, got {excerpt(summary['provenance'])}")
+    for mode in MODES:
+        entry = summary[mode]
+        if entry.get("n") is not None and not (isinstance(entry["n"], int) and not isinstance(entry["n"], bool)):
+            raise DataError(f"{path}: {mode}.n must be a whole number, got {excerpt(entry['n'])}")
+        for metric in METRICS:
+            value, ci = entry.get(metric), entry.get(f"{metric}_ci")
+            if value is not None and not finite_number(value):
+                raise DataError(f"{path}: {mode}.{metric} must be a number, got {excerpt(value)}")
+            if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(map(finite_number, ci))):
+                raise DataError(f"{path}: {mode}.{metric}_ci must be [low, high], got {excerpt(ci)}")
 
 
 def row_of(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:

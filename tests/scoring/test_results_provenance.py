@@ -82,3 +82,18 @@ def test_answers_of_a_run_record_its_folder_step_and_config_hash(tmp_path):
     row = json.loads((tmp_path / "p.jsonl").read_text())
     assert row["run"] == str((tmp_path / "r").resolve()) and row["step"] == 2
     assert row["config_hash"] == config_hash(cfg) and row["memory_preset"] == cfg.memory.preset
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"provenance": ["run"]}, "provenance must be an object, got ['run']"),
+    ({"global": {"n": "12"}}, "global.n must be a whole number, got '12'"),
+    ({"global": {"n": 3, "normalized": "high"}}, "global.normalized must be a number, got 'high'"),
+    ({"breakpoint": {"n": 3, "f1_ci": [0.1]}}, "breakpoint.f1_ci must be [low, high], got [0.1]"),
+])
+def test_results_names_a_malformed_field_of_a_summary(tmp_path, capsys, change, message):
+    summary = {"global": {"n": 3, "normalized": 0.5, "normalized_ci": [0.1, 0.9]}, "breakpoint": {"n": 2},
+               "provenance": {"run": "r", "step": 3}} | change
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "summary.json").write_text(json.dumps(summary))
+    assert results_table.main([str(tmp_path / "s")]) == 2
+    assert message in capsys.readouterr().err
