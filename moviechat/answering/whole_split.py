@@ -13,7 +13,6 @@ be read are listed in ``<out>.failures.jsonl`` and counted; the rest are answere
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from moviechat.common.errors import UserError
-from moviechat.common.atomic import atomic_path, held_lock
+from moviechat.common.atomic import OutputBusy, atomic_path, exclusive  # noqa: F401  (OutputBusy: its old home)
 from moviechat.common.digest import content_digest
 from moviechat.data.sampling import FrameSampling
 from moviechat.common.values import finite_number
@@ -236,32 +235,6 @@ def answered_ids(out: Path) -> set:
     if bad:
         print(f"warning: {out}: {len(bad)} line(s) are not predictions (lines {bad[:10]}); ignored", flush=True)
     return done
-
-
-class OutputBusy(UserError, RuntimeError):
-    """Another process is answering into the same predictions file."""
-
-
-@contextlib.contextmanager
-def exclusive(out: Path):
-    """Hold ``<out>.lock`` for the whole run (removed at exit); a second process on the same ``--out`` is refused."""
-    lock = out.with_name(out.name + ".lock")
-    held = contextlib.ExitStack()
-    try:
-        f = held.enter_context(held_lock(lock, wait=False, remove=True))
-    except BlockingIOError:
-        try:
-            holder = lock.read_text(errors="replace").strip()[:40] or "pid unknown"
-        except OSError:
-            holder = "pid unknown"
-        raise OutputBusy(f"{out} is being written by another process ({holder}); "
-                         f"wait for it or give another --out") from None
-    with held:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        yield
 
 
 def _append(path: Path, text: str) -> None:

@@ -82,6 +82,33 @@ def _acquire(path: Path, wait: bool) -> IO[str]:
         f.close()
 
 
+class OutputBusy(UserError, RuntimeError):
+    """Another process is writing the same output (a predictions file, a scoring folder, a judge cache)."""
+
+
+@contextlib.contextmanager
+def exclusive(out: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold ``<out>.lock`` for the whole run (removed at exit): a second process on the same output is refused,
+    saying which process holds it."""
+    lock = out.with_name(out.name + ".lock")
+    held = contextlib.ExitStack()
+    try:
+        f = held.enter_context(held_lock(lock, wait=False, remove=True))
+    except BlockingIOError:
+        try:
+            holder = lock.read_text(errors="replace").strip()[:40] or "pid unknown"
+        except OSError:
+            holder = "pid unknown"
+        raise OutputBusy(f"{out} is being written by another process ({holder}); "
+                         f"wait for it or give another {flag}") from None
+    with held:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

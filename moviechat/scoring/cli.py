@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
+from moviechat.common.atomic import exclusive
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.data.annotations import video_fps
@@ -42,7 +44,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    """One scorer per results folder and per judge cache at a time: a second would judge the same questions
+    again (each process reads the cache when it starts)."""
     out = Path(args.out)
+    with contextlib.ExitStack() as held:
+        held.enter_context(exclusive(out / "summary.json"))
+        if args.judge_url and args.judge_cache:
+            held.enter_context(exclusive(Path(args.judge_cache), "--judge-cache"))
+        return _score_held(args, out)
+
+
+def _score_held(args: argparse.Namespace, out: Path) -> int:
     predictions = select_split(read_predictions(Path(args.predictions), args.skip_bad_lines), args.split,
                                args.predictions)
     judge = judge_from_args(args, out / "judge_cache.jsonl")

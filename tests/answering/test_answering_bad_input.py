@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from helpers import answerer_for, moviechat1k_json, rows_for, token_video, write_annotation
-from moviechat.answering.whole_split import FeatureLookup, OutputBusy, answer_file, answered_ids, exclusive
+from moviechat.answering.whole_split import FeatureLookup, answer_file, answered_ids
+from moviechat.common.atomic import OutputBusy, exclusive
 from moviechat.data.annotations import load_annotations, parse_moviechat1k
 from moviechat.data.stores import (
     DataError,

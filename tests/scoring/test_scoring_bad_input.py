@@ -79,3 +79,20 @@ def test_evaluation_names_a_field_of_the_wrong_type(tmp_path, capsys, line, prob
 def test_evaluation_of_a_missing_predictions_file_is_one_line(tmp_path, capsys):
     assert score_cli.main(["--predictions", str(tmp_path / "nope.jsonl"), "--annotations", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --predictions {tmp_path / 'nope.jsonl'}: no such file"
+
+
+def test_a_second_scorer_on_the_same_folder_or_judge_cache_is_refused_not_judging_twice(tmp_path, capsys):
+    from moviechat.common.atomic import exclusive
+
+    write_annotation(tmp_path / "ann", "1", moviechat1k_json())
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"video": "1", "question": "Where is he?", "prediction": "Outside."}) + "\n")
+    args = ["--predictions", str(preds), "--annotations", str(tmp_path / "ann"), "--out", str(tmp_path / "e")]
+    with exclusive(tmp_path / "e" / "summary.json"):  # another scorer writing this folder
+        assert score_cli.main(args) == 2
+    assert f"{tmp_path / 'e' / 'summary.json'} is being written by another process (pid {os.getpid()})" in capsys.readouterr().err
+    judged = args + ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--judge-cache", str(tmp_path / "c.jsonl")]
+    with exclusive(tmp_path / "c.jsonl", "--judge-cache"):  # another scorer judging into this cache
+        assert score_cli.main(judged[:5] + [str(tmp_path / "e2")] + judged[6:]) == 2
+    assert "wait for it or give another --judge-cache" in capsys.readouterr().err
+    assert score_cli.main(args) == 0 and not list((tmp_path / "e").glob("*.lock"))  # alone: scored, lock gone
