@@ -62,8 +62,17 @@ def file_key(path: Path, src: Path) -> str:
 
 
 def file_units(src: Path) -> list[Unit]:
-    """Every video and image file below ``src``, one unit each, in path order."""
-    return [Unit(str(f), (file_key(f, src),)) for f in media_files(src)]
+    """Every video and image file below ``src``, one unit each, in path order. Two files with one key
+    (``clip.mp4`` and ``clip.mkv``) would write one set of features over the other: refused, naming both."""
+    units, seen = [], {}
+    for f in media_files(src):
+        key = file_key(f, src)
+        if key in seen:
+            raise DataError(f"{seen[key]} and {f} would both be features {key!r} (a key is the path without its "
+                            f"extension): rename or move one of them")
+        seen[key] = f
+        units.append(Unit(str(f), (key,)))
+    return units
 
 
 def _is_image(member: tarfile.TarInfo) -> bool:

@@ -78,3 +78,16 @@ def test_the_converter_reads_npy_chunks_in_a_tar_and_keeps_dotted_keys(tmp_path,
     assert video.key == "my.video" and np.array_equal(video.feats, np.concatenate(chunks).astype(np.float16))
     validate_features(video.feats, video.meta, video.key, "x")
     assert list(load_annotations(out / "annotations")) == ["my.video"]
+
+
+def test_two_videos_with_one_key_are_refused_naming_both(tmp_path):
+    from moviechat.data.stores import DataError
+    from moviechat.prepare.media import file_units
+
+    (tmp_path / "a").mkdir()
+    for name in ("a/clip.mp4", "a/clip.mkv", "a/other.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(DataError, match=r"clip\.mkv and .*clip\.mp4 would both be features 'a/clip'"):
+        file_units(tmp_path)
+    (tmp_path / "a" / "clip.mkv").unlink()
+    assert [u.keys for u in file_units(tmp_path)] == [("a/clip",), ("a/other",), ("b",)]
