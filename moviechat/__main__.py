@@ -6,7 +6,10 @@ Each verb is the ``main(argv)`` of the room that does the job; ``moviechat <verb
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import sys
+from pathlib import Path
 
 # verb -> (module whose main(argv) runs it, one line for --help); the order is the order of a user's work
 VERBS: dict[str, tuple[str, str]] = {
@@ -42,6 +45,19 @@ def usage() -> str:
             + "\n".join(lines))
 
 
+def quiet_accelerator_probe() -> None:
+    """On a machine with no GPU, tell DeepSpeed so before anything imports it: its probe otherwise prints a
+    warning on stderr, above a command's one-line error. Only where that is sure (Linux, no NVIDIA or ROCm
+    device, no other accelerator's torch extension installed); a user's own ``DS_ACCELERATOR`` wins."""
+    if "DS_ACCELERATOR" in os.environ or sys.platform != "linux":
+        return
+    if Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists() or any(Path("/dev").glob("nvidia*")):
+        return
+    if any(importlib.util.find_spec(m) for m in ("intel_extension_for_pytorch", "torch_npu", "habana_frameworks")):
+        return
+    os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # DeepSpeed's launcher (--module) puts --local_rank=N before the verb; the verb's parser takes it
@@ -57,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[0] = f"moviechat {verb}"  # argparse's prog in usage lines
     from moviechat.common.errors import run_cli
 
+    quiet_accelerator_probe()
     module = importlib.import_module(VERBS[verb][0])
     return run_cli(lambda: module.main(rest + launcher) or 0)  # a user error anywhere: one line, exit 2
 

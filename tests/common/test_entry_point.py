@@ -1,0 +1,34 @@
+"""The one entry point (moviechat/__main__.py): DeepSpeed's accelerator probe says nothing above a one-line error."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moviechat import __main__ as entry
+
+NO_GPU = sys.platform == "linux" and not Path("/proc/driver/nvidia").exists() and not list(Path("/dev").glob("nvidia*"))
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU: DeepSpeed is left to find it")
+def test_without_a_gpu_deepspeed_is_told_cpu_unless_the_user_said_otherwise(monkeypatch):
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    entry.quiet_accelerator_probe()
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    entry.quiet_accelerator_probe()
+    assert os.environ["DS_ACCELERATOR"] == "cuda"
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU: DeepSpeed is left to find it")
+def test_deepspeed_imported_after_the_probe_prints_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+
+    def printed(code: str) -> str:  # DeepSpeed's logger writes to stdout: what a terminal shows, both streams
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=120).stdout
+
+    assert "Setting accelerator to CPU" in printed("import deepspeed")  # what a one-line error had above it
+    assert printed("from moviechat.__main__ import quiet_accelerator_probe as q; q(); import deepspeed") == ""
