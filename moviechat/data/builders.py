@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from moviechat.config import Config
 from moviechat.config.data import DataConfig
-from moviechat.data.annotations import QA, load_annotations, split_by_video
+from moviechat.data.annotations import QA, annotation_files, load_annotations, split_by_video, video_key
 from moviechat.data.conversation import read_prompts
 from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
 from moviechat.data.sampling import FrameSampling
 from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, expand_shards
 from moviechat.data.instruct import READERS, is_shard_pattern
-from moviechat.data.synthetic import synthetic_dir, write_synthetic_set
+from moviechat.data.synthetic import synthetic_dir, synthetic_keys, write_synthetic_set
 from moviechat.common.registry import DATASETS
 
 
@@ -40,16 +41,49 @@ def split_source(data: DataConfig, seed: int, qas: dict[str, list[QA]], skips: S
     missing = check_annotated_videos(qas, list(store.keys()), data.on_error, data.annotations)
     for key in missing:
         skips.add("annotated video without features", f"{key} ({len(qas[key])} question(s))")
-    videos = len(qas) - len(missing)
-    train, val = split_by_video(set(qas) - set(missing), data.val_fraction, seed)
-    if not train:
-        raise DataError(f"data.val_fraction={data.val_fraction} held out all {videos} video(s) of "
-                        f"{data.annotations}: lower it (0 holds out none)")
-    if data.val_fraction > 0 and not val:
-        raise DataError(f"data.val_fraction={data.val_fraction} held out none of the {videos} video(s) of "
-                        f"{data.annotations}: raise it to about {min(0.5, 2 / max(videos, 1)):.2g} for a held-out "
-                        f"split, or set data.val_fraction=0 to train without one (no evaluation during training)")
+    train, val = checked_split(set(qas) - set(missing), data, seed, data.annotations)
     return VideoQASource(store, qas, train, val, missing, skips)
+
+
+def checked_split(keys: set[str], data: DataConfig, seed: int, where: object) -> tuple[set[str], set[str]]:
+    """(train, held-out) keys of ``data.val_fraction``; a split with no training video, or none held out when
+    some should be, is refused, saying what to set."""
+    train, val = split_by_video(keys, data.val_fraction, seed)
+    if not train:
+        raise DataError(f"data.val_fraction={data.val_fraction} held out all {len(keys)} video(s) of "
+                        f"{where}: lower it (0 holds out none)")
+    if data.val_fraction > 0 and not val:
+        raise DataError(f"data.val_fraction={data.val_fraction} held out none of the {len(keys)} video(s) of "
+                        f"{where}: raise it to about {min(0.5, 2 / max(len(keys), 1)):.2g} for a held-out "
+                        f"split, or set data.val_fraction=0 to train without one (no evaluation during training)")
+    return train, val
+
+
+def annotated_keys(folder: str) -> set[str]:
+    """The video keys of an annotations folder's files (a file that cannot be read is left to the full load,
+    which names it)."""
+    keys = set()
+    for f in annotation_files(folder):
+        try:
+            info = json.loads(f.read_text()).get("info")
+        except (OSError, ValueError, AttributeError):
+            continue
+        keys.add(video_key(info if isinstance(info, dict) else {}, f))
+    return keys
+
+
+def check_split_early(cfg: Config) -> None:
+    """The split checks of :func:`checked_split` before anything starts, where the keys are known cheaply: a
+    generated set's from its config, an annotations folder's from its files. Fewer keys (videos without
+    features) never turn a refused split into a good one, so what is refused here would be refused later."""
+    for part in cfg.data.parts():
+        if part.builder == "synthetic":
+            keys = set(synthetic_keys(part.data.synthetic))
+        elif part.builder == "moviechat1k" and part.data.annotations and Path(part.data.annotations).is_dir():
+            keys = annotated_keys(part.data.annotations)
+        else:
+            continue
+        checked_split(keys, part.data, cfg.run.seed, part.data.annotations or f"data.synthetic ({part.name})")
 
 
 @DATASETS.register("moviechat1k")

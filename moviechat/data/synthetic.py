@@ -83,6 +83,11 @@ def generate_video(key: str, seed: int, protos: np.ndarray, min_frames: int, max
     return SyntheticVideo(feats, make_questions(rng, scenes, breakpoints), scenes)
 
 
+def synthetic_keys(cfg: SyntheticConfig) -> list[str]:
+    """The video keys of a generated set, known from its config alone."""
+    return [f"syn{i:05d}" for i in range(cfg.num_videos)] + [f"ndl{i:05d}" for i in range(cfg.needles.videos)]
+
+
 def needle_videos(cfg: SyntheticConfig, protos: np.ndarray) -> list:
     """The set's needle videos (``data.synthetic.needles``; none by default), after its scene videos."""
     scenery = scenery_patterns(protos.shape[1], protos.shape[2], cfg.seed)

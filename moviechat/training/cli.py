@@ -64,12 +64,14 @@ def config_source(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def check_builders(cfg) -> None:
-    """The model's and every dataset's builder name are registered: a typo is one line here, before any process
-    group starts (the registry is filled by the modules that define the builders)."""
+    """The model's and every dataset's builder name are registered, and the held-out split holds videos on both
+    sides where that is known cheaply: a mistake is one line here, before any process group starts (the
+    registry is filled by the modules that define the builders)."""
     from moviechat.common.registry import DATASETS, MODELS
-    from moviechat.data import builders  # noqa: F401  (registers the datasets)
+    from moviechat.data.builders import check_split_early  # (and registers the datasets)
     from moviechat.models import builder  # noqa: F401  (registers the models)
 
+    check_split_early(cfg)
     if cfg.model.name not in MODELS:
         raise ConfigError(f"model.name={cfg.model.name!r} is not a registered model: {', '.join(MODELS.names())}")
     for part in cfg.data.parts():

@@ -171,3 +171,20 @@ def test_a_sweep_file_yaml_cannot_read_is_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_sweep(tmp_path / "s.yaml")
     assert "\n" not in str(e.value)
+
+
+def test_a_split_with_no_held_out_or_no_training_video_is_refused_before_training_starts(tmp_path):
+    from moviechat.data.stores import DataError
+    from moviechat.training.cli import check_builders
+
+    tiny = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
+    with pytest.raises(DataError, match=r"val_fraction=0.2 held out none of the 4 video\(s\) of data.synthetic"):
+        check_builders(load_config(tiny, ["data.synthetic.num_videos=4", "data.val_fraction=0.2"]))
+    (tmp_path / "ann").mkdir()
+    for i in range(3):
+        (tmp_path / "ann" / f"v{i}.json").write_text('{"info": {"video_path": "clip%d.mp4"}}' % i)
+    (tmp_path / "ann" / "broken.json").write_text("{")  # left to the full load, which names it
+    annotated = ["data.name=moviechat1k", f"data.annotations={tmp_path / 'ann'}", "data.folder=f"]
+    with pytest.raises(DataError, match=r"held out all 3 video\(s\) of"):
+        check_builders(load_config(tiny, annotated + ["data.val_fraction=0.9999999"]))
+    check_builders(load_config(tiny, annotated + ["data.val_fraction=0"]))  # nothing held out, as asked
