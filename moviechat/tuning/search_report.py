@@ -20,12 +20,26 @@ from moviechat.tuning.search import COUNTED
 
 
 
+def trial_state(study: optuna.Study, t: optuna.trial.FrozenTrial) -> str:
+    """What became of a trial: Optuna's state, except that a trial stopped and queued again (Ctrl-C, a signal, a
+    runner gone) is ``interrupted``, not ``fail`` (Optuna has no state for it; its parameters run again)."""
+    if t.state == optuna.trial.TrialState.FAIL and f"requeued_{t.number}" in study.user_attrs:
+        return "interrupted"
+    return t.state.name.lower()
+
+
+def trial_params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters; a waiting (queued) trial has none sampled yet, only those it was queued with."""
+    return t.params or dict(t.system_attrs.get("fixed_params") or {})
+
+
 def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         why = t.user_attrs.get("fail_reason") or study.user_attrs.get(f"requeued_{t.number}", "")
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
-                     **{k: t.params.get(k) for k in keys}, "wall_s": t.user_attrs.get("wall_s"),
+        params = trial_params(t)
+        rows.append({"trial": t.number, "state": trial_state(study, t), "value": t.value,
+                     **{k: params.get(k) for k in keys}, "wall_s": t.user_attrs.get("wall_s"),
                      "memory_frames": t.user_attrs.get("memory_frames"), "memory_tokens": t.user_attrs.get("memory_tokens"),
                      **{k: t.user_attrs[k] for k in RECALL_MAP_METRICS if k in t.user_attrs},
                      "pruned_at_step": t.user_attrs.get("pruned_at"), "note": why,

@@ -227,3 +227,19 @@ def test_importances_from_fewer_than_five_trials_are_called_indicative(tmp_path)
         trial.suggest_float("train.lr", 1e-5, 1e-2)
         study.tell(trial, value)
     assert "rest on 3 completed trial(s): indicative only; 5 or more" in write_report(study, sweep, tmp_path / "out" / "s")
+
+
+def test_an_interrupted_trial_is_listed_interrupted_and_its_queued_copy_shows_its_parameters():
+    from moviechat.tuning.search import requeue
+    from moviechat.tuning.search_report import trial_rows
+
+    study = optuna.create_study(direction="minimize")
+    trial = study.ask({"memory.long_memory_length": optuna.distributions.CategoricalDistribution([4, 8])})
+    trial.set_user_attr("run_dir", "/runs/trial-0000")
+    failed = study.ask({"memory.long_memory_length": optuna.distributions.CategoricalDistribution([4, 8])})
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)  # a real failure stays one
+    assert requeue(study, study.trials[0], "/runs/trial-0000", "interrupted by SIGINT")
+    rows = trial_rows(study, ["memory.long_memory_length"])
+    assert [r["state"] for r in rows] == ["interrupted", "fail", "waiting"]
+    assert rows[2]["memory.long_memory_length"] == rows[0]["memory.long_memory_length"] is not None
+    assert rows[0]["note"] == "interrupted by SIGINT"
