@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -62,9 +63,10 @@ def read_features(store, key: str) -> VideoFeatures:
     return read_shard_video(where, key) if isinstance(store, ShardStore) else read_npy_video(where, store.kind, store.fps)
 
 
-def check_generated(cfg: Config) -> None:
+def check_generated(cfg: Config, config_args: str = "--cfg CONFIG") -> None:
     """Preview reads and never writes: a generated set that is not there yet is refused, naming the command
-    that writes it."""
+    that writes it (``config_args``: the config and overrides this preview was given, so the command writes the
+    very set the folder is named for)."""
     for part in cfg.data.parts():
         if part.builder != "synthetic":
             continue
@@ -72,11 +74,12 @@ def check_generated(cfg: Config) -> None:
         folder = synthetic_dir(part.data.synthetic, q, d, cfg.run.output_dir)
         if not (folder / "DONE").is_file():
             raise DataError(f"{part.name}: the generated set {folder} is not written yet (preview only reads); "
-                            f"write it with `moviechat make-synthetic --cfg CONFIG --out {folder}` or by training")
+                            f"write it with `moviechat make-synthetic {config_args} --out {folder}` or by training")
 
 
-def preview(cfg: Config, index: int, dataset: Optional[str] = None, marked: bool = False) -> dict[str, Any]:
-    check_generated(cfg)
+def preview(cfg: Config, index: int, dataset: Optional[str] = None, marked: bool = False,
+            config_args: str = "--cfg CONFIG") -> dict[str, Any]:
+    check_generated(cfg, config_args)
     parts = build_parts(cfg, split=False)
     names = [p.name for p in parts]
     if dataset is None and len(parts) > 1:
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load_config(args.cfg, args.overrides)
     stop_if_only_checking()
-    out = preview(cfg, args.index, args.dataset, args.text)
+    config_args = shlex.join(["--cfg", str(args.cfg), *args.overrides])
+    out = preview(cfg, args.index, args.dataset, args.text, config_args)
     print(json.dumps(out, ensure_ascii=False))  # stdout: always exactly this one line
     if args.text:
         print(out["text"], file=sys.stderr)

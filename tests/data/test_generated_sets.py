@@ -1,5 +1,5 @@
-"""The generated needle set (moviechat/data/needles.py): needles where asked, balanced answers, apart from training;
-and a generated set on disk is the one its config asks for."""
+"""Generated sets: the needle set (moviechat/data/needles.py) holds its needles where asked, with balanced
+answers and apart from training; a set on disk is the one its config asks for; the command that writes it is named."""
 
 from collections import Counter
 
@@ -125,3 +125,17 @@ def test_a_generated_set_on_disk_must_be_the_one_the_config_asks_for(tmp_path):
         write_synthetic_set(other, Q, D, out)
     with pytest.raises(DataError, match=r"other settings \(dim differ"):
         write_synthetic_set(asked, Q, 64, out)  # another model's frame tokens
+
+
+def test_the_command_preview_names_writes_the_set_it_asks_for(tmp_path, capsys):
+    import shlex
+
+    from moviechat.__main__ import main
+
+    asked = ["--cfg", "tiny_synthetic", "--index", "0", "data.synthetic.num_videos=9", f"run.output_dir={tmp_path}"]
+    assert main(["preview", *asked]) == 2
+    named = capsys.readouterr().err.split("`")[1]  # the command the message names, run as it is written
+    assert "data.synthetic.num_videos=9" in named
+    assert main(shlex.split(named)[1:]) == 0
+    assert main(["preview", *asked]) == 0  # now there: the 9-video set its folder is named for
+    assert len(list(next(tmp_path.glob("data/synthetic-*")).glob("annotations/*.json"))) == 9
