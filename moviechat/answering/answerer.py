@@ -20,7 +20,7 @@ from moviechat.answering.breakpoints import BreakpointConvention
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
 from moviechat.data.stores import DataError, PreprocessCheck
 from moviechat.memory import StreamingMemory
-from moviechat.text.prompt import PromptFormat
+from moviechat.text.prompt import MAX_NEW_TOKENS, PromptFormat
 
 GENERATIONS = ("greedy", "moviechat")
 
@@ -43,7 +43,7 @@ class Answerer:
     the current one (``moviechat.answering.breakpoints``), recorded with every prediction.
     """
 
-    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = 32, batch_size: int = 16,
+    def __init__(self, cfg, tokenizer, model, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 16,
                  generation: str = "greedy", seed: int = 0, breakpoints: BreakpointConvention = BreakpointConvention()):
         if generation not in GENERATIONS:
             raise ValueError(f"generation={generation!r} must be 'greedy' or 'moviechat'")
@@ -64,7 +64,7 @@ class Answerer:
         return self.breakpoints.seconds(row, stamps, meta, self.cfg.memory.fragments)
 
     @classmethod
-    def load(cls, path: str | Path, max_new_tokens: int = 32, generation: str = "greedy", trust: bool = False,
+    def load(cls, path: str | Path, max_new_tokens: int = MAX_NEW_TOKENS, generation: str = "greedy", trust: bool = False,
              batch_size: int = 16, breakpoints: BreakpointConvention = BreakpointConvention()) -> "Answerer":
         """The answerer of a run folder, one of its checkpoints or an ``hf`` export folder."""
         from moviechat.runs.provenance import source_of

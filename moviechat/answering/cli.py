@@ -34,6 +34,7 @@ from moviechat.answering.whole_split import (SPLITS, FeatureLookup, VideoFileLoo
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.stores import DataError
 from moviechat.runs.provenance import training_folder
+from moviechat.text.prompt import MAX_NEW_TOKENS
 
 
 MOVIECHAT_FRAGMENTS, MOVIECHAT_FRAGMENT_FRAMES = 128, 8  # MovieChat's MovieChat-1K inference
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards")
     p.add_argument("--kind", default="tokens", choices=["tokens", "eva"], help="kind of .npy files without a .json")
     p.add_argument("--out", default="predictions.jsonl")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="questions generated together, across videos (default: %(default)s)")
     p.add_argument("--token-cache", help="with --videos: keep each video's frame tokens here and reuse them in "
                                          "later runs (keyed by file, sampling, preprocessing and weights)")

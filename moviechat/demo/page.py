@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional
 
 from moviechat.demo.picture import memory_figure
 from moviechat.demo.session import MODES, DemoError, DemoSession
+from moviechat.text.prompt import MAX_NEW_TOKENS
 
 PLAYER_TIME_JS = "() => { const v = document.querySelector('#player video'); return v ? v.currentTime : 0; }"
 
@@ -45,7 +46,7 @@ def build_page(session: DemoSession):
                 use_player = gr.Button("Use the player's current time", elem_id="use-player", size="sm")
                 generation = gr.Radio(["greedy", "moviechat"], value="greedy", elem_id="generation",
                                       label="Generation (moviechat: the paper's sampling)")
-                max_new = gr.Slider(1, 512, value=32, step=1, label="Max new tokens", elem_id="max-new")
+                max_new = gr.Slider(1, 512, value=MAX_NEW_TOKENS, step=1, label="Max new tokens", elem_id="max-new")
         chat = gr.Chatbot(label="Chat on the memory", elem_id="chat", height=260)
         with gr.Row():
             question = gr.Textbox(label="Question", elem_id="question", scale=4)

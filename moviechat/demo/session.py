@@ -24,6 +24,7 @@ from moviechat.common.digest import content_digest
 from moviechat.common.errors import UserError
 from moviechat.data.stores import DataError
 from moviechat.memory import MemoryPlan, frame_means, plan_memories
+from moviechat.text.prompt import MAX_NEW_TOKENS
 
 FEATURE_SUFFIXES = (".npy",)
 MODES = ("global", "breakpoint")
@@ -162,7 +163,7 @@ class DemoSession:
 
     def ask(self, video: OpenVideo, question: str, mode: str, seconds: Optional[float],
             history: list[tuple[str, str]] = (), generation: str = "greedy",
-            max_new_tokens: int = 32) -> Iterator[Reply]:
+            max_new_tokens: int = MAX_NEW_TOKENS) -> Iterator[Reply]:
         """The answer as it is generated, then finished; follow-up questions (``history``) on the same memory."""
         question = (question or "").strip()
         if not question:

@@ -15,6 +15,7 @@ from moviechat.answering.cli import MOVIECHAT_FRAGMENT_FRAMES, MOVIECHAT_FRAGMEN
 from moviechat.common.errors import UserError
 from moviechat.common.values import finite_number, parse_bool
 from moviechat.memory.config import PRESETS
+from moviechat.text.prompt import MAX_NEW_TOKENS
 
 SAMPLINGS = ("moviechat", "fps", "all")
 
@@ -33,7 +34,7 @@ class PluginSettings:
     preset: Optional[str] = None  # memory.preset instead of the run's
     generation: str = "greedy"  # greedy | moviechat (the paper's sampling)
     batch_size: int = 16  # questions generated together
-    max_new_tokens: int = 32
+    max_new_tokens: int = MAX_NEW_TOKENS
     token_cache: Optional[str] = None  # a folder keeping each video's frame tokens for later runs
     breakpoint_convention: str = "ours"
     current_frame: str = "ours"

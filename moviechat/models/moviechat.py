@@ -31,7 +31,7 @@ from moviechat.models.qformer import QFormer, encode_frame_tokens
 from moviechat.models.vision import EvaVisionEncoder
 from moviechat.models.parts import PARTS, parameter_summary, set_frozen, trainable_state_dict
 from moviechat.models.splice import generate_on_video, splice
-from moviechat.text.prompt import IGNORE_INDEX, Stop
+from moviechat.text.prompt import IGNORE_INDEX, MAX_NEW_TOKENS, Stop
 
 
 
@@ -189,7 +189,7 @@ class MovieChatModel(nn.Module):
         return (llm or self.llm)(inputs_embeds=embeds, attention_mask=mask).logits.float()
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], max_new_tokens: int = 32, stop: Optional[Stop] = None) -> list[Tensor]:
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = MAX_NEW_TOKENS, stop: Optional[Stop] = None) -> list[Tensor]:
         """Greedy answers for a batch of prompts (memory built per sample): new token ids per sample."""
         video, _ = self.encode_video(batch)
         lengths = batch["attention_mask"].sum(1).tolist()  # right padding: row i's prompt is its first ids
@@ -197,7 +197,7 @@ class MovieChatModel(nn.Module):
         return generate_on_video(self.llm, self.image_token_id, video, prompts, max_new_tokens, stop, self.device)
 
     @torch.no_grad()
-    def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = 32,
+    def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = MAX_NEW_TOKENS,
                stop: Optional[Stop] = None, n_position: Optional[int] = None) -> Tensor:
         """Greedy answer to one prompt (token ids with one ``<ImageHere>``) on a memory [M, Q, H] that was
         built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory` (``n_position``: its table size):
@@ -206,7 +206,7 @@ class MovieChatModel(nn.Module):
                                 None if n_position is None else [n_position])[0]
 
     @torch.no_grad()
-    def answer_many(self, memories: Sequence[Tensor], prompts: Sequence[Sequence[int]], max_new_tokens: int = 32,
+    def answer_many(self, memories: Sequence[Tensor], prompts: Sequence[Sequence[int]], max_new_tokens: int = MAX_NEW_TOKENS,
                     stop: Optional[Stop] = None, n_positions: Optional[Sequence[int]] = None,
                     streamer: Any = None) -> list[Tensor]:
         """Greedy answers to several prompts, each on its own memory [M_i, Q, H], generated together

@@ -34,6 +34,7 @@ from moviechat.common.values import excerpt, finite_number
 from moviechat.data.stores import DataError
 from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.text.answers import exact_match, normalized_match
+from moviechat.text.prompt import MAX_NEW_TOKENS
 
 FORMATS = ("msvd", "msrvtt", "activitynet")
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--shards")
     a.add_argument("--kind", default="tokens", choices=["tokens", "eva"])
     a.add_argument("--out", required=True)
-    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--generation", choices=["greedy", "moviechat"], default="greedy")
     a.add_argument("--trust-checkpoint", action="store_true")

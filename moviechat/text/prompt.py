@@ -22,6 +22,7 @@ IMAGE_TOKEN = "<ImageHere>"  # one added special token, replaced by the video to
 SEPARATOR = "###"
 IGNORE_INDEX = -100  # label of tokens without loss (prompt, video, padding)
 PROMPT_FORMATS = ("moviechat", "chat")
+MAX_NEW_TOKENS = 32  # new tokens of an answer unless told otherwise (answer, demo, short-video QA, lmms-eval, the model)
 _MARK = "\x00answer\x00"  # stands for the answer while the chat template is rendered
 
 
