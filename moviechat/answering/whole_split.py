@@ -29,7 +29,8 @@ from moviechat.common.digest import content_digest
 from moviechat.data.sampling import FrameSampling
 from moviechat.common.values import finite_number
 from moviechat.data.keys import check_key
-from moviechat.data.stores import DataError, feature_meta, read_npy_video, read_shard_video, validate_features
+from moviechat.data.stores import (DataError, FolderStore, feature_meta, read_npy_video, read_shard_video,
+                                   validate_features)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 
@@ -61,8 +62,9 @@ class FeatureLookup:
         if video in self.index:
             found = read_shard_video(self.index[video], video)
             return found.feats, found.meta
-        if self.folder is not None and (self.folder / f"{video}.npy").is_file():
-            return load_features(self.folder / f"{video}.npy", self.kind)
+        found = FolderStore(self.folder, self.kind).path_of(video) if self.folder is not None else None
+        if found is not None:  # <key>.npy or <key>.feats.npy, as training's folder store reads them
+            return load_features(found, self.kind)
         raise DataError(f"no features for video {video!r} (looked in --features-dir / --shards)")
 
 

@@ -57,7 +57,7 @@ def record_at(part: DataPart, index: int) -> tuple[str, QA]:
 
 
 def read_features(store, key: str) -> VideoFeatures:
-    where = store.keys().get(key)
+    where = store.keys().get(key) if isinstance(store, ShardStore) else store.path_of(key)
     if where is None:
         raise DataError(f"record's key {key!r} has no features in the store")
     return read_shard_video(where, key) if isinstance(store, ShardStore) else read_npy_video(where, store.kind, store.fps)

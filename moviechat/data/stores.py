@@ -342,6 +342,13 @@ class FolderStore:
     def keys(self) -> dict[str, str]:
         return {self.key_of(p): str(p) for p in self._files()}
 
+    def path_of(self, key: str) -> Optional[Path]:
+        """The file of one key (``<key>.npy``, else ``<key>.feats.npy``) without listing the folder; None if absent."""
+        for name in (f"{key}.npy", f"{key}.feats.npy"):
+            if (self.folder / name).is_file():
+                return self.folder / name
+        return None
+
     def videos(self, stream: int, num_streams: int, seed: int, skips: SkipCounter) -> Iterator[VideoFeatures]:
         files = self._files()
         random.Random(seed).shuffle(files)

@@ -149,3 +149,18 @@ def test_an_answering_option_that_does_not_apply_is_said(tmp_path, capsys, monke
     with pytest.raises(SystemExit):
         answer_cli.main(["runs/r", "--annotations", "a", "--videos", "v", "--limit", "3", "--split", "heldout"])
     assert "note:" not in capsys.readouterr().err
+
+
+def test_features_by_key_are_found_as_training_finds_them(tmp_path, tiny_cfg):
+    from moviechat.data.stores import FolderStore, default_meta
+
+    feats = np.zeros((3, tiny_cfg.model.image_qformer.num_query_tokens, tiny_cfg.model.image_qformer.hidden_size), np.float16)
+    (tmp_path / "cook").mkdir()
+    np.save(tmp_path / "a.npy", feats)
+    np.save(tmp_path / "cook" / "b.feats.npy", feats)  # as taken out of a shard
+    (tmp_path / "cook" / "b.json").write_text(json.dumps(default_meta(3, "tokens")))
+    lookup, store = FeatureLookup(str(tmp_path), None, "tokens"), FolderStore(tmp_path, "tokens")
+    for key in ("a", "cook/b"):
+        assert lookup(key)[0].shape == (3, *feats.shape[1:]) and key in store.keys()
+    with pytest.raises(DataError, match="no features for video 'c'"):
+        lookup("c")
