@@ -190,7 +190,7 @@ def run_pipeline(args, cfg, units: list[Unit], encoder, device: torch.device, ki
     def index_shard(shard: str, videos: list[VideoFeatures]) -> None:
         with open(feature_index.rank_file(out, "index", rank), "a") as index:
             index.writelines(json.dumps({"key": v.key, "shard": Path(shard).name, "frames": len(v.meta["timestamps"]),
-                                         "kind": kind}) + "\n" for v in videos)
+                                         "kind": kind, "source": v.source}) + "\n" for v in videos)
         counts["videos"] += len(videos)
         counts["shards"] += 1
 

@@ -43,6 +43,21 @@ def done_keys(out: Path) -> set[str]:
     return {row["key"] for row in entries(out)}
 
 
+def merged_failures(path: Path, new: list[str], extracted: set[str]) -> str:
+    """``failures.jsonl`` after a run: one line per video that still has no features, its latest error (a re-run
+    tries failed videos again; it appended the same failures once more each time)."""
+    lines = (path.read_text().splitlines() if path.is_file() else []) + new
+    latest: dict[str, str] = {}
+    for line in lines:
+        try:
+            video = json.loads(line)["video"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        latest.pop(video, None)
+        latest[video] = line
+    return "".join(line + "\n" for video, line in latest.items() if video not in extracted)
+
+
 def merge(out: Path) -> dict[str, int]:
     """Fold the ranks' index and failure files into ``index.jsonl`` / ``failures.jsonl``; returns counts."""
     rows, seen, twice = [], {}, []
@@ -62,9 +77,9 @@ def merge(out: Path) -> dict[str, int]:
     for path in orphans:
         path.unlink()
     failures = [line for p in sorted(out.glob("failures.rank*.jsonl")) for line in p.read_text().splitlines() if line]
-    if failures:
-        with open(out / FAILURES, "a") as f:
-            f.writelines(line + "\n" for line in failures)
+    if failures or (out / FAILURES).is_file():
+        write_text_atomic(out / FAILURES, merged_failures(out / FAILURES, failures, {r["source"] for r in rows
+                                                                                       if "source" in r}))
     for path in [*out.glob("index.rank*.jsonl"), *out.glob("failures.rank*.jsonl")]:
         path.unlink()
     if orphans:

@@ -69,6 +69,10 @@ def test_extract_features_writes_shards_the_dataset_reads_and_resumes(tmp_path, 
     assert extract.main(["--cfg", str(TINY), "--videos", str(videos), "--out", str(out), "--fps", "2"]) == 0
     assert "2 already done, 1 to extract" in capsys.readouterr().out
     assert len((out / "index.jsonl").read_text().splitlines()) == 2
+    assert len((out / "failures.jsonl").read_text().splitlines()) == 1  # its latest error, once, not once per run
+    write_video(videos / "broken.mp4", frames=8)  # mended: extracted, and no longer listed as failed
+    assert extract.main(["--cfg", str(TINY), "--videos", str(videos), "--out", str(out), "--fps", "2"]) == 0
+    assert "done: 1 extracted" in capsys.readouterr().out and (out / "failures.jsonl").read_text() == ""
     tok_out = tmp_path / "tokens"
     extract.main(["--cfg", str(TINY), "--videos", str(videos / "clip_a.mp4"), "--out", str(tok_out), "--num-frames", "3",
                   "--frame-tokens", "--preprocess", "moviechat1k_train"])
