@@ -125,7 +125,7 @@ class DiskFull(UserError):
     """A write that failed because its file system is full; names the path and the space left."""
 
 
-def disk_full(path: str | os.PathLike, error: BaseException) -> Optional[DiskFull]:
+def disk_full(path: str | os.PathLike, error: BaseException, then: str = "then resume the run") -> Optional[DiskFull]:
     """A :class:`DiskFull` when ``error`` (an ``OSError``, or torch's ``RuntimeError`` of a failed zip write,
     which does not say why) came from a full file system, else None."""
     full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -135,7 +135,7 @@ def disk_full(path: str | os.PathLike, error: BaseException) -> Optional[DiskFul
         return None
     free = shutil.disk_usage(_existing(Path(path))).free
     return DiskFull(f"no space left on the device writing {path} ({free / 2**20:.1f} MiB free there): free space, "
-                    f"then resume the run")
+                    f"{then}")
 
 
 def _existing(path: Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from moviechat.common.atomic import atomic_path, torch_save_atomic, write_text_atomic
+from moviechat.common.atomic import atomic_path, disk_full, torch_save_atomic, write_text_atomic
 from moviechat.common.errors import UserError, run_cli, stop_if_only_checking
 from moviechat.config import save_config, to_yaml
 from moviechat.data import Collator, Sample
@@ -185,11 +185,17 @@ def export(path: str | Path, fmt: str, out: str | Path | None = None, merge_lora
     default = ckpt.parent.parent / "export" / (f"moviechat_{ckpt.name}.pth" if fmt == "moviechat" else f"{fmt}_{ckpt.name}")
     out = Path(out) if out else default
     check_out(out, out == default, force)
-    if fmt == "moviechat":
-        return export_moviechat(cfg, tokenizer, model, out, merge_lora)
-    writer = {"hf": export_hf, "lora": export_lora, "merged": export_merged}[fmt]
-    written = writer(cfg, tokenizer, model, out)
-    write_text_atomic(written / EXPORTED, f"{fmt} export of {ckpt}\n")
+    try:
+        if fmt == "moviechat":
+            return export_moviechat(cfg, tokenizer, model, out, merge_lora)
+        writer = {"hf": export_hf, "lora": export_lora, "merged": export_merged}[fmt]
+        written = writer(cfg, tokenizer, model, out)
+        write_text_atomic(written / EXPORTED, f"{fmt} export of {ckpt}\n")
+    except (OSError, RuntimeError) as e:  # torch's zip writer and the libraries' save_pretrained do not say "full"
+        full = disk_full(out, e, then="then export again (nothing half-written is left as an export)")
+        if full is None:
+            raise
+        raise full from None
     return written
 
 

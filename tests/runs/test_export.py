@@ -76,3 +76,21 @@ def test_export_never_overwrites_what_it_did_not_write_unless_forced(tiny_lora_r
     assert export.export(tiny_lora_run, "moviechat", merge_lora=True) == default  # so is the run's export/ path
     assert export.main([str(tiny_lora_run), "--merge-lora", "--out", str(notes), "--force"]) == 0
     assert notes.read_bytes() != b"my notes"
+
+
+def test_a_full_disk_during_export_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from moviechat.runs import export as exporter
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step00000003"
+    monkeypatch.setattr(exporter, "load_run", lambda path, trust: (None, None, None, ckpt))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(exporter, "export_hf", full)
+    assert exporter.main([str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on the device writing {tmp_path / 'hf'}" in err and "then export again" in err
+    assert len(err.strip().splitlines()) == 1
