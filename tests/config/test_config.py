@@ -188,3 +188,15 @@ def test_a_split_with_no_held_out_or_no_training_video_is_refused_before_trainin
     with pytest.raises(DataError, match=r"held out all 3 video\(s\) of"):
         check_builders(load_config(tiny, annotated + ["data.val_fraction=0.9999999"]))
     check_builders(load_config(tiny, annotated + ["data.val_fraction=0"]))  # nothing held out, as asked
+
+
+def test_every_section_a_shipped_config_points_to_exists():
+    """A config's header names where its numbers are (README "Set-up", docs/x.md "Section"): the page holds a
+    heading that starts with that name."""
+    pointers = []
+    for path in sorted((REPO / "moviechat" / "configs").rglob("*.y*ml")):
+        for page, section in re.findall(r'(README|docs/[\w.]+\.md) "([^"]+)"', path.read_text()):
+            pointers.append((path.name, "README.md" if page == "README" else page, section))
+    assert len(pointers) >= 7
+    missing = [p for p in pointers if not re.search(rf"^#+ {re.escape(p[2])}", (REPO / p[1]).read_text(), re.M)]
+    assert not missing, missing
