@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -50,6 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           Path(args.videos) if args.videos else None, args.fps, args.max_upload_mb)
     page = build_page(session)
     print(f"demo of {session.provenance()['run']} on http://{args.host}:{args.port}", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: the server closes, exit runs
     page.queue(default_concurrency_limit=1, max_size=32).launch(
         server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb}mb", share=False,
         show_error=False, inbrowser=False, quiet=True)
