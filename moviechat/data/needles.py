@@ -27,6 +27,8 @@ from moviechat.data.scenes import COLORS, scene_spans
 SCENERY_PATTERNS = 4  # haystack patterns; none of them is a colour a question can name
 _SCENERY_STREAM, _TRAIN_STREAM, _MAP_STREAM = 0x5CE7E, 0x7A1D, 0x4D4150  # tags that keep the seed streams apart
 
+MAP_MODES = ("global", "breakpoint")
+MIN_MAP_LENGTH = 6  # frames of the shortest map video: room for a needle and some haystack around it
 NEEDLE_QUESTION = "what color is the needle"
 COUNT_QUESTION = "how many needles are there"
 
@@ -127,3 +129,14 @@ def map_needle_video(length: int, depth: float, index: int, seed: int, protos: n
     qas = [QA(NEEDLE_QUESTION, needles[0].color, "global", None, "needle"),
            QA(NEEDLE_QUESTION, needles[0].color, "breakpoint", float(length - 1), "needle")]
     return NeedleVideo(feats, needles, spans, qas)
+
+
+def map_grid_problems(lengths: list[int], depths: list[float], modes: list[str], per_cell: int) -> list[str]:
+    """What is wrong with a recall map's grid (``moviechat recall-map`` and a sweep's ``recall_map:``), each
+    naming its setting; empty when it can be mapped."""
+    return ([f"lengths: {n} (needs >= {MIN_MAP_LENGTH} frames)" for n in lengths if n < MIN_MAP_LENGTH]
+            + [f"depths: {d} (needs 0 to 1)" for d in depths if not 0.0 <= d <= 1.0]
+            + [f"modes: {m!r} (global or breakpoint)" for m in modes if m not in MAP_MODES]
+            + ([f"per_cell={per_cell} (needs >= 1)"] if per_cell < 1 else [])
+            + [f"{name} is empty" for name, values in (("lengths", lengths), ("depths", depths), ("modes", modes))
+               if not values])

@@ -118,7 +118,7 @@ def _ask(session: DemoSession, key: Optional[str], question: str, mode: str, sec
             if not reply.done:
                 yield shown, reply.text, keep, keep, "Answering…", keep
                 continue
-            read = session.read(video, mode, seconds)
+            read = reply.read
             figure = memory_figure(session.plan(video, read), read, video.stamps, video.duration, video.name)
             where = "global memory" if read.frame is None else f"breakpoint at {video.stamps[read.frame]:.1f}s"
             yield (shown, reply.text, _stats_markdown(reply.stats), figure, f"Answered on the {where}.",

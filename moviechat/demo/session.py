@@ -57,6 +57,7 @@ class Reply:
     done: bool = False
     result: Optional[dict] = None
     stats: Optional[dict] = None
+    read: Optional[MemoryRead] = None  # the memory it was asked on (when done)
 
 
 class DemoSession:
@@ -214,4 +215,4 @@ class DemoSession:
                  "memory slots": int(read.memory.shape[0]),
                  "LLM tokens": len(prompt) - 1 + answerer.cfg.model.video_qformer.num_query_tokens,
                  "seconds to answer": round(time.perf_counter() - start, 2)}
-        yield Reply(result["prediction"], True, result, stats)
+        yield Reply(result["prediction"], True, result, stats, read)

@@ -36,13 +36,12 @@ from moviechat.common.atomic import atomic_path, write_text_atomic
 from moviechat.common.errors import UserError, stop_if_only_checking
 from moviechat.common.jsonl import read_jsonl
 from moviechat.config.errors import ConfigError
-from moviechat.data.needles import map_needle_video, scenery_patterns
+from moviechat.data.needles import map_grid_problems, map_needle_video, scenery_patterns
 from moviechat.data.scenes import prototypes
 from moviechat.data.stores import write_folder
 from moviechat.memory import MemoryConfig
 from moviechat.text.answers import normalized_match
 
-MODES = ("global", "breakpoint")
 OBJECTIVE = "recall_map/mean"
 
 
@@ -194,11 +193,9 @@ def _numbers(text: str, kind, flag: str) -> list:
 def parse_grid(args: argparse.Namespace) -> tuple[list[int], list[float], list[str]]:
     lengths, depths = _numbers(args.lengths, int, "--lengths"), _numbers(args.depths, float, "--depths")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = ([f"--lengths: {n} (needs >= {2 * 3} frames)" for n in lengths if n < 6]
-           + [f"--depths: {d} (needs 0 to 1)" for d in depths if not 0.0 <= d <= 1.0]
-           + [f"--modes: {m!r} (global or breakpoint)" for m in modes if m not in MODES])
-    bad += [f"--{k.replace('_', '-')}={getattr(args, k)} (needs >= 1)" for k in ("per_cell", "batch_size", "max_new_tokens")
-            if getattr(args, k) < 1] + ([] if modes else ["--modes names no mode"])
+    bad = [f"--{p.replace('per_cell', 'per-cell')}" for p in map_grid_problems(lengths, depths, modes, args.per_cell)]
+    bad += [f"--{k.replace('_', '-')}={getattr(args, k)} (needs >= 1)" for k in ("batch_size", "max_new_tokens")
+            if getattr(args, k) < 1]
     if bad:
         raise UserError("recall-map: " + "; ".join(bad))
     return sorted(set(lengths)), sorted(set(depths)), list(dict.fromkeys(modes))

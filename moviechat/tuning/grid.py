@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from moviechat.config import ConfigError
 from moviechat.config.errors import one_line
+from moviechat.data.needles import map_grid_problems
 
 SEED = "run.seed"
 
@@ -107,12 +108,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
 def check_recall_map(spec: RecallMapConfig, where: str) -> None:
     """The grid of a sweep's recall maps, checked before any run starts."""
-    bad = ([f"lengths: {n} (needs >= 6 frames)" for n in spec.lengths if n < 6]
-           + [f"depths: {d} (needs 0 to 1)" for d in spec.depths if not 0.0 <= d <= 1.0]
-           + [f"modes: {m!r} (global or breakpoint)" for m in spec.modes if m not in ("global", "breakpoint")]
-           + [f"overrides: {o!r} (memory.key=value only)" for o in spec.overrides if not o.startswith("memory.") or "=" not in o]
-           + ([f"per_cell={spec.per_cell} (needs >= 1)"] if spec.per_cell < 1 else [])
-           + [f"{name} is empty" for name in ("lengths", "depths", "modes") if not getattr(spec, name)])
+    bad = (map_grid_problems(spec.lengths, spec.depths, spec.modes, spec.per_cell)
+           + [f"overrides: {o!r} (memory.key=value only)" for o in spec.overrides if not o.startswith("memory.") or "=" not in o])
     if bad:
         raise ConfigError(f"{where}: recall_map." + "; recall_map.".join(bad))
 
