@@ -36,12 +36,13 @@ train-mixture: $(VENV)/.installed
 	$(BIN)/moviechat make-synthetic-instruct --cfg configs/experiments/tiny_instruct_mixture.yaml --out data/synthetic_instruct
 	$(BIN)/moviechat train --cfg configs/experiments/tiny_instruct_mixture.yaml
 
-# tests run in parallel worker processes (pytest-xdist), one per core up to 4; TEST_WORKERS=0 runs them in this one
+# tests run in parallel worker processes (pytest-xdist), one per core up to 4; TEST_WORKERS=0 runs them in this one;
+# the fifteen slowest are listed at the end, the tail to shorten
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 
 # COVERAGE=1: branch coverage of moviechat/ (subprocesses included), a table of the least-covered modules
 COVERAGE_ARGS := --cov=moviechat --cov-branch --cov-report=
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(if $(filter-out 0,$(TEST_WORKERS)),--dist worksteal) $(if $(COVERAGE),$(COVERAGE_ARGS))
+PYTEST := $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) $(if $(filter-out 0,$(TEST_WORKERS)),--dist worksteal) $(if $(COVERAGE),$(COVERAGE_ARGS))
 
 test: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
 	$(PYTEST)
