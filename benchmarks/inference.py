@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from common import TINY, build_model
-from moviechat.answering.whole_split import VideoFileLookup, answer_file, questions_from_annotations, read_questions
+from moviechat.answering.lookups import VideoFileLookup
+from moviechat.answering.questions import questions_from_annotations, read_questions
+from moviechat.answering.whole_split import answer_file
 from moviechat.config import load_config
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.answering.answerer import Answerer

@@ -29,8 +29,9 @@ import numpy as np
 from moviechat.answering.answerer import Answerer
 from moviechat.answering.breakpoints import CONVENTIONS, BreakpointConvention
 from moviechat.answering.chat import CHAT_STYLES, converse
-from moviechat.answering.whole_split import (SPLITS, FeatureLookup, VideoFileLookup, answer_file, is_run_data,
-                                             load_features, questions_from_annotations)
+from moviechat.answering.lookups import FeatureLookup, VideoFileLookup, load_features
+from moviechat.answering.questions import SPLITS, is_run_data, questions_from_annotations
+from moviechat.answering.whole_split import answer_file
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.stores import DataError
 from moviechat.runs.provenance import training_folder

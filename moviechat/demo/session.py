@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from moviechat.answering.answerer import GENERATIONS, Answerer, MemoryRead
-from moviechat.answering.whole_split import VIDEO_SUFFIXES, VideoFileLookup, load_features
+from moviechat.answering.lookups import VIDEO_SUFFIXES, VideoFileLookup, load_features
 from moviechat.common.digest import content_digest
 from moviechat.common.errors import UserError
 from moviechat.data.stores import DataError

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from moviechat.answering.whole_split import VideoFileLookup, answer_file
+from moviechat.answering.lookups import VideoFileLookup
+
+from moviechat.answering.whole_split import answer_file
 from moviechat.common.errors import UserError
 from moviechat.common.values import excerpt, finite_number
 from moviechat.data.stores import DataError

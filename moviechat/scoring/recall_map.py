@@ -31,7 +31,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moviechat.answering.answerer import Answerer
-from moviechat.answering.whole_split import FeatureLookup, answer_file
+from moviechat.answering.lookups import FeatureLookup
+from moviechat.answering.whole_split import answer_file
 from moviechat.common.atomic import atomic_path, write_text_atomic
 from moviechat.common.errors import UserError, stop_if_only_checking
 from moviechat.common.jsonl import read_jsonl

@@ -128,7 +128,8 @@ def score(predictions: list[dict], judge=None) -> tuple[list[dict], dict[str, An
 
 
 def _answer(args: argparse.Namespace) -> int:
-    from moviechat.answering.whole_split import FeatureLookup, VideoFileLookup, answer_file
+    from moviechat.answering.lookups import FeatureLookup, VideoFileLookup
+    from moviechat.answering.whole_split import answer_file
     from moviechat.answering.answerer import Answerer
 
     rows = load_short_qa(args.format, args.questions, args.answers)

@@ -8,7 +8,8 @@ import pytest
 
 from helpers import hand_made, synthetic_features
 from moviechat.answering import cli as answer_cli
-from moviechat.answering import whole_split
+from moviechat.answering import lookups, whole_split
+from moviechat.answering import questions as question_files
 from moviechat.answering.answerer import Answerer
 from moviechat.answering.chat import instruct_prompt_ids
 from moviechat.data.annotations import QA, annotation_json
@@ -31,7 +32,7 @@ def test_inference_answers_in_both_modes_and_in_batch(tiny_lora_run, tmp_path, c
     questions.write_text("".join(json.dumps({"video": "clip", "question": q.question, "time": q.seconds}) + "\n"
                                  for q in video.qas))
     answerer = Answerer.load(tiny_lora_run, max_new_tokens=3)
-    counts = whole_split.answer_file(answerer, questions, whole_split.FeatureLookup(str(tmp_path), None, "tokens"),
+    counts = whole_split.answer_file(answerer, questions, lookups.FeatureLookup(str(tmp_path), None, "tokens"),
                                    tmp_path / "p.jsonl")
     n = counts["answered"]
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
@@ -103,8 +104,8 @@ def test_batch_over_video_files_with_moviechat_sampling(tiny_lora_run, tmp_path,
 
 def test_questions_come_from_an_annotations_folder(tmp_path):
     ann, _ = hand_made(tmp_path)
-    rows = whole_split.questions_from_annotations(ann)
+    rows = question_files.questions_from_annotations(ann)
     assert rows == [{"video": "v1", "question": "Where is he?", "time": None},
                     {"video": "v1", "question": "What is he holding?", "time": 10.0, "frame_index": 300,
                      "num_frame": 900}]  # the frame index as written, for --breakpoint-convention moviechat
-    assert len(whole_split.questions_from_annotations(ann, limit=1)) == 1
+    assert len(question_files.questions_from_annotations(ann, limit=1)) == 1

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from helpers import answerer_for, moviechat1k_json, rows_for, token_video, write_annotation
-from moviechat.answering.whole_split import FeatureLookup, answer_file, answered_ids
+from moviechat.answering.lookups import FeatureLookup
+from moviechat.answering.questions import answered_ids
+from moviechat.answering.whole_split import answer_file
 from moviechat.common.atomic import OutputBusy, exclusive
 from moviechat.data.annotations import load_annotations, parse_moviechat1k
 from moviechat.data.stores import (

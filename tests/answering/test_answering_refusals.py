@@ -52,7 +52,7 @@ def test_the_folder_a_run_was_trained_in_is_read_back_from_its_run_folder(output
 
 
 def test_a_runs_own_annotations_are_its_own_from_any_working_folder(tmp_path, monkeypatch):
-    from moviechat.answering.whole_split import is_run_data, questions_from_annotations
+    from moviechat.answering.questions import is_run_data, questions_from_annotations
     from moviechat.config import load_config
     from moviechat.runs.provenance import training_folder
 

@@ -8,7 +8,8 @@ import torch
 
 from helpers import QUESTIONS, answerer_for, rows_for, token_video
 from moviechat.answering.answerer import Answerer
-from moviechat.answering.whole_split import FeatureLookup, VideoFileLookup, answer_file
+from moviechat.answering.lookups import FeatureLookup, VideoFileLookup
+from moviechat.answering.whole_split import answer_file
 from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
 
 
@@ -119,7 +120,7 @@ def test_video_frame_tokens_are_cached_on_disk_and_reused(tmp_path, tiny_cfg, to
 
 
 def test_a_corrupt_token_cache_entry_of_a_split_is_recomputed_and_rewritten(tmp_path, tiny_cfg, tokenizer, capsys):
-    from moviechat.answering import whole_split
+    from moviechat.answering import token_files
 
     answerer = answerer_for(tiny_cfg, tokenizer)
     feats, meta = token_video(tiny_cfg)
@@ -136,10 +137,10 @@ def test_a_corrupt_token_cache_entry_of_a_split_is_recomputed_and_rewritten(tmp_
 
     lookup, cache = Lookup(), tmp_path / "cache"
     cache.mkdir()
-    first = whole_split.video_tokens(answerer, lookup, "v", cache)
+    first = token_files.video_tokens(answerer, lookup, "v", cache)
     (cache / "key-v.safetensors").write_bytes(b"\x00" * 10)  # corrupted on disk
-    again = whole_split.video_tokens(answerer, lookup, "v", cache)
+    again = token_files.video_tokens(answerer, lookup, "v", cache)
     assert torch.equal(first[0], again[0]) and Lookup.calls == 2
     assert "is unreadable" in capsys.readouterr().out
-    whole_split.video_tokens(answerer, lookup, "v", cache)  # rewritten: read back, not recomputed
+    token_files.video_tokens(answerer, lookup, "v", cache)  # rewritten: read back, not recomputed
     assert Lookup.calls == 2

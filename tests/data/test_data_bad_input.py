@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import moviechat1k_json
-from moviechat.answering.whole_split import FeatureLookup
+from moviechat.answering.lookups import FeatureLookup
 from moviechat.data.annotations import load_annotations, parse_moviechat1k
 from moviechat.data.stores import (
     DataError,
@@ -76,7 +76,7 @@ def test_features_taken_out_of_a_shard_keep_their_metadata(tmp_path, capsys):
     """``tar -xf SHARD KEY.feats.npy KEY.json``: the .json beside a .feats.npy is its metadata."""
     import tarfile
 
-    from moviechat.answering.whole_split import load_features
+    from moviechat.answering.lookups import load_features
 
     meta = default_meta(3, "tokens", fps=2.0)
     write_shards([VideoFeatures("clip", np.ones((3, 8, 32), np.float16), meta, "")], str(tmp_path / "s-%03d.tar"))

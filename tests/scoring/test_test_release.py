@@ -6,7 +6,9 @@ import pytest
 
 from helpers import answerer_for, token_video
 from moviechat.answering.breakpoints import BreakpointConvention, moviechat_breakpoint_seconds
-from moviechat.answering.whole_split import FeatureLookup, answer_file, questions_from_annotations
+from moviechat.answering.lookups import FeatureLookup
+from moviechat.answering.questions import questions_from_annotations
+from moviechat.answering.whole_split import answer_file
 from moviechat.data.stores import DataError, VideoFeatures, write_folder
 from moviechat.scoring import cli as score_cli
 
@@ -87,7 +89,7 @@ def test_moviechat_conventions_on_a_video_whose_num_frame_and_fps_disagree_with_
 
 
 def test_split_heldout_answers_and_scores_only_the_runs_held_out_videos(tmp_path, tiny_cfg, tokenizer, capsys):
-    from moviechat.answering.whole_split import run_split
+    from moviechat.answering.questions import run_split
 
     root = tmp_path / "ann"
     root.mkdir()
