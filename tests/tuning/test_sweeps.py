@@ -9,11 +9,11 @@ import pytest
 from helpers import REPO
 
 SCRIPTS = {"launch": "moviechat.training.launch", "sweep": "moviechat.tuning.cli",
-           "inspect_memory": "moviechat.tuning.inspect_memory", "get_smollm2": "moviechat.prepare.smollm2"}
+           "inspect_memory": "moviechat.tuning.inspect_memory"}
 
 
 def load(name: str):
-    """The module behind a launch/ script (the script itself only calls ``moviechat <verb>``)."""
+    """The module behind a verb (``moviechat launch``, ``sweep``, ``inspect-memory``)."""
     return importlib.import_module(SCRIPTS[name])
 
 
