@@ -11,7 +11,7 @@ from moviechat.common.atomic import exclusive
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.data.annotations import video_fps
-from moviechat.scoring.provenance import provenance
+from moviechat.scoring.prediction_sources import provenance
 from moviechat.scoring.moviechat1k import evaluate, markdown, read_predictions, references, select_split, write_results
 
 

@@ -27,7 +27,7 @@ from moviechat.data.annotations import load_annotations
 from moviechat.common.values import finite_number
 from moviechat.data.stores import DataError
 from moviechat.scoring.judge import JudgeClient
-from moviechat.scoring.provenance import provenance_lines
+from moviechat.scoring.prediction_sources import provenance_lines
 from moviechat.text.answers import exact_match, normalize_answer, normalized_match, token_f1
 
 def references(annotations: str | Path) -> dict[tuple, Any]:
