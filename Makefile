@@ -47,9 +47,9 @@ PYTEST := $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) $(if $(fi
 test: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
 	$(PYTEST)
 
-# the inner loop, offline: every test that starts no training, torchrun, sweep or install process
+# the inner loop, offline: every test that starts no training, torchrun, sweep or install process and needs no real LLM
 test-fast: $(VENV)/.lmms-eval $(SMOLLM2)/.complete
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not real_llm"
 
 # the whole suite with coverage: the total, then the ten least-covered modules
 coverage:
