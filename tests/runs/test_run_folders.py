@@ -3,6 +3,7 @@ missing checkpoints, a `latest` that points elsewhere. Each scenario runs the re
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -33,10 +34,19 @@ def corrupt(folder) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
+def trained_run(tmp_path_factory):
+    """Six steps of the tiny model, trained once per module and never changed: each test gets its own copy."""
     tmp = tmp_path_factory.mktemp("reliability")
     run_train(tmp, "run.name=r", *BASE)
-    return tmp, tmp / "r"
+    return tmp / "r"
+
+
+@pytest.fixture
+def base_run(trained_run, tmp_path):
+    """A copy of the trained run in a folder of its own: tests that resume, corrupt or re-configure it pass in
+    any order (they shared one folder, and one test's config change broke another in a random order)."""
+    shutil.copytree(trained_run, tmp_path / "r", symlinks=True)
+    return tmp_path, tmp_path / "r"
 
 
 @pytest.mark.slow
@@ -81,7 +91,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_and_a_named_one_fails(base_run):
 
 @pytest.mark.slow
 def test_resume_refuses_a_changed_memory_key_unless_allowed_and_records_it(base_run):
-    tmp, run = base_run  # after the corrupt-checkpoint test, which leaves the run finished at step 6 again
+    tmp, run = base_run
     proc = attempt(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run))
     assert proc.returncode == 2 and "memory.long_memory_length: 16 -> 8" in proc.stderr
     assert "--allow-config-change" in proc.stderr
