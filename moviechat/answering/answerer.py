@@ -9,7 +9,7 @@ video's questions from one streaming pass (:meth:`Answerer.answer_video`). Whole
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +19,7 @@ import torch
 from moviechat.answering.breakpoints import BreakpointConvention
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
 from moviechat.data.stores import DataError, PreprocessCheck
-from moviechat.memory import StreamingMemory
+from moviechat.memory import MemoryConfig
 from moviechat.text.prompt import MAX_NEW_TOKENS, PromptFormat
 
 GENERATIONS = ("greedy", "moviechat")
@@ -101,8 +101,10 @@ class Answerer:
         source = meta.get("video", key)
         return frame_at(seconds, stamps, key, source, meta.get("duration"))
 
-    def _fragment_end(self, t: int) -> int:
-        return (t // self.cfg.memory.fragment + 1) * self.cfg.memory.fragment
+    def use_memory(self, memory: MemoryConfig) -> None:
+        """Answer with these memory settings instead of the run's (checked against the model's position table)."""
+        self.model.use_memory(memory)
+        self.cfg = replace(self.cfg, memory=memory)
 
     def _result(self, ids: torch.Tensor, read: MemoryRead) -> dict:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -138,26 +140,12 @@ class Answerer:
 
     def memory_reads(self, tokens: torch.Tensor, stamps: list[float], meta: dict,
                      questions: list[tuple[str, Optional[float]]], key: str = "video") -> list[MemoryRead]:
-        """One streaming pass over a video: the memory each question is asked on (breakpoint snapshots in
-        time order as the stream passes them, the global memory at the end)."""
-        tokens = tokens.float()
+        """The memory each question is asked on, from the model's one streaming pass over the video
+        (:meth:`MovieChatModel.stream_memories`); the current frame at a breakpoint is its own, or 1 s in."""
         frames = [self.frame_of(seconds, stamps, meta, key) for _, seconds in questions]
-        stream, pushed = StreamingMemory(self.cfg.memory), 0
-        one_second = self.breakpoints.one_second(stamps, key)
-        reads: list[Optional[MemoryRead]] = [None] * len(questions)
-        for i in sorted((i for i, t in enumerate(frames) if t is not None), key=lambda i: frames[i]):
-            t = frames[i]
-            stream.push(tokens[pushed:t])
-            pushed = t
-            now = t if one_second is None else one_second  # the current frame: its own, or 1 s in
-            reads[i] = MemoryRead(stream.breakpoint_memory(tokens[now], upcoming=tokens[t:self._fragment_end(t)]),
-                                  stream.n_position, t, past_end(questions[i][1], meta.get("duration")))
-        if any(t is None for t in frames):
-            stream.push(tokens[pushed:])
-            stream.finish()
-            memory = stream.global_memory()
-            reads = [MemoryRead(memory, stream.n_position, None) if r is None else r for r in reads]
-        return reads
+        memories = self.model.stream_memories(tokens, frames, self.breakpoints.one_second(stamps, key))
+        return [MemoryRead(memory, n, t, past_end(seconds, meta.get("duration")))
+                for (memory, n), t, (_, seconds) in zip(memories, frames, questions)]
 
     @torch.no_grad()
     def generate(self, reads: list[MemoryRead], questions: list[str]) -> list[dict]:

@@ -39,12 +39,18 @@ class VisionConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.3637
     weights: Optional[str] = None  # eva_vit_g.pth as released, or a LAVIS BLIP-2 .pth (visual_encoder.*)
-    enabled: bool = False  # build the ViT inside the model (only to encode raw frames; training reads features)
+    # kept so that older run folders load: the ViT is the frozen feature encoder's
+    # (moviechat.models.frame_encoders, used by extraction and by answering from video files), never the model's
+    enabled: bool = False
     preprocess: str = "blip2"  # blip2 (CLIP mean/std; MovieChat inference) | moviechat1k_train (no normalisation)
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("blip2", "moviechat1k_train"):
             raise ConfigError(f"model.vision.preprocess={self.preprocess!r} must be 'blip2' or 'moviechat1k_train'")
+        if self.enabled:
+            raise ConfigError("model.vision.enabled=true: the model holds no ViT; pixels are encoded by the frozen "
+                              "feature encoder (moviechat extract-features, or moviechat answer --videos), with "
+                              "model.vision.weights")
 
     @property
     def feature_shape(self) -> tuple[int, int]:
@@ -99,12 +105,18 @@ class LLMConfig:
 class FreezeConfig:
     """Which parts are frozen; the original trains the video Q-Former, position embedding and projection."""
 
-    vision: bool = True
+    vision: bool = True  # kept so that older run folders load: the ViT is never trained (false is refused)
     image_qformer: bool = True
     video_qformer: bool = False
     position_embedding: bool = False
     projection: bool = False
     llm: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.vision:
+            raise ConfigError("model.freeze.vision=false: the ViT is never trained (training reads precomputed "
+                              "EVA features); the trainable parts are the Q-Formers, position embedding, projection "
+                              "and LLM")
 
 
 def _video_qformer() -> QFormerConfig:
@@ -229,7 +241,7 @@ class Config:
 
     def __post_init__(self) -> None:
         try:
-            self.memory.validate(position_rows=self.model.frame_position_rows)
+            self.memory.check_table(self.model.frame_position_rows)
         except ValueError as e:
             raise ConfigError(f"{e} (model.frame_position_rows={self.model.frame_position_rows})") from None
 

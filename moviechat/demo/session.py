@@ -23,7 +23,7 @@ from moviechat.answering.lookups import VIDEO_SUFFIXES, VideoFileLookup, load_fe
 from moviechat.common.digest import content_digest
 from moviechat.common.errors import UserError
 from moviechat.data.stores import DataError
-from moviechat.memory import MemoryPlan, frame_means, plan_memories
+from moviechat.memory import MemoryPlan, memory_plans
 from moviechat.text.prompt import MAX_NEW_TOKENS
 
 FEATURE_SUFFIXES = (".npy",)
@@ -160,7 +160,7 @@ class DemoSession:
     def plan(self, video: OpenVideo, read: MemoryRead) -> MemoryPlan:
         """Which source frames each slot of ``read`` holds (the planner gives the memory streaming does)."""
         mode = "global" if read.frame is None else "breakpoint"
-        return plan_memories([frame_means(video.tokens.float())], self.answerer.cfg.memory, [mode], [read.frame])[0]
+        return memory_plans([video.tokens.float()], self.answerer.cfg.memory, [mode], [read.frame])[0]
 
     def ask(self, video: OpenVideo, question: str, mode: str, seconds: Optional[float],
             history: list[tuple[str, str]] = (), generation: str = "greedy",

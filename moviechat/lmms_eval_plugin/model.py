@@ -41,9 +41,7 @@ def load_answerer(settings: PluginSettings) -> Answerer:
         answerer = Answerer.load(settings.pretrained, settings.max_new_tokens, settings.generation,
                                  settings.trust_checkpoint, settings.batch_size, conventions)
     if settings.preset and settings.preset != answerer.cfg.memory.preset:
-        memory = dataclasses.replace(answerer.cfg.memory, preset=settings.preset)
-        memory.validate(position_rows=answerer.cfg.model.frame_position_rows)
-        answerer.cfg.memory = answerer.model.memory_cfg = memory
+        answerer.use_memory(dataclasses.replace(answerer.cfg.memory, preset=settings.preset))
     answerer.model.to(device_of(settings))
     return answerer
 

@@ -12,13 +12,12 @@ docs/architecture.md, "Streaming memory".
 from moviechat.memory.config import LONG_MEMORY_POLICIES, PRESETS, TRAIN_MODES, MemoryConfig, Mode
 from moviechat.memory.consolidation import consolidate, frame_means, plan_consolidation
 from moviechat.memory.layout import breakpoint_truncation, position_table, position_tables
-from moviechat.memory.planner import (MemoryPlan, PlanCache, apply_plan, build_memories, build_memory, memory_plans,
-                                      plan_memories)
-from moviechat.memory.streaming import StreamingMemory
+from moviechat.memory.planner import MemoryPlan, PlanCache, apply_plan, build_memory, memory_plans
+from moviechat.memory.streaming import StreamingMemory, stream_reads
 from moviechat.memory.train_modes import training_memories
 
 __all__ = [
     "LONG_MEMORY_POLICIES", "PRESETS", "TRAIN_MODES", "MemoryConfig", "Mode", "consolidate", "frame_means", "plan_consolidation",
-    "breakpoint_truncation", "position_table", "position_tables", "MemoryPlan", "PlanCache", "apply_plan", "build_memories",
-    "build_memory", "memory_plans", "plan_memories", "StreamingMemory", "training_memories",
+    "breakpoint_truncation", "position_table", "position_tables", "MemoryPlan", "PlanCache", "apply_plan",
+    "build_memory", "memory_plans", "StreamingMemory", "stream_reads", "training_memories",
 ]

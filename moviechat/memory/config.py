@@ -49,8 +49,9 @@ class MemoryConfig:
         """P = n*n: the most memory frames the position table can address."""
         return self.n_position * self.n_position
 
-    def validate(self, position_rows: Optional[int] = None) -> None:
-        """Raise ValueError naming the ``memory.*`` key of the first impossible setting."""
+    def validate(self) -> None:
+        """Raise ValueError naming the ``memory.*`` key of the first impossible setting (runs once, when the
+        settings are made; :meth:`check_table` checks them against a model's position embedding)."""
         k, m, lm, n = self.short_memory_length, self.short_memory_merge, self.long_memory_length, self.n_position
         for key, value in (("short_memory_length", k), ("short_memory_merge", m), ("n_position", n)):
             if value < 1:
@@ -80,21 +81,24 @@ class MemoryConfig:
             raise ValueError(f"memory.preset={self.preset!r} must be one of {PRESETS}")
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"memory.train_mode={self.train_mode!r} must be one of {TRAIN_MODES}")
-        self._validate_original_fits(position_rows)
-        if position_rows is not None and n > position_rows:
-            raise ValueError(
-                f"memory.n_position={n} must be <= the rows of the frame position embedding ({position_rows})"
-            )
+        self._validate_original_fits()
+
+    def check_table(self, position_rows: int) -> None:
+        """Raise ValueError when these settings address more rows than a frame position embedding of
+        ``position_rows`` rows has (``model.frame_position_rows``)."""
+        if self.preset == "moviechat_plus" and position_rows < PLUS_MAX_N:
+            raise ValueError(f"memory.preset=moviechat_plus sizes its position table up to {PLUS_MAX_N}x{PLUS_MAX_N}: "
+                             f"model.frame_position_rows={position_rows} must be >= {PLUS_MAX_N}")
+        if self.n_position > position_rows:
+            raise ValueError(f"memory.n_position={self.n_position} must be <= the rows of the frame position "
+                             f"embedding ({position_rows})")
 
     def sampled_frames(self) -> Optional[int]:
         """Frames sampled per video, when the config fixes it (``num_frames`` or ``fragments`` x f)."""
         return self.fragments * self.fragment if self.fragments is not None else self.num_frames
 
-    def _validate_original_fits(self, position_rows: Optional[int]) -> None:
+    def _validate_original_fits(self) -> None:
         """The released code never merges its long-term memory back: it must fit the position table."""
-        if self.preset == "moviechat_plus" and position_rows is not None and position_rows < PLUS_MAX_N:
-            raise ValueError(f"memory.preset=moviechat_plus sizes its position table up to {PLUS_MAX_N}x{PLUS_MAX_N}: "
-                             f"model.frame_position_rows={position_rows} must be >= {PLUS_MAX_N}")
         total = self.sampled_frames()
         if self.preset != "original" or total is None:
             return

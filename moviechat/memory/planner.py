@@ -149,7 +149,7 @@ def _merge_stream(mu: np.ndarray, counts: list[int], cap: int) -> tuple[np.ndarr
     return (np.cumsum(alive) - 1)[owner], weight
 
 
-def plan_memories(
+def plan_from_means(
     means: Sequence[Tensor],
     cfg: MemoryConfig,
     modes: Optional[Sequence[Mode]] = None,
@@ -258,14 +258,14 @@ def memory_plans(
     modes = list(modes) if modes is not None else ["global"] * len(videos)
     times = list(times) if times is not None else [None] * len(videos)
     if cache is None or keys is None:
-        return plan_memories([frame_means(v) for v in videos], cfg, modes, times)
+        return plan_from_means([frame_means(v) for v in videos], cfg, modes, times)
     settings = astuple(cfg)
     full = [(k, m, t, v.shape[0], settings) for k, m, t, v in zip(keys, modes, times, videos)]
     todo = [i for i, k in enumerate(full) if k not in cache.plans]
     cache.hits += len(full) - len(todo)
     cache.misses += len(todo)
     if todo:
-        new = plan_memories([frame_means(videos[i]) for i in todo], cfg, [modes[i] for i in todo], [times[i] for i in todo])
+        new = plan_from_means([frame_means(videos[i]) for i in todo], cfg, [modes[i] for i in todo], [times[i] for i in todo])
         for i, plan in zip(todo, new):
             cache.plans[full[i]] = plan
         while len(cache.plans) > cache.max_entries:
@@ -273,19 +273,7 @@ def memory_plans(
     return [cache.plans[k] for k in full]
 
 
-def build_memories(
-    videos: Sequence[Tensor],
-    cfg: MemoryConfig,
-    modes: Optional[Sequence[Mode]] = None,
-    times: Optional[Sequence[Optional[int]]] = None,
-    keys: Optional[Sequence[Hashable]] = None,
-    cache: Optional[PlanCache] = None,
-) -> list[Tensor]:
-    """Memory of each video (tokens [T_v, Q, D] each): list of [M_v, Q, D] (see :func:`memory_plans`)."""
-    plans = memory_plans(videos, cfg, modes, times, keys, cache)
-    return [apply_plan(v, p) for v, p in zip(videos, plans)]
-
-
 def build_memory(tokens: Tensor, cfg: MemoryConfig, mode: Mode = "global", t: Optional[int] = None) -> Tensor:
-    """Memory of one video: tokens [T, Q, D] -> [M, Q, D], at most the position table's entries."""
-    return build_memories([tokens], cfg, [mode], [t])[0]
+    """Memory of one video: tokens [T, Q, D] -> [M, Q, D], at most the position table's entries (its plan applied;
+    a model reads memories through ``MovieChatModel.build_memories`` and ``MovieChatModel.stream_memories``)."""
+    return apply_plan(tokens, memory_plans([tokens], cfg, [mode], [t])[0])

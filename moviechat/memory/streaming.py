@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -126,3 +126,26 @@ class StreamingMemory:
         self.n_position = presets.table_size(len(long), self.cfg)
         drop_long, drop_short = breakpoint_truncation(len(long), len(short), self.n_position ** 2)
         return torch.cat([long[drop_long:], short[drop_short:], frame[None]])
+
+
+def stream_reads(tokens: Tensor, cfg: MemoryConfig, frames: Sequence[Optional[int]],
+                 current: Optional[int] = None) -> list[tuple[Tensor, int]]:
+    """One streaming pass over a video's frame tokens [T, Q, D]: for each ``frames[i]``, the memory read at that
+    breakpoint frame t (frames ``0..t-1`` pushed, then the current frame: t, or ``current`` for every breakpoint
+    when given), or the global memory for None; with the n of each read's position table."""
+    stream, pushed, fragment = StreamingMemory(cfg), 0, cfg.fragment
+    reads: list[Optional[tuple[Tensor, int]]] = [None] * len(frames)
+    for i in sorted((i for i, t in enumerate(frames) if t is not None), key=lambda i: frames[i]):
+        t = frames[i]
+        stream.push(tokens[pushed:t])
+        pushed = t
+        now = t if current is None else current
+        # the released presets process the whole fragment t falls in: its frames from t on are "upcoming"
+        memory = stream.breakpoint_memory(tokens[now], upcoming=tokens[t:(t // fragment + 1) * fragment])
+        reads[i] = (memory, stream.n_position)
+    if any(t is None for t in frames):
+        stream.push(tokens[pushed:])
+        stream.finish()
+        whole = (stream.global_memory(), stream.n_position)
+        reads = [whole if r is None else r for r in reads]
+    return reads

@@ -10,7 +10,6 @@ from moviechat.models.weight_names import load_weights as load_weight_file
 from moviechat.models.llm import apply_lora, build_llm
 from moviechat.models.moviechat import MovieChatModel
 from moviechat.models.qformer import build_qformer
-from moviechat.models.vision import build_vision
 from moviechat.text.prompt import IMAGE_TOKEN
 from moviechat.common.registry import MODELS
 
@@ -38,11 +37,9 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
         llm=llm,
         memory_cfg=memory,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision=build_vision(cfg.vision) if cfg.vision.enabled else None,
     )
     # The video Q-Former, position embedding and projection have no other source than model.checkpoint.
-    loads = [(cfg.vision.weights if cfg.vision.enabled else None, ("vision",)),
-             (cfg.qformer_checkpoint, ("image_qformer", "ln_vision")),
+    loads = [(cfg.qformer_checkpoint, ("image_qformer", "ln_vision")),
              (cfg.checkpoint, ("video_qformer", "frame_position_embedding", "projection"))]
     for path, require in loads:
         if path and load_weights:
@@ -52,7 +49,7 @@ def build_moviechat(cfg: ModelConfig, memory: MemoryConfig, tokenizer, verbose: 
     if cfg.llm.lora.enabled:
         model.llm = apply_lora(model.llm, cfg.llm.lora)
     model.set_frozen({
-        "vision": cfg.freeze.vision, "ln_vision": cfg.freeze.image_qformer, "image_qformer": cfg.freeze.image_qformer,
+        "ln_vision": cfg.freeze.image_qformer, "image_qformer": cfg.freeze.image_qformer,
         "video_qformer": cfg.freeze.video_qformer,
         "frame_position_embedding": cfg.freeze.position_embedding, "projection": cfg.freeze.projection,
         "llm": cfg.freeze.llm,

@@ -1,10 +1,14 @@
 """MovieChat: features -> frame tokens -> streaming memory -> video tokens -> LLM loss or answer.
 
-The whole path lives here, in the order it runs (docs/architecture.md, "Data walk"):
+The whole path lives here, in the order it runs (docs/architecture.md, "Data walk"), for training and inference:
 :meth:`MovieChatModel.frame_tokens` (EVA features through the frozen ``ln_vision`` and image Q-Former,
-cached while they are frozen) -> :meth:`MovieChatModel.build_memories` (the streaming memory of each sample, global or at a
-breakpoint) -> :meth:`MovieChatModel.encode_memory` (position table, video Q-Former, projection) ->
-:meth:`MovieChatModel.forward` (loss) or :meth:`MovieChatModel.generate` / :meth:`MovieChatModel.answer`.
+cached while they are frozen) -> the streaming memory of each sample, global or at a breakpoint
+(:meth:`MovieChatModel.build_memories` for a training or evaluation batch, as memory plans through which gradients
+flow; :meth:`MovieChatModel.stream_memories` at inference, one streaming pass per video, equal to the plans) ->
+:meth:`MovieChatModel.encode_memory` (position table, video Q-Former, projection) -> :meth:`MovieChatModel.forward`
+(loss) or :meth:`MovieChatModel.generate` / :meth:`MovieChatModel.answer_many`. Pixels become EVA features
+before the model, in the frozen feature encoder that extraction uses too (``moviechat.models.frame_encoders``), so
+features at answer time are made exactly as those the model was trained on.
 
 A batch (built by ``moviechat.data``'s collator) is a dict with
   ``frames``       list of per-video tensors: EVA features before ``ln_vision`` [T, 257, 1408] or frame tokens [T, 32, 768]
@@ -26,9 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from moviechat.models.token_cache import FrameTokenCache, weights_digest
-from moviechat.memory import MemoryConfig, PlanCache, memory_plans, position_tables, training_memories
+from moviechat.memory import MemoryConfig, PlanCache, memory_plans, position_tables, stream_reads, training_memories
 from moviechat.models.qformer import QFormer, encode_frame_tokens
-from moviechat.models.vision import EvaVisionEncoder
 from moviechat.models.parts import PARTS, parameter_summary, set_frozen, trainable_state_dict
 from moviechat.models.splice import generate_on_video, splice
 from moviechat.text.prompt import IGNORE_INDEX, MAX_NEW_TOKENS, Stop
@@ -55,21 +58,23 @@ class MovieChatModel(nn.Module):
         llm: nn.Module,
         memory_cfg: MemoryConfig,
         image_token_id: int,
-        vision: Optional[EvaVisionEncoder] = None,
     ):
         super().__init__()
-        self.vision = vision
         self.ln_vision = ln_vision
         self.image_qformer = image_qformer
         self.video_qformer = video_qformer
         self.frame_position_embedding = frame_position_embedding
         self.projection = projection
         self.llm = llm
-        self.memory_cfg = memory_cfg
         self.image_token_id = image_token_id
         self.plan_cache = PlanCache()
         self.token_cache: Optional[FrameTokenCache] = None
-        memory_cfg.validate(position_rows=frame_position_embedding.num_embeddings)
+        self.use_memory(memory_cfg)
+
+    def use_memory(self, memory_cfg: MemoryConfig) -> None:
+        """Read videos with these memory settings from now on (checked against the position embedding)."""
+        memory_cfg.check_table(self.frame_position_embedding.num_embeddings)
+        self.memory_cfg = memory_cfg
 
     @property
     def device(self) -> torch.device:
@@ -89,12 +94,6 @@ class MovieChatModel(nn.Module):
         fixed = self.frame_tokens_fixed
         self.token_cache = FrameTokenCache(weights_digest(self.ln_vision, self.image_qformer), max_mb, folder) if fixed else None
         return self.token_cache is not None
-
-    def encode_images(self, pixels: Tensor) -> Tensor:
-        """Preprocessed pixels [T, 3, H, W] -> EVA features before ``ln_vision`` [T, 257, 1408] (needs the ViT)."""
-        if self.vision is None:
-            raise ValueError("this model was built without a vision encoder (model.vision.enabled=false)")
-        return self.vision(pixels)
 
     def encode_frames(self, eva_features: Tensor) -> Tensor:
         """EVA features before ``ln_vision`` [T, N, E] (as the MovieChat-1K release stores them) -> frame
@@ -133,6 +132,18 @@ class MovieChatModel(nn.Module):
                                  self.plan_cache if keys else None)
         mode = self.memory_cfg.train_mode if self.training and torch.is_grad_enabled() else "simulate"
         return training_memories(tokens, plans, list(batch["times"]), mode)
+
+    @torch.no_grad()
+    def stream_memories(self, tokens: Tensor, frames: Sequence[Optional[int]],
+                        current: Optional[int] = None) -> list[tuple[Tensor, int]]:
+        """Inference: the memory [M, Q, H] each question on one video is asked on, and the n of its position
+        table, from one streaming pass over the video's frame tokens [T, Q, H].
+
+        ``frames[i]`` is question i's breakpoint frame t (the memory after frames ``0..t-1``, then the current
+        frame: t itself, or ``current`` for every breakpoint when given) or None (global: the whole video).
+        Breakpoints are read as the stream passes them, which equals :meth:`build_memories` on the same frames.
+        """
+        return stream_reads(tokens.float(), self.memory_cfg, frames, current)
 
     # ------------------------------------------------------------------- memory -> video tokens
 
@@ -195,15 +206,6 @@ class MovieChatModel(nn.Module):
         lengths = batch["attention_mask"].sum(1).tolist()  # right padding: row i's prompt is its first ids
         prompts = [batch["input_ids"][i, :n] for i, n in enumerate(lengths)]
         return generate_on_video(self.llm, self.image_token_id, video, prompts, max_new_tokens, stop, self.device)
-
-    @torch.no_grad()
-    def answer(self, memory: Tensor, prompt_ids: Sequence[int], max_new_tokens: int = MAX_NEW_TOKENS,
-               stop: Optional[Stop] = None, n_position: Optional[int] = None) -> Tensor:
-        """Greedy answer to one prompt (token ids with one ``<ImageHere>``) on a memory [M, Q, H] that was
-        built outside, e.g. by a :class:`~moviechat.memory.StreamingMemory` (``n_position``: its table size):
-        the new token ids."""
-        return self.answer_many([memory], [prompt_ids], max_new_tokens, stop,
-                                None if n_position is None else [n_position])[0]
 
     @torch.no_grad()
     def answer_many(self, memories: Sequence[Tensor], prompts: Sequence[Sequence[int]], max_new_tokens: int = MAX_NEW_TOKENS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-PARTS = ("vision", "ln_vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
+PARTS = ("ln_vision", "image_qformer", "video_qformer", "frame_position_embedding", "projection", "llm")
 
 
 def set_frozen(model: nn.Module, frozen: dict[str, bool]) -> None:

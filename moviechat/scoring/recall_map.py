@@ -23,7 +23,7 @@ import csv
 import io
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -60,7 +60,7 @@ def memory_with(memory: MemoryConfig, overrides: Sequence[str], position_rows: i
     except ValueError as e:
         raise ConfigError(f"command-line override: {e}") from None
     try:
-        out.validate(position_rows)
+        out.check_table(position_rows)
     except ValueError as e:
         raise ConfigError(f"command-line override: {e}") from None
     return out
@@ -219,9 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stop_if_only_checking()
     answerer = Answerer.load(args.run, args.max_new_tokens, trust=args.trust_checkpoint, batch_size=args.batch_size)
     if args.overrides:
-        memory = memory_with(answerer.cfg.memory, args.overrides, answerer.cfg.model.frame_position_rows)
-        answerer.cfg = replace(answerer.cfg, memory=memory)
-        answerer.model.memory_cfg = memory
+        answerer.use_memory(memory_with(answerer.cfg.memory, args.overrides, answerer.cfg.model.frame_position_rows))
     summary = recall_map(answerer, lengths, depths, args.per_cell, modes, Path(args.out))
     by_mode = ", ".join(f"{m} {v:.3f}" for m, v in summary["by_mode"].items())
     print(f"recall map: mean accuracy {summary[OBJECTIVE]:.3f} ({by_mode}; chance {summary['chance']:.3f}) over "

@@ -23,7 +23,7 @@ from moviechat.config import ConfigError, load_config
 from moviechat.data import build_datasets
 from moviechat.data.sampling import FrameSampling, frame_at
 from moviechat.data.stores import DataError, SkipCounter
-from moviechat.memory import frame_means, plan_memories
+from moviechat.memory import memory_plans
 
 
 def find_video(cfg, key: str | None):
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.cfg, args.overrides + shlex.split(setting))
         chosen, stamps = FrameSampling.of(cfg.memory)(video.meta["timestamps"])
         stamps = np.asarray(stamps)
-        means = frame_means(torch.from_numpy(video.feats[chosen]).float())
+        tokens = torch.from_numpy(video.feats[chosen]).float()
         t_seconds = args.t if args.t is not None else float(stamps[len(stamps) // 2])
         t = frame_at(t_seconds, stamps, video.key, video.source, video.meta.get("duration"))
-        plans = plan_memories([means, means], cfg.memory, ["global", "breakpoint"], [None, t])
+        plans = memory_plans([tokens, tokens], cfg.memory, ["global", "breakpoint"], [None, t])
         label = setting or "base"
         duration = float(video.meta.get("duration") or stamps[-1] + _step(stamps))
         draw(axes[row][0], plans[0], stamps, f"{label}\nglobal: {plans[0].num_slots} slots", duration)

@@ -54,7 +54,6 @@ def test_a_killed_split_resumes_and_answers_every_question_once(tmp_path, tiny_c
 def test_a_broken_video_file_is_listed_and_the_rest_answered(tmp_path, tiny_cfg, tokenizer):
     from helpers import write_video
 
-    tiny_cfg.model.vision.enabled = True
     answerer = answerer_for(tiny_cfg, tokenizer)
     for key in ("a", "c"):
         write_video(tmp_path / f"{key}.mp4", frames=40, fps=8)
@@ -99,7 +98,6 @@ def test_moviechat_generation_samples_reproducibly_per_video(tiny_cfg, tokenizer
 def test_video_frame_tokens_are_cached_on_disk_and_reused(tmp_path, tiny_cfg, tokenizer):
     from helpers import write_video
 
-    tiny_cfg.model.vision.enabled = True
     answerer = answerer_for(tiny_cfg, tokenizer)
     write_video(tmp_path / "a.mp4", frames=40, fps=8)
     rows = [{"video": "a", "question": "what color now", "time": 1.0}, {"video": "a", "question": "what color", "time": None}]

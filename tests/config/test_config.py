@@ -64,6 +64,10 @@ def test_wrong_type_names_the_key():
         (["run.name=../escaped"], "run.name='../escaped' must be one folder name inside run.output_dir"),
         (["run.name=.."], "run.name='..' must be one folder name"),
         (["run.name=a/b"], "run.name='a/b' must be one folder name"),
+        (["model.vision.enabled=true"], "model.vision.enabled=true: the model holds no ViT"),
+        (["model.freeze.vision=false"], "model.freeze.vision=false: the ViT is never trained"),
+        (["memory.preset=moviechat_plus", "model.frame_position_rows=20"],
+         "memory.preset=moviechat_plus sizes its position table up to 32x32: model.frame_position_rows=20 must be >= 32"),
     ],
 )
 def test_impossible_combinations_fail_at_load_naming_the_key(overrides, message):
@@ -200,3 +204,40 @@ def test_every_section_a_shipped_config_points_to_exists():
     assert len(pointers) >= 7
     missing = [p for p in pointers if not re.search(rf"^#+ {re.escape(p[2])}", (REPO / p[1]).read_text(), re.M)]
     assert not missing, missing
+
+
+# string fields that hold free text, a path or a file pattern: any value loads, and a wrong path fails where it is read
+FREE_TEXT = {"model.vision.weights", "model.llm.path", "model.qformer_checkpoint", "model.checkpoint",
+             "model.system_prompt", "data.shards", "data.folder", "data.annotations",
+             "data.conversation.caption_prompts_file", "data.conversation.end_sym", "data.synthetic.dir",
+             "train.token_cache_dir", "deepspeed.config", "run.output_dir", "run.name", "run.wandb_project"}
+REGISTRY_NAMES = {"model.name", "data.name"}  # checked against the registries before training starts
+
+
+def string_fields(cls, prefix: str = ""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from string_fields(kind, f"{prefix}{f.name}.")
+        elif kind in (str, typing.Optional[str]):
+            yield f"{prefix}{f.name}"
+
+
+@pytest.mark.parametrize("key", sorted(string_fields(Config)))
+def test_every_string_setting_with_a_fixed_set_of_values_refuses_another_at_load(key):
+    """Walks the schema: a new choice-like setting must name its key (and its values) on one line at load, or be
+    listed above as free text; a misspelled registry name is refused before any process starts."""
+    from moviechat.training.cli import check_builders
+
+    if key in FREE_TEXT:
+        load_config(EXPERIMENT, [f"{key}=nonsense"])
+        return
+    with pytest.raises(ConfigError) as e:
+        check_builders(load_config(EXPERIMENT, [f"{key}=nonsense"]))
+    assert f"{key}='nonsense'" in str(e.value) and "\n" not in str(e.value)
+    if key not in REGISTRY_NAMES and key != "data.conversation.caption_template":
+        assert " must be " in str(e.value)  # ... followed by the allowed values

@@ -8,16 +8,20 @@ from moviechat.memory import (
     MemoryConfig,
     StreamingMemory,
     apply_plan,
-    build_memories,
     build_memory,
     consolidate,
     frame_means,
-    plan_memories,
+    memory_plans,
     position_table,
 )
 from moviechat.memory.reference import Item, ref_consolidate, ref_memory, similarity
 
 Q, D = MEMORY_Q, MEMORY_D
+
+
+def memories(videos, cfg, modes, times, **cached):
+    """Each video's memory, planned in one batch (the way a training batch is)."""
+    return [apply_plan(v, p) for v, p in zip(videos, memory_plans(videos, cfg, modes, times, **cached))]
 
 
 def random_tokens(t: int, seed: int) -> torch.Tensor:
@@ -26,7 +30,7 @@ def random_tokens(t: int, seed: int) -> torch.Tensor:
 
 def assert_matches_reference(tokens: torch.Tensor, cfg: MemoryConfig, mode: str = "global", t: int | None = None):
     expected = ref_memory(tokens, cfg, mode, t)
-    plan = plan_memories([frame_means(tokens)], cfg, [mode], [t])[0]
+    plan = memory_plans([tokens], cfg, [mode], [t])[0]
     context = f"cfg={cfg} T={tokens.shape[0]} mode={mode} t={t}"
     assert slot_weights(plan) == [item.sources for item in expected], context
     memory = build_memory(tokens, cfg, mode, t)
@@ -63,11 +67,11 @@ def test_consolidate_ties_go_to_the_lowest_index():
     frames = torch.stack([same] * 5)[None]
     expected = ref_consolidate([Item.frame(frames[0], i) for i in range(5)], 2)
     assert [sorted(e.sources) for e in expected] == [[0, 1, 2, 3], [4]]
-    plan = plan_memories([frame_means(frames[0])], MemoryConfig(short_memory_length=5, short_memory_merge=2))
+    plan = memory_plans([frames[0]], MemoryConfig(short_memory_length=5, short_memory_merge=2))
     assert plan[0].sources() == [[0, 1, 2, 3], [4]]
     # (0,1) and (2,3) tie and beat (1,2); the first is merged first.
     frames = torch.stack([same, same, -same, -same])[None]
-    plan = plan_memories([frame_means(frames[0])], MemoryConfig(short_memory_length=4, short_memory_merge=3))
+    plan = memory_plans([frames[0]], MemoryConfig(short_memory_length=4, short_memory_merge=3))
     assert plan[0].sources() == [[0, 1], [2], [3]]
 
 
@@ -130,7 +134,7 @@ def test_batched_videos_equal_one_at_a_time():
     videos = [random_tokens(n, n) for n in (3, 50, 17, 90)]
     modes = ["global", "breakpoint", "breakpoint", "global"]
     times = [None, 49, 0, None]
-    batched = build_memories(videos, cfg, modes, times)
+    batched = memories(videos, cfg, modes, times)
     for video, mode, t, got in zip(videos, modes, times, batched):
         torch.testing.assert_close(got, build_memory(video, cfg, mode, t))
 
@@ -139,7 +143,7 @@ def test_gradient_reaches_each_frame_with_its_total_weight():
     cfg = MemoryConfig(short_memory_length=4, short_memory_merge=2, long_memory_length=5, n_position=3)
     tokens = random_tokens(30, 3).requires_grad_()
     build_memory(tokens, cfg).sum().backward()
-    plan = plan_memories([frame_means(tokens.detach())], cfg)[0]
+    plan = memory_plans([tokens.detach()], cfg)[0]
     expected = torch.zeros(30, dtype=torch.float64).index_add(0, plan.frame, plan.weight)
     torch.testing.assert_close(tokens.grad[:, 0, 0].double(), expected)
     assert (tokens.grad.abs().sum((1, 2)) > 0).sum() == (expected > 0).sum() > 20
@@ -170,7 +174,7 @@ def test_streaming_memory_equals_build_memory(policy, fragment):
 def test_apply_plan_works_in_half_precision():
     cfg = MemoryConfig(short_memory_length=4, short_memory_merge=2, long_memory_length=5, n_position=3)
     tokens = random_tokens(20, 1)
-    plan = plan_memories([frame_means(tokens)], cfg)[0]
+    plan = memory_plans([tokens], cfg)[0]
     half = apply_plan(tokens.half(), plan)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), apply_plan(tokens, plan), rtol=1e-2, atol=1e-2)
@@ -226,15 +230,15 @@ def test_plan_cache_reuses_plans_and_gives_the_same_memory_and_gradients():
     cfg = MemoryConfig(short_memory_length=4, short_memory_merge=2, long_memory_length=5, n_position=3)
     videos = [random_tokens(n, n).requires_grad_() for n in (20, 33)]
     modes, times = ["global", "breakpoint"], [None, 30]
-    expected = build_memories(videos, cfg, modes, times)
+    expected = memories(videos, cfg, modes, times)
     cache = PlanCache()
     for _ in range(2):
-        got = build_memories(videos, cfg, modes, times, keys=["a", "b"], cache=cache)
+        got = memories(videos, cfg, modes, times, keys=["a", "b"], cache=cache)
         for e, g in zip(expected, got):
             torch.testing.assert_close(g, e)
     assert (cache.misses, cache.hits) == (2, 2)
     sum(m.sum() for m in got).backward()
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in videos)
     other = MemoryConfig(short_memory_length=4, short_memory_merge=1, long_memory_length=5, n_position=3)
-    build_memories(videos, other, modes, times, keys=["a", "b"], cache=cache)
+    memories(videos, other, modes, times, keys=["a", "b"], cache=cache)
     assert cache.misses == 4  # other settings never read a stale plan

@@ -8,14 +8,14 @@ import torch
 
 from helpers import integer_tokens, slot_weights
 from moviechat.data.sampling import sample_frames
-from moviechat.memory import MemoryConfig, StreamingMemory, build_memory, frame_means, plan_memories
+from moviechat.memory import MemoryConfig, StreamingMemory, build_memory, memory_plans
 from moviechat.memory.reference import ref_released_memory
 
 
 def check(tokens: torch.Tensor, cfg: MemoryConfig, mode: str, t=None) -> None:
     expected = ref_released_memory(tokens, cfg, mode, t)
     context = f"preset={cfg.preset} f={cfg.fragment} K={cfg.short_memory_length} T={len(tokens)} {mode} t={t}"
-    plan = plan_memories([frame_means(tokens)], cfg, [mode], [t])[0]
+    plan = memory_plans([tokens], cfg, [mode], [t])[0]
     assert slot_weights(plan) == [item.sources for item in expected], context
     memory = build_memory(tokens, cfg, mode, t)
     torch.testing.assert_close(memory, torch.stack([i.value for i in expected]), rtol=1e-5, atol=1e-5)
@@ -56,12 +56,12 @@ def test_a_short_fifo_and_a_small_table_truncate_as_the_original(preset):
 def test_original_breakpoint_repeats_the_last_fragment_raw_and_skips_the_current_fragment():
     cfg = MemoryConfig(short_memory_length=18, short_memory_merge=2, fragment_frames=4, n_position=16,
                        long_memory_length=256, preset="original")
-    plan = plan_memories([frame_means(integer_tokens(20, 0))], cfg, ["breakpoint"], [10])[0]
+    plan = memory_plans([integer_tokens(20, 0)], cfg, ["breakpoint"], [10])[0]
     sources = plan.sources()
     assert plan.num_long == 4  # fragments [0,4) and [4,8), 2 frames each; [8,12) holds t and is not processed
     assert sources[4:] == [[4], [5], [6], [7], [10]]  # fragment [4,8) again, raw, then frame t
     assert all(f < 8 for s in sources[:4] for f in s)
-    first = plan_memories([frame_means(integer_tokens(20, 0))], cfg, ["breakpoint"], [1])[0]
+    first = memory_plans([integer_tokens(20, 0)], cfg, ["breakpoint"], [1])[0]
     assert first.num_long == 2 and first.sources()[2:] == [[0], [1], [2], [3], [1]]  # the whole first fragment
 
 
@@ -82,7 +82,7 @@ def test_original_global_memory_is_never_merged_back_and_must_fit_the_table():
 def test_moviechat_plus_merge_target_is_fixed_by_the_fragment_length(frames):
     cfg = MemoryConfig(short_memory_length=18, fragment_frames=frames, preset="moviechat_plus")
     assert cfg.merge_target(frames) == (1 if frames > 4 else 3)  # mean of a softmax over T frames is 1/T
-    plan = plan_memories([frame_means(integer_tokens(frames, 0))], cfg, ["global"], [None])[0]
+    plan = memory_plans([integer_tokens(frames, 0)], cfg, ["global"], [None])[0]
     assert plan.num_slots == min(frames, 1 if frames > 4 else 3)
 
 
@@ -94,7 +94,7 @@ def test_moviechat_plus_table_size_follows_the_long_term_length():
         assert table_size(n_long, cfg) == min(math.ceil(math.sqrt(n_long)), 32), n_long
     cfg1 = MemoryConfig(short_memory_length=18, fragment_frames=1, preset="moviechat_plus", n_position=16,
                         long_memory_length=256)
-    memory = plan_memories([frame_means(integer_tokens(1100, 0, levels=3))], cfg1, ["global"], [None])[0]
+    memory = memory_plans([integer_tokens(1100, 0, levels=3)], cfg1, ["global"], [None])[0]
     assert memory.n_position == 32 and memory.num_slots == 1024  # only past 1,024 frames is anything dropped
     assert memory.sources()[0] == [1100 - 1024]
 
@@ -104,7 +104,7 @@ def test_moviechat_plus_breakpoint_with_64_fragments_of_8_frames():
                        long_memory_length=256)
     tokens = integer_tokens(65 * 8, 0, levels=3)
     t = 64 * 8 + 3  # 64 complete fragments before t's: 64 long-term frames, n = 8, 64 entries
-    plan = plan_memories([frame_means(tokens)], cfg, ["breakpoint"], [t])[0]
+    plan = memory_plans([tokens], cfg, ["breakpoint"], [t])[0]
     assert plan.n_position == 8 and plan.num_slots == 64
     sources = plan.sources()
     assert sources[-1] == [t] and sources[0] == list(range(8, 16))  # all 8 raw frames and the oldest long-term dropped

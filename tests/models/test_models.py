@@ -265,6 +265,24 @@ def test_memory_plans_are_cached_for_fixed_frame_tokens(tiny_model, tiny_cfg, to
     assert torch.equal(tiny_model(batch)["loss"], first) and tiny_model.plan_cache.hits == 2
 
 
+def test_inference_streams_the_memory_training_plans(tiny_model, tiny_cfg):
+    """The model's two memory paths agree: one streaming pass (answering) gives each question the memory and
+    position table a training batch plans for it, global and at breakpoints, in any question order."""
+    q = tiny_cfg.model.image_qformer
+    tokens = torch.randn(70, q.num_query_tokens, q.hidden_size, generator=torch.Generator().manual_seed(3))
+    frames = [40, None, 3, 69, 17]
+    modes = ["global" if t is None else "breakpoint" for t in frames]
+    batch = {"feature_kind": "tokens", "frames": [tokens] * 5, "modes": modes, "times": frames}
+    with torch.no_grad():
+        planned, n_planned = tiny_model.build_memories(batch, [tokens] * 5)
+    streamed = tiny_model.stream_memories(tokens, frames)
+    assert [n for _, n in streamed] == n_planned
+    for (memory, _), expected in zip(streamed, planned):
+        torch.testing.assert_close(memory, expected, rtol=1e-5, atol=1e-5)
+    now = tiny_model.stream_memories(tokens, [40], current=8)[0][0]  # the current frame 1 s in, not t
+    assert torch.equal(now[-1], tokens[8]) and torch.equal(now[:-1], streamed[0][0][:-1])
+
+
 def test_frame_token_cache_is_keyed_by_qformer_weights_and_reused_from_disk(tiny_model, tmp_path):
     from moviechat.models.token_cache import FrameTokenCache, weights_digest
 

@@ -56,11 +56,11 @@ def test_generation_stops_at_a_stop_string_of_several_tokens(cfg, tokenizer, mod
     fmt = PromptFormat("chat", tokenizer, cfg.model.system_prompt)
     memory = torch.randn(6, 8, 32, generator=torch.Generator().manual_seed(0))
     prompt = fmt.prompt_ids("what color is the first scene")
-    free = model.answer(memory, prompt, 12, Stop([])).tolist()  # no stop at all: 12 tokens
+    free = model.answer_many([memory], [prompt], 12, Stop([]))[0].tolist()  # no stop at all: 12 tokens
     assert len(free) == 12
     span = tokenizer.decode(free[3:6])  # a stop string the model will produce, three tokens long
     assert len(tokenizer(span, add_special_tokens=False)["input_ids"]) > 1
-    stopped = model.answer(memory, prompt, 12, Stop([], [span], tokenizer)).tolist()
+    stopped = model.answer_many([memory], [prompt], 12, Stop([], [span], tokenizer))[0].tolist()
     assert stopped == free[:len(stopped)] and tokenizer.decode(stopped).endswith(span)
     assert len(stopped) <= 6
 
@@ -137,5 +137,5 @@ def test_batched_generation_equals_one_at_a_time(cfg, tokenizer, model):
     memories = [torch.randn(n, 8, 32, generator=g) for n in (6, 17, 2)]
     prompts = [fmt.prompt_ids(q) for q in ("what color", "what is the color of the very first scene", "how many")]
     together = model.answer_many(memories, prompts, 8, fmt.stop(), [16, 16, 16])
-    alone = [model.answer(m, p, 8, fmt.stop(), 16) for m, p in zip(memories, prompts)]
+    alone = [model.answer_many([m], [p], 8, fmt.stop(), [16])[0] for m, p in zip(memories, prompts)]
     assert [t.tolist() for t in together] == [a.tolist() for a in alone]
