@@ -18,7 +18,8 @@ import torch
 
 from moviechat.answering.breakpoints import BreakpointConvention
 from moviechat.data.sampling import FrameSampling, frame_at, past_end
-from moviechat.data.stores import DataError, PreprocessCheck
+from moviechat.common.errors import DataError
+from moviechat.data.stores import PreprocessCheck
 from moviechat.memory import MemoryConfig
 from moviechat.text.prompt import MAX_NEW_TOKENS, PromptFormat
 

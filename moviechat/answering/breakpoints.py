@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from moviechat.data.sampling import frame_at
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 
 CONVENTIONS = ("ours", "moviechat")
 MOVIECHAT_EVAL_FRAGMENTS = 128  # N_SAMPLES of MovieChat's eval_code/result_prepare/run_inference_qa_moviechat.py

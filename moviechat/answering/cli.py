@@ -33,7 +33,7 @@ from moviechat.answering.lookups import FeatureLookup, VideoFileLookup, load_fea
 from moviechat.answering.questions import SPLITS, is_run_data, questions_from_annotations
 from moviechat.answering.whole_split import answer_file
 from moviechat.common.errors import run_cli, stop_if_only_checking
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 from moviechat.runs.provenance import training_folder
 from moviechat.text.prompt import MAX_NEW_TOKENS
 

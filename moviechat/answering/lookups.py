@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from moviechat.common.digest import content_digest
-from moviechat.data.keys import check_key
+from moviechat.data.checks import check_key
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import (DataError, FolderStore, feature_meta, read_npy_video, read_shard_video,
+from moviechat.common.errors import DataError
+from moviechat.data.stores import (FolderStore, feature_meta, read_npy_video, read_shard_video,
                                    validate_features)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moviechat.common.values import finite_number
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
+from moviechat.common.jsonl import parse_jsonl, read_jsonl
 
 SPLITS = ("all", "heldout", "train")
 
@@ -82,15 +83,7 @@ def read_questions(questions: Path | list[dict]) -> list[dict]:
     """Rows with ``video``, ``question`` and an optional ``time`` (a JSONL file or a list), each given its
     ``qid``; a question asked twice is kept once (said)."""
     where = questions if isinstance(questions, Path) else "questions"
-    rows = questions
-    if isinstance(questions, Path):
-        rows = []
-        for number, line in enumerate(questions.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise DataError(f"{where}: line {number}: not JSON ({e})") from None
+    rows = read_jsonl(questions) if isinstance(questions, Path) else questions
     out, seen = [], set()
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -123,15 +116,11 @@ def answered_ids(out: Path) -> set:
             f.truncate(len(complete))
         print(f"{out}: its last line was cut off mid-write (an interrupted run): removed "
               f"({len(data) - len(complete)} byte(s)); that video's questions are answered again", flush=True)
-    done, bad = set(), []
-    for number, line in enumerate(complete.decode(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            done.add(row.get("qid") or question_id(row["video"], row["question"], row.get("time"), row.get("id")))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            bad.append(number)
-    if bad:
-        print(f"warning: {out}: {len(bad)} line(s) are not predictions (lines {bad[:10]}); ignored", flush=True)
-    return done
+    rows = parse_jsonl(complete.decode(errors="replace"), str(out), skip_bad=True, check=_not_a_prediction)
+    return {row.get("qid") or question_id(row["video"], row["question"], row.get("time"), row.get("id")) for row in rows}
+
+
+def _not_a_prediction(row: dict) -> Optional[str]:
+    if row.get("qid") or (isinstance(row.get("video"), str) and isinstance(row.get("question"), str)):
+        return None
+    return "not a prediction (no qid, video or question)"

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from moviechat.answering.questions import answered_ids, read_questions
 from moviechat.answering.token_files import video_tokens
 from moviechat.common.atomic import exclusive
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 
 def _append(path: Path, text: str) -> None:
     with open(path, "a") as f:  # one write per video: a crash leaves whole videos or a cut last line

@@ -17,6 +17,11 @@ class UserError(Exception):
     """Bad input (a path, a file, a value, a run folder), not a bug: its message is the whole story."""
 
 
+class DataError(UserError, ValueError):
+    """Bad input data (features, annotations, questions, predictions, videos); the message names the file and
+    the key or line."""
+
+
 def run_cli(main: Callable[[], int]) -> int:
     """``main()``, with a user error printed as ``error: <message>`` and exit 2."""
     try:

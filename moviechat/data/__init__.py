@@ -6,6 +6,5 @@ Importing this registers the ``synthetic`` and ``moviechat1k`` dataset builders.
 from moviechat.data.builders import build_datasets
 from moviechat.data.collator import Collator
 from moviechat.data.dataset import Sample
-from moviechat.data.stores import DataError
 
-__all__ = ["build_datasets", "Collator", "Sample", "DataError"]
+__all__ = ["build_datasets", "Collator", "Sample"]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from moviechat.common.values import finite_number
-from moviechat.data.stores import DataError, SkipCounter
+from moviechat.common.errors import DataError
+from moviechat.data.stores import SkipCounter
 
 CAPTION_QUESTION = "Describe the video in detail."
 

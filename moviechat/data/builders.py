@@ -12,7 +12,8 @@ from moviechat.data.annotations import QA, annotation_files, load_annotations, s
 from moviechat.data.conversation import read_prompts
 from moviechat.data.dataset import VideoQADataset, VideoQASource, check_annotated_videos, mode_keep_probabilities
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import DataError, FolderStore, ShardStore, SkipCounter, expand_shards
+from moviechat.common.errors import DataError
+from moviechat.data.stores import FolderStore, ShardStore, SkipCounter, expand_shards
 from moviechat.data.instruct import READERS, is_shard_pattern
 from moviechat.data.synthetic import synthetic_dir, synthetic_keys, write_synthetic_set
 from moviechat.common.registry import DATASETS

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from moviechat.data.keys import DataError
+from moviechat.common.errors import DataError
 
 IMAGE = "<ImageHere>"
 IMAGE_TOKENS_ORIGINAL = 32  # num_video_query_token of the original datasets

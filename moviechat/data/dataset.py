@@ -21,7 +21,8 @@ from moviechat.data.annotations import QA
 from moviechat.data.conversation import MARKUP_TEXTS, Dialog, DialogEncoder, EncodedText, with_caption_prompt
 from moviechat.data.length_grouping import group_by_length
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import DataError, SkipCounter, VideoFeatures, PreprocessCheck, validate_features
+from moviechat.common.errors import DataError
+from moviechat.data.stores import SkipCounter, VideoFeatures, PreprocessCheck, validate_features
 
 
 @dataclass

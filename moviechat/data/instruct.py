@@ -26,7 +26,8 @@ from webdataset import tariterators
 
 from moviechat.data.annotations import QA
 from moviechat.data.conversation import Dialog, blip_caption, caption_dialog, llava_dialog, videochat_dialog
-from moviechat.data.keys import DataError, check_key
+from moviechat.common.errors import DataError
+from moviechat.data.checks import check_key
 from moviechat.data.stores import SkipCounter, expand_shards
 
 

@@ -27,7 +27,7 @@ from moviechat.data.builders import DataPart, build_parts
 from moviechat.data.collator import Collator
 from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text
 from moviechat.data.instruct import READERS
-from moviechat.data.keys import DataError
+from moviechat.common.errors import DataError
 from moviechat.data.stores import ShardStore, SkipCounter, VideoFeatures, read_npy_video, read_shard_video
 from moviechat.data.synthetic import synthetic_dir
 from moviechat.text.tokenizers import run_tokenizer

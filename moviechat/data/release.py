@@ -22,7 +22,7 @@ from typing import IO, Callable, Iterator
 import h5py
 import numpy as np
 
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 
 CHUNK_SUFFIXES = (".h5", ".hdf5", ".npy")
 VIDEO_SUFFIXES = (".tar",) + CHUNK_SUFFIXES

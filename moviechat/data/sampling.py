@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from moviechat.common.values import finite_number
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 
 
 def uniform_frame_indices(total: int, num_frames: Optional[int]) -> np.ndarray:

@@ -25,7 +25,8 @@ from braceexpand import braceexpand
 from webdataset import tariterators
 
 from moviechat.common.atomic import atomic_path
-from moviechat.data.keys import DataError, check_meta  # noqa: F401  (DataError: re-exported, its old home)
+from moviechat.common.errors import DataError
+from moviechat.data.checks import check_meta
 
 FEATURE_KINDS = ("eva", "tokens")
 # What "EVA features" are here: the ViT's block outputs before ln_vision, as the MovieChat-1K release stores

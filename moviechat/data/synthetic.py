@@ -28,7 +28,8 @@ from moviechat.config.data import SyntheticConfig
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.needles import scenery_patterns, training_needle_video
 from moviechat.data.scenes import COLORS, prototypes, scene_spans
-from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
+from moviechat.common.errors import DataError
+from moviechat.data.stores import VideoFeatures, default_meta, write_shards
 
 VIDEOS_PER_SHARD = 16  # part of the set's identity: it fixes the order in which shards are read
 

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import torch
 
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 
 
 DECODERS = ("pyav", "torchcodec")

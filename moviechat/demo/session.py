@@ -22,7 +22,7 @@ from moviechat.answering.answerer import GENERATIONS, Answerer, MemoryRead
 from moviechat.answering.lookups import VIDEO_SUFFIXES, VideoFileLookup, load_features
 from moviechat.common.digest import content_digest
 from moviechat.common.errors import UserError
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 from moviechat.memory import MemoryPlan, memory_plans
 from moviechat.text.prompt import MAX_NEW_TOKENS
 

@@ -10,7 +10,6 @@ does not import lmms-eval.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from moviechat.answering.lookups import VideoFileLookup
 from moviechat.answering.whole_split import answer_file
 from moviechat.common.errors import UserError
 from moviechat.common.values import excerpt, finite_number
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
+from moviechat.common.jsonl import read_jsonl
 
 log = logging.getLogger("moviechat.lmms_eval")
 
@@ -145,10 +145,10 @@ def answer_asks(answerer, lookup: PathLookup, asks: list[Ask],
     with tempfile.TemporaryDirectory(prefix="moviechat_lmms_eval_") as tmp:
         out = Path(tmp) / "predictions.jsonl"
         answer_file(answerer, rows, lookup, out, token_cache)
-        by_id = {p["id"]: p for p in map(json.loads, out.read_text().splitlines())} if out.is_file() else {}
+        by_id = {p["id"]: p for p in read_jsonl(out)} if out.is_file() else {}
         failures = out.with_name(out.stem + ".failures.jsonl")
         if failures.is_file():
-            failed.update({f["video"]: f["error"] for f in map(json.loads, failures.read_text().splitlines())})
+            failed.update({f["video"]: f["error"] for f in read_jsonl(failures)})
     for video, error in failed.items():
         log.error("moviechat_ft: video %s not answered: %s", video, error)
     answers = [by_id[i]["prediction"] if i in by_id else "" for i in range(len(asks))]

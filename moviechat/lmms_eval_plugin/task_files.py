@@ -22,7 +22,7 @@ from pathlib import Path
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.annotations import load_annotations, video_fps
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 
 DOCS = "moviechat_1k_test.jsonl"
 TASKS = ("moviechat_ft_global", "moviechat_ft_breakpoint")

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
+from moviechat.common.jsonl import read_jsonl
 
 INDEX = "index.jsonl"
 FAILURES = "failures.jsonl"
@@ -28,14 +29,8 @@ def entries(out: Path) -> list[dict]:
     files = [out / INDEX] + sorted(out.glob("index.rank*.jsonl"), key=lambda p: int(p.stem.split("rank")[1]))
     rows = []
     for path in files:
-        if path.is_file():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:  # a line cut by a kill mid-write: its shard is re-indexed or removed
-                    print(f"warning: {path}: line {number} is not JSON (cut by a kill?); ignored")
+        if path.is_file():  # a line cut by a kill mid-write is skipped (said): its shard is re-indexed or removed
+            rows += read_jsonl(path, skip_bad=True)
     return rows
 
 

@@ -20,7 +20,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset import tariterators
 
 from moviechat.data.instruct import media_key
-from moviechat.data.stores import DataError, expand_shards
+from moviechat.common.errors import DataError
+from moviechat.data.stores import expand_shards
 from moviechat.data.video import IMAGE_SUFFIXES, read_frames, read_image
 from moviechat.models.vision import preprocess_frames
 

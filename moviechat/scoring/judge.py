@@ -31,7 +31,8 @@ import httpx
 from tqdm import tqdm
 
 from moviechat.common.atomic import held_lock
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
+from moviechat.common.jsonl import read_jsonl
 from moviechat.scoring.judge_protocols import PROTOCOLS, JudgeProtocol
 
 
@@ -104,6 +105,10 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _not_a_judgement(row: dict) -> Optional[str]:
+    return None if isinstance(row.get("key"), str) and isinstance(row.get("reply"), str) else "not a judgement"
+
+
 class JudgeCache:
     """Parsed judge replies by key, in a JSONL file: read at start, each new reply appended as one line under an
     exclusive lock (threads and processes), so lines never interleave; a half-written line (a killed run) is
@@ -113,19 +118,9 @@ class JudgeCache:
         self.path = path
         self.replies: dict[str, str] = {}
         self._lock = threading.Lock()
-        if path.is_file():
-            bad = 0
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line) if line.strip() else None
-                    if row is not None and isinstance(row["reply"], str):
-                        self.replies[row["key"]] = row["reply"]
-                    elif row is not None:
-                        bad += 1
-                except (ValueError, KeyError, TypeError):
-                    bad += 1
-            if bad:
-                print(f"warning: {path}: {bad} unreadable line(s) ignored; those judgements are requested again")
+        if path.is_file():  # an unusable line is skipped (said): its judgement is requested again
+            for row in read_jsonl(path, skip_bad=True, check=_not_a_judgement):
+                self.replies[row["key"]] = row["reply"]
 
     def get(self, key: str) -> Optional[str]:
         return self.replies.get(key)

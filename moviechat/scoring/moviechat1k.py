@@ -25,7 +25,8 @@ from typing import Any, Callable, Optional
 from moviechat.common.atomic import write_text_atomic
 from moviechat.data.annotations import load_annotations
 from moviechat.common.values import finite_number
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
+from moviechat.common.jsonl import read_jsonl
 from moviechat.scoring.judge import JudgeClient
 from moviechat.scoring.prediction_sources import provenance_lines
 from moviechat.text.answers import exact_match, normalize_answer, normalized_match, token_f1
@@ -186,26 +187,7 @@ def read_predictions(path: Path, skip_bad: bool = False) -> list[dict[str, Any]]
     and counted with ``skip_bad``."""
     if not path.is_file():
         raise DataError(f"--predictions {path}: no such file")
-    rows, bad = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
-        except ValueError as e:
-            row, problem = None, f"not JSON ({e})"
-        if problem is None:
-            problem = prediction_problem(row)
-        if problem is None:
-            rows.append(row)
-        elif skip_bad:
-            bad.append(number)
-        else:
-            raise DataError(f"{path}: line {number}: {problem} (--skip-bad-lines leaves such lines out)")
-    if bad:
-        print(f"skipped {len(bad)} malformed prediction line(s) of {path}: {bad[:20]}")
-    return rows
+    return read_jsonl(path, skip_bad, prediction_problem, "--skip-bad-lines leaves such lines out")
 
 
 def select_split(rows: list[dict], split: str, source) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 from moviechat.runs.provenance import FIELDS
 
 FEATURES_AS_STORED = "features as stored"  # predictions made on feature files (no decoding) record no sampling

@@ -21,7 +21,7 @@ from typing import Any
 
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import run_cli, stop_if_only_checking
-from moviechat.data.stores import DataError
+from moviechat.common.errors import DataError
 from moviechat.common.values import excerpt, finite_number
 from moviechat.runs.provenance import FIELDS
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from torch.utils.data import DataLoader
 
-from moviechat.data.keys import DataError
+from moviechat.common.errors import DataError
 from moviechat.runs.train_state import TrainState
 
 

@@ -15,7 +15,7 @@ def plot_curves(metrics: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_jsonl(metrics) if metrics.is_file() else []
+    rows = read_jsonl(metrics, skip_bad=True) if metrics.is_file() else []
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval/loss" in r]
     fig, (loss_ax, lr_ax, acc_ax) = plt.subplots(1, 3, figsize=(14, 3.6))

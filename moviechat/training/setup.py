@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from moviechat.common.distributed import all_reduce_sum
 from moviechat.common.registry import MODELS
 from moviechat.config import Config
-from moviechat.data import Collator, DataError
+from moviechat.common.errors import DataError
+from moviechat.data import Collator
 from moviechat.data.builders import DataPart
 from moviechat.data.conversation import DialogEncoder, TextSettings
 from moviechat.text.tokenizers import run_tokenizer

@@ -22,7 +22,8 @@ from moviechat.common.errors import stop_if_only_checking
 from moviechat.config import ConfigError, load_config
 from moviechat.data import build_datasets
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.data.stores import DataError, SkipCounter
+from moviechat.common.errors import DataError
+from moviechat.data.stores import SkipCounter
 from moviechat.memory import memory_plans
 
 

@@ -27,7 +27,7 @@ def run_result(run_dir: Path, setting: dict[str, Any], wall: float) -> dict[str,
     status = read_status(run_dir)
     if status["status"] != "finished":
         raise RuntimeError(f"{run_dir}: not finished (status.json: {status}); resume it")
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_jsonl(run_dir / "metrics.jsonl", skip_bad=True)
     evals = [r for r in records if "eval/loss" in r]
     if not evals:
         raise RuntimeError(f"{run_dir}: no evaluation in metrics.jsonl")

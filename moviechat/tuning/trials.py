@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from moviechat.common.atomic import write_text_atomic
+from moviechat.common.jsonl import parse_jsonl
 from moviechat.config import find_config
 
 LEASE = "lease.json"
@@ -136,15 +137,8 @@ def new_evals(metrics: Path, offset: int) -> tuple[list[dict], int]:
         f.seek(offset)
         data = f.read()
     complete = data[: data.rfind(b"\n") + 1]
-    rows = []
-    for line in complete.decode(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "eval/loss" in row:
-            rows.append(row)
-    return rows, offset + len(complete)
+    rows = parse_jsonl(complete.decode(errors="replace"), str(metrics), skip_bad=True)
+    return [row for row in rows if "eval/loss" in row], offset + len(complete)
 
 
 def cpu_threads(parallel: int) -> dict[str, str]:

@@ -63,9 +63,9 @@ def test_a_second_process_on_the_same_out_is_refused(tmp_path, tiny_cfg, tokeniz
 
 def test_a_garbage_line_in_an_existing_out_is_said_and_does_not_stop_the_run(tmp_path, capsys):
     out = tmp_path / "p.jsonl"
-    out.write_text('{"video": "v", "question": "q", "time": null, "prediction": "a"}\nnot json\n[1, 2]\n')
+    out.write_text('{"video": "v", "question": "q", "time": null, "prediction": "a"}\nnot json\n[1, 2]\n{"a": 1}\n')
     assert len(answered_ids(out)) == 1
-    assert "2 line(s) are not predictions (lines [2, 3])" in capsys.readouterr().out
+    assert f"warning: {out}: 3 unusable line(s) skipped (lines 2, 3, 4)" in capsys.readouterr().out
 
 
 def test_bad_metadata_sends_its_video_to_the_failures_file_and_the_rest_are_answered(tmp_path, tiny_cfg, tokenizer):

@@ -10,7 +10,8 @@ from helpers import QUESTIONS, answerer_for, rows_for, token_video
 from moviechat.answering.answerer import Answerer
 from moviechat.answering.lookups import FeatureLookup, VideoFileLookup
 from moviechat.answering.whole_split import answer_file
-from moviechat.data.stores import DataError, VideoFeatures, default_meta, write_shards
+from moviechat.common.errors import DataError
+from moviechat.data.stores import VideoFeatures, default_meta, write_shards
 
 
 @pytest.mark.parametrize("preset", ["streaming", "original", "moviechat_plus"])

@@ -26,3 +26,4 @@ def test_finite_numbers_and_short_printable_excerpts():
     assert excerpt("abc") == "'abc'" and excerpt("a\x00b") == "'a?b'"
     long = excerpt("x" * 100, 10)
     assert long.startswith("'xxxxxxxxxx'") and "90 more characters" in long
+

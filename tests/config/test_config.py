@@ -178,7 +178,7 @@ def test_a_sweep_file_yaml_cannot_read_is_one_line(tmp_path, text, message):
 
 
 def test_a_split_with_no_held_out_or_no_training_video_is_refused_before_training_starts(tmp_path):
-    from moviechat.data.stores import DataError
+    from moviechat.common.errors import DataError
     from moviechat.training.cli import check_builders
 
     tiny = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"

@@ -22,7 +22,7 @@ from moviechat.data.conversation import (
     videochat_turns,
     with_caption_prompt,
 )
-from moviechat.data.keys import DataError
+from moviechat.common.errors import DataError
 
 pytestmark = pytest.mark.real_llm
 

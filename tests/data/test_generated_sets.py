@@ -115,7 +115,7 @@ def test_impossible_needle_settings_fail_at_load_naming_the_key(override, key):
 
 
 def test_a_generated_set_on_disk_must_be_the_one_the_config_asks_for(tmp_path):
-    from moviechat.data.stores import DataError
+    from moviechat.common.errors import DataError
 
     asked = load_config("tiny_synthetic", ["data.synthetic.num_videos=4"]).data.synthetic
     out = write_synthetic_set(asked, Q, D, tmp_path / "set")

@@ -19,7 +19,7 @@ from moviechat.data import Collator
 from moviechat.data.builders import build_parts
 from moviechat.data.conversation import DialogEncoder, TextSettings
 from moviechat.data.instruct import media_key, read_caption_pairs, read_llava, read_videochat, read_webvid
-from moviechat.data.keys import DataError
+from moviechat.common.errors import DataError
 from moviechat.data.preview import preview
 from moviechat.data.stores import SkipCounter
 from moviechat.data.synthetic_instruct import write_instruct_set

@@ -280,7 +280,7 @@ def test_an_original_pth_with_its_config_answers_as_the_run_does(tmp_path):
 def test_task_files_for_the_hub_and_a_local_copy_without_some_videos(tmp_path, capsys):
     import yaml
 
-    from moviechat.data.stores import DataError
+    from moviechat.common.errors import DataError
     from moviechat.lmms_eval_plugin import task_files
 
     assert task_files.main(["--hub", "--out", str(tmp_path / "hub")]) == 0

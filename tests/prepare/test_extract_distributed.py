@@ -125,7 +125,7 @@ def test_a_killed_rank_is_picked_up_by_the_next_run_with_none_done_twice(tmp_pat
 
 
 def test_merge_refuses_a_key_in_two_shards_and_removes_shards_no_index_names(tmp_path):
-    from moviechat.data.stores import DataError
+    from moviechat.common.errors import DataError
 
     (tmp_path / "part-a-r0-00000.tar").write_bytes(b"")
     (tmp_path / "part-b-r1-00000.tar").write_bytes(b"")  # renamed, then the rank died before indexing it

@@ -13,7 +13,8 @@ from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.builders import build_datasets
 from moviechat.data.dataset import VideoQADataset
 from moviechat.data.sampling import FrameSampling
-from moviechat.data.stores import DataError, ShardStore, SkipCounter
+from moviechat.common.errors import DataError
+from moviechat.data.stores import ShardStore, SkipCounter
 from moviechat.data.video import read_frames
 from moviechat.models.frame_encoders import load_frame_token_encoder
 

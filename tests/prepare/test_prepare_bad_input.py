@@ -81,7 +81,7 @@ def test_the_converter_reads_npy_chunks_in_a_tar_and_keeps_dotted_keys(tmp_path,
 
 
 def test_two_videos_with_one_key_are_refused_naming_both(tmp_path):
-    from moviechat.data.stores import DataError
+    from moviechat.common.errors import DataError
     from moviechat.prepare.media import file_units
 
     (tmp_path / "a").mkdir()

@@ -43,7 +43,7 @@ def test_a_half_written_judge_cache_line_is_judged_again(tmp_path, capsys):
     cache.write_text('{"key": "a", "reply": "{\'pred\': \'yes\', \'score\': 5}"}\n{"key": "b", "rep')
     client = JudgeClient("http://127.0.0.1:9/v1", "m", cache)
     assert client.cache.replies == {"a": "{'pred': 'yes', 'score': 5}"}
-    assert "1 unreadable line(s) ignored" in capsys.readouterr().out
+    assert f"warning: {cache}: its last line was cut off mid-write" in capsys.readouterr().out
 
 
 def test_evaluation_counts_each_question_once_and_says_how_many_were_repeated(tmp_path, capsys):
@@ -73,7 +73,7 @@ def test_evaluation_names_a_field_of_the_wrong_type(tmp_path, capsys, line, prob
     err = capsys.readouterr().err
     assert f"{preds}: line 2: {problem}" in err and "Traceback" not in err
     assert score_cli.main(args + ["--skip-bad-lines"]) == 0
-    assert "skipped 1 malformed prediction line(s)" in capsys.readouterr().out
+    assert f"warning: {preds}: 1 unusable line(s) skipped (lines 2)" in capsys.readouterr().out
 
 
 def test_evaluation_of_a_missing_predictions_file_is_one_line(tmp_path, capsys):

@@ -9,7 +9,8 @@ from helpers import answerer_for, token_video
 from judge_stub import StubJudge, field, serving
 from moviechat.answering.lookups import FeatureLookup
 from moviechat.answering.whole_split import answer_file
-from moviechat.data.stores import DataError, VideoFeatures, write_folder
+from moviechat.common.errors import DataError
+from moviechat.data.stores import VideoFeatures, write_folder
 from moviechat.scoring import short_qa
 
 

@@ -9,7 +9,8 @@ from moviechat.answering.breakpoints import BreakpointConvention, moviechat_brea
 from moviechat.answering.lookups import FeatureLookup
 from moviechat.answering.questions import questions_from_annotations
 from moviechat.answering.whole_split import answer_file
-from moviechat.data.stores import DataError, VideoFeatures, write_folder
+from moviechat.common.errors import DataError
+from moviechat.data.stores import VideoFeatures, write_folder
 from moviechat.scoring import cli as score_cli
 
 

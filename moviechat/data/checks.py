@@ -3,12 +3,8 @@ whose fields are what readers rely on. Violations are :class:`DataError` naming 
 
 from __future__ import annotations
 
-from moviechat.common.errors import UserError
+from moviechat.common.errors import DataError
 from moviechat.common.values import finite_number
-
-
-class DataError(UserError, ValueError):
-    """Bad input data; the message names the file and the key."""
 
 
 def check_key(key: str, store: str) -> str:
