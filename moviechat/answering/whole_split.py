@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from moviechat.answering.questions import answered_ids, read_questions
 from moviechat.answering.token_files import video_tokens
+from moviechat.models.token_cache import TokenFiles
 from moviechat.common.atomic import exclusive
 from moviechat.common.errors import DataError
 
@@ -44,6 +45,7 @@ def answer_file(answerer, questions: Path | list[dict], lookup: Callable[[str], 
 
 
 def _answer_file(answerer, rows: list[dict], lookup, out: Path, token_cache: Optional[Path]) -> dict[str, int]:
+    cache = TokenFiles(token_cache) if token_cache is not None else None
     done = answered_ids(out)
     by_video: dict[str, list[dict]] = {}
     for row in rows:
@@ -57,7 +59,7 @@ def _answer_file(answerer, rows: list[dict], lookup, out: Path, token_cache: Opt
     bar = tqdm(by_video.items(), total=len(by_video), unit="video", desc="answering", dynamic_ncols=True)
     for video, items in bar:
         try:
-            tokens, stamps, meta = video_tokens(answerer, lookup, video, token_cache)
+            tokens, stamps, meta = video_tokens(answerer, lookup, video, cache)
             asked = [(r["question"], answerer.question_time(r, stamps, meta)) for r in items]
             if answerer.generation != "greedy":  # sampling is seeded per video: generate it alone
                 _write(out, items, answerer.answer_tokens(tokens, stamps, meta, asked, video), _sampled(meta))

@@ -1,4 +1,6 @@
-"""Frame-token cache: with the image Q-Former frozen, EVA features -> frame tokens once per video.
+"""Frame tokens kept instead of recomputed: :class:`TokenFiles` (on disk, one safetensors file per key, the one
+format for every room) and :class:`FrameTokenCache` (training's: with the image Q-Former frozen, EVA features ->
+frame tokens once per video).
 
 Keyed by the image path's weights (``ln_vision`` and the Q-Former, a digest), the feature file's content (a
 digest of every byte: re-extracted features at the same path miss, whatever their size and times) and the
@@ -17,7 +19,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from moviechat.common.atomic import atomic_path
 from moviechat.common.digest import content_digest, is_file
@@ -40,16 +43,55 @@ def file_identity(source: str) -> str:
     return content_digest(source) if is_file(source) else source
 
 
+class TokenFiles:
+    """Frame tokens on disk, ``<folder>/<key>.safetensors`` (fp16, with string metadata), written atomically;
+    reading one back runs no code. An unreadable file is a miss, said once per store, and written again."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.corrupt = 0  # unreadable entries, recomputed
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def read(self, key: str) -> Optional[tuple[Tensor, dict[str, str]]]:
+        """(tokens, metadata) stored under ``key``, or None (absent or unreadable)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), "pt") as f:
+                return f.get_tensor("tokens"), f.metadata() or {}
+        except Exception as e:  # noqa: BLE001  (truncated, garbage, wrong keys: a miss either way)
+            if not self.corrupt:
+                print(f"warning: frame-token cache entry {path} is unreadable ({type(e).__name__}): computed and "
+                      f"written again (said once)", flush=True)
+            self.corrupt += 1
+            return None
+
+    def write(self, key: str, tokens: Tensor, metadata: Optional[dict[str, str]] = None) -> Tensor:
+        """Store ``tokens`` as fp16 under ``key``; returns what a later read gives back."""
+        tokens = tokens.detach().to("cpu", torch.float16).contiguous()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(key)) as tmp:
+            save_file({"tokens": tokens}, str(tmp), metadata=metadata)
+        return tokens
+
+
 class FrameTokenCache:
     def __init__(self, qformer_digest: str, max_mb: int, folder: Optional[str] = None):
         self.digest = qformer_digest
         self.max_bytes = max_mb * 2**20
-        self.folder = Path(folder) / qformer_digest if folder else None
+        self.files = TokenFiles(Path(folder) / qformer_digest) if folder else None
         self.memory: OrderedDict[str, Tensor] = OrderedDict()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self.corrupt = 0  # unreadable entries on disk, recomputed
+
+    @property
+    def corrupt(self) -> int:
+        """Unreadable entries on disk, recomputed."""
+        return self.files.corrupt if self.files else 0
 
     def key(self, source: str, video_id: str, num_frames: int) -> str:
         return hashlib.sha256(f"{file_identity(source)}|{video_id}|{num_frames}".encode()).hexdigest()[:24]
@@ -61,30 +103,18 @@ class FrameTokenCache:
             self.hits += 1
             self.memory.move_to_end(key)
             return self.memory[key]
-        path = self.folder / f"{key}.safetensors" if self.folder else None
-        tokens = self._read(path) if path is not None and path.is_file() else None
-        if tokens is not None:
+        found = self.files.read(key) if self.files else None
+        if found is not None:
             self.hits += 1
+            tokens = found[0]
         else:
             self.misses += 1
             with torch.no_grad():
                 tokens = encode(features).to("cpu", torch.float16)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(path) as tmp:
-                    save_file({"tokens": tokens.contiguous()}, str(tmp))
+            if self.files:
+                self.files.write(key, tokens)
         self._remember(key, tokens)
         return tokens
-
-    def _read(self, path: Path) -> Optional[Tensor]:
-        try:
-            return load_file(str(path))["tokens"]
-        except Exception as e:  # noqa: BLE001  (truncated, garbage, wrong keys: a miss either way)
-            if not self.corrupt:
-                print(f"warning: frame-token cache entry {path} is unreadable ({type(e).__name__}): computed and "
-                      f"written again (said once)", flush=True)
-            self.corrupt += 1
-            return None
 
     def _remember(self, key: str, tokens: Tensor) -> None:
         size = tokens.numel() * tokens.element_size()

@@ -120,6 +120,7 @@ def test_video_frame_tokens_are_cached_on_disk_and_reused(tmp_path, tiny_cfg, to
 
 def test_a_corrupt_token_cache_entry_of_a_split_is_recomputed_and_rewritten(tmp_path, tiny_cfg, tokenizer, capsys):
     from moviechat.answering import token_files
+    from moviechat.models.token_cache import TokenFiles
 
     answerer = answerer_for(tiny_cfg, tokenizer)
     feats, meta = token_video(tiny_cfg)
@@ -134,10 +135,9 @@ def test_a_corrupt_token_cache_entry_of_a_split_is_recomputed_and_rewritten(tmp_
             Lookup.calls += 1
             return feats, meta
 
-    lookup, cache = Lookup(), tmp_path / "cache"
-    cache.mkdir()
+    lookup, cache = Lookup(), TokenFiles(tmp_path / "cache")
     first = token_files.video_tokens(answerer, lookup, "v", cache)
-    (cache / "key-v.safetensors").write_bytes(b"\x00" * 10)  # corrupted on disk
+    (tmp_path / "cache" / "key-v.safetensors").write_bytes(b"\x00" * 10)  # corrupted on disk
     again = token_files.video_tokens(answerer, lookup, "v", cache)
     assert torch.equal(first[0], again[0]) and Lookup.calls == 2
     assert "is unreadable" in capsys.readouterr().out
