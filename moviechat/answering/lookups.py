@@ -13,11 +13,11 @@ import torch
 from moviechat.common.digest import content_digest
 from moviechat.data.checks import check_key
 from moviechat.data.sampling import FrameSampling
+from moviechat.data.video import VIDEO_SUFFIXES, find_video_file
 from moviechat.common.errors import DataError
 from moviechat.data.stores import (FolderStore, feature_meta, read_npy_video, read_shard_video,
                                    validate_features)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 
 
 def load_features(path: str | Path, kind_default: str, warn: bool = False) -> tuple[np.ndarray, dict]:
@@ -80,9 +80,9 @@ class VideoFileLookup:
 
     def path_of(self, video: str) -> Path:
         check_key(video, f"--videos {self.folder}")
-        for suffix in VIDEO_SUFFIXES + tuple(s.upper() for s in VIDEO_SUFFIXES):  # lmms-eval also tries .MP4
-            if (self.folder / f"{video}{suffix}").is_file():
-                return self.folder / f"{video}{suffix}"
+        found = find_video_file(self.folder, video)
+        if found is not None:
+            return found
         raise DataError(f"no video file for {video!r} in {self.folder} ({', '.join(VIDEO_SUFFIXES)})")
 
     def __call__(self, video: str) -> tuple[np.ndarray, dict]:

@@ -25,7 +25,7 @@ import numpy as np
 from moviechat.common.errors import DataError
 
 CHUNK_SUFFIXES = (".h5", ".hdf5", ".npy")
-VIDEO_SUFFIXES = (".tar",) + CHUNK_SUFFIXES
+RELEASE_SUFFIXES = (".tar",) + CHUNK_SUFFIXES  # one video's features in the release
 # A video that cannot be read: a truncated or corrupt tar, HDF5 or .npy file, or one of the wrong shape.
 READ_ERRORS = (DataError, tarfile.TarError, OSError, EOFError, ValueError)
 
@@ -45,7 +45,7 @@ def release_sources(root: str | Path) -> dict[str, Path]:
             continue
         if path.is_dir():
             key = path.name
-        elif path.suffix in VIDEO_SUFFIXES:
+        elif path.suffix in RELEASE_SUFFIXES:
             key = path.stem
         else:
             continue

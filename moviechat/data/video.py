@@ -151,6 +151,16 @@ def write_frames(path: str | Path, frames: np.ndarray, fps=24, codec: str = "mpe
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")  # every room's list of video files
+
+
+def find_video_file(folder: Path, key: str) -> Optional[Path]:
+    """``<folder>/<key><suffix>`` for the first video suffix that exists, lower case first (MovieChat-1K ships
+    ``.mp4`` and lmms-eval also tries ``.MP4``)."""
+    for suffix in VIDEO_SUFFIXES + tuple(s.upper() for s in VIDEO_SUFFIXES):
+        if (folder / f"{key}{suffix}").is_file():
+            return folder / f"{key}{suffix}"
+    return None
 
 
 def read_image(source, name: Optional[str] = None) -> tuple[np.ndarray, list[float], float]:

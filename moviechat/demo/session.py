@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from moviechat.answering.answerer import GENERATIONS, Answerer, MemoryRead
-from moviechat.answering.lookups import VIDEO_SUFFIXES, VideoFileLookup, load_features
+from moviechat.answering.lookups import VideoFileLookup, load_features
+from moviechat.data.video import VIDEO_SUFFIXES
 from moviechat.common.digest import content_digest
 from moviechat.common.errors import UserError
 from moviechat.common.errors import DataError

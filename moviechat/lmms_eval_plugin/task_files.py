@@ -22,11 +22,11 @@ from pathlib import Path
 from moviechat.common.atomic import write_text_atomic
 from moviechat.common.errors import run_cli, stop_if_only_checking
 from moviechat.data.annotations import load_annotations, video_fps
+from moviechat.data.video import find_video_file
 from moviechat.common.errors import DataError
 
 DOCS = "moviechat_1k_test.jsonl"
 TASKS = ("moviechat_ft_global", "moviechat_ft_breakpoint")
-VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv", ".avi", ".webm", ".mov")
 HUB_DATASET = """dataset_path: Enxin/lmms_MovieChat_test
 dataset_kwargs:
   token: True
@@ -50,20 +50,13 @@ def task_folder(out: Path, hub: bool = False) -> list[Path]:
     return written
 
 
-def find_video(folder: Path, key: str) -> Path | None:
-    for suffix in VIDEO_SUFFIXES:
-        if (folder / f"{key}{suffix}").is_file():
-            return folder / f"{key}{suffix}"
-    return None
-
-
 def docs(annotations: Path, videos: Path, skip_missing: bool = False) -> tuple[list[dict], list[str]]:
     """(one doc per question, the videos left out for having no file)."""
     loaded = load_annotations(annotations)
     fps = video_fps(annotations)
     rows, missing = [], []
     for key, qas in sorted(loaded.items()):
-        path = find_video(videos, key)
+        path = find_video_file(videos, key)
         if path is None:
             missing.append(key)
             continue

@@ -22,10 +22,9 @@ from webdataset import tariterators
 from moviechat.data.instruct import media_key
 from moviechat.common.errors import DataError
 from moviechat.data.stores import expand_shards
-from moviechat.data.video import IMAGE_SUFFIXES, read_frames, read_image
+from moviechat.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_frames, read_image
 from moviechat.models.vision import preprocess_frames
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ from lmms_eval.tasks.moviechat.utils import (  # noqa: E402,F401  (re-exported f
     moviechat_aggregate_acc, moviechat_aggregate_score, moviechat_doc_to_answer, moviechat_doc_to_text,
     moviechat_process_results_generic)
 
+from moviechat.data.video import VIDEO_SUFFIXES  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-SUFFIXES = ("", ".mp4", ".MP4", ".mkv", ".avi", ".webm", ".mov")
+SUFFIXES = ("",) + VIDEO_SUFFIXES + tuple(s.upper() for s in VIDEO_SUFFIXES)
 
 
 def is_global(doc) -> bool:
