@@ -7,6 +7,10 @@ from helpers import REPO, SMOLLM2_EXPERIMENT, TINY, run_train, tiny_tokenizer
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
+# DeepSpeed's CPU shared-memory op is built once into torch's extension cache; one cache per checkout, because
+# DeepSpeed rebuilds it whenever the .venv it comes from changes: two checkouts sharing ~/.cache rebuilt it in
+# turn under one lock, and a concurrent suite's 2-process test then ran past its timeout
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
 
 

@@ -52,8 +52,8 @@ class Answerer:
             raise ValueError(f"batch_size={batch_size} and max_new_tokens={max_new_tokens} must be >= 1")
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model.eval()
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.prompt = PromptFormat(cfg.model.prompt, tokenizer, cfg.model.system_prompt)
-        self.stop = self.prompt.stop()
+        self.format = PromptFormat(cfg.model.prompt, tokenizer, cfg.model.system_prompt)
+        self.stop = self.format.stop()
         self.generation, self.seed, self.breakpoints = generation, seed, breakpoints
         if generation == "moviechat":  # the paper's decoding: sampling, temperature 1.0, top-p 0.9, 300 tokens
             self.stop.temperature, self.stop.top_p, self.max_new_tokens = 1.0, 0.9, 300
@@ -110,7 +110,7 @@ class Answerer:
     def _result(self, ids: torch.Tensor, read: MemoryRead) -> dict:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         t = read.frame
-        return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.prompt.extract_answer(text),
+        return {"mode": "global" if t is None else "breakpoint", "frame": t, "prediction": self.format.extract_answer(text),
                 "generation": self.generation, **({"past_end": True} if read.past_end else {}), **self.breakpoints.record(),
                 "memory_preset": self.cfg.memory.preset, **self.source}
 
@@ -154,7 +154,7 @@ class Answerer:
         replies = []
         for start in range(0, len(questions), self.batch_size):
             part = range(start, min(start + self.batch_size, len(questions)))
-            ids = self.model.answer_many([reads[i].memory for i in part], [self.prompt.prompt_ids(questions[i]) for i in part],
+            ids = self.model.answer_many([reads[i].memory for i in part], [self.format.prompt_ids(questions[i]) for i in part],
                                          self.max_new_tokens, self.stop, [reads[i].n_position for i in part])
             replies += [self._result(ids_i, reads[i]) for ids_i, i in zip(ids, part)]
         return replies

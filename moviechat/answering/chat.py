@@ -30,7 +30,7 @@ def converse(answerer, feats: np.ndarray, meta: dict, questions: list[str], key:
     history: list[tuple[str, str]] = []
     results = []
     for question in questions:
-        prompt = (answerer.prompt.prompt_ids(question, history) if style == "moviechat"
+        prompt = (answerer.format.prompt_ids(question, history) if style == "moviechat"
                   else instruct_prompt_ids(question, history, stamps, answerer.tokenizer))
         results.append(answerer.generate_one(read, prompt))
         history.append((question, results[-1]["prediction"]))

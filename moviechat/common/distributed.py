@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 
@@ -57,6 +58,24 @@ def all_reduce_sum(values: list[float], device: torch.device, what: str = "reduc
             _check_lengths(len(values), device, what)
         torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_named(values: dict[str, float], device: torch.device, what: str = "reduction") -> dict[str, float]:
+    """Sum each named value over ranks. Every rank must pass the same names in the same order; with
+    ``MOVIECHAT_CHECK_COLLECTIVES=1`` the names are compared first and a mismatch names ``what``."""
+    names = list(values)
+    if torch.distributed.is_initialized() and os.environ.get(CHECK_ENV) == "1":
+        _check_names(names, device, what)
+    return dict(zip(names, all_reduce_sum([float(v) for v in values.values()], device, what)))
+
+
+def _check_names(names: list[str], device: torch.device, what: str) -> None:
+    digest = int.from_bytes(hashlib.sha256("\0".join(names).encode()).digest()[:7], "big")
+    seen = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(seen, torch.tensor([digest], device=device))
+    if len({int(x) for x in seen}) > 1:
+        raise CollectiveMismatch(f"{what}: ranks reduce different metric names (this rank: {', '.join(names[:8])}"
+                                 f"{', ...' if len(names) > 8 else ''})")
 
 
 def _check_lengths(length: int, device: torch.device, what: str) -> None:

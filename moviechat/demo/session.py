@@ -177,7 +177,7 @@ class DemoSession:
         answerer = self._answerer(generation, int(max_new_tokens))
         start = time.perf_counter()
         read = self.read(video, mode, seconds)
-        prompt = answerer.prompt.prompt_ids(question, list(history))
+        prompt = answerer.format.prompt_ids(question, list(history))
         yield from self._stream(answerer, read, prompt, start, video)
 
     def _answerer(self, generation: str, max_new_tokens: int) -> Answerer:
@@ -207,7 +207,7 @@ class DemoSession:
         text = ""
         for piece in streamer:
             text += piece
-            yield Reply(answerer.prompt.extract_answer(text))
+            yield Reply(answerer.format.extract_answer(text))
         worker.join()
         if "error" in box:
             raise box["error"]

@@ -23,7 +23,7 @@ def chat_rounds(model, request) -> list[str]:
     history: list[tuple[str, str]] = []
     question, info = context, None
     for round_idx in range(1, MAX_ROUNDS + 1):
-        reply = answerer.generate_one(read, answerer.prompt.prompt_ids(question, history))["prediction"]
+        reply = answerer.generate_one(read, answerer.format.prompt_ids(question, history))["prediction"]
         history.append((question, reply))
         step = doc_to_text(doc, previous_output=[a for _, a in history], round_idx=round_idx,
                            previous_round_info=info)

@@ -136,13 +136,10 @@ class MovieChatModel(nn.Module):
     @torch.no_grad()
     def stream_memories(self, tokens: Tensor, frames: Sequence[Optional[int]],
                         current: Optional[int] = None) -> list[tuple[Tensor, int]]:
-        """Inference: the memory [M, Q, H] each question on one video is asked on, and the n of its position
-        table, from one streaming pass over the video's frame tokens [T, Q, H].
-
-        ``frames[i]`` is question i's breakpoint frame t (the memory after frames ``0..t-1``, then the current
-        frame: t itself, or ``current`` for every breakpoint when given) or None (global: the whole video).
-        Breakpoints are read as the stream passes them, which equals :meth:`build_memories` on the same frames.
-        """
+        """Inference: the memory [M, Q, H] each question on a video is asked on, and its table's n, from one
+        streaming pass over the frame tokens [T, Q, H] (equal to :meth:`build_memories` on the same frames).
+        ``frames[i]``: question i's breakpoint frame t (frames ``0..t-1``, then the current frame: t, or
+        ``current`` when given), or None (global)."""
         return stream_reads(tokens.float(), self.memory_cfg, frames, current)
 
     # ------------------------------------------------------------------- memory -> video tokens
@@ -167,14 +164,19 @@ class MovieChatModel(nn.Module):
         video = self.video_qformer(x, None if mask is None else mask.long().repeat_interleave(q, dim=1))
         return self.projection(video)
 
+    def encode_memories(self, memories: Sequence[Tensor], n_positions: Optional[Sequence[int]] = None) -> Tensor:
+        """Per-sample memories [M_i, Q, H] -> video tokens [B, video queries, LLM hidden]: padded to the longest
+        and masked, on the model's device (training and answering both come through here)."""
+        padded, mask = pad_memories([m.to(self.device) for m in memories])
+        return self.encode_memory(padded, mask, n_positions)
+
     def encode_video(self, batch: dict[str, Any]) -> tuple[Tensor, float]:
         """(video tokens [B, video queries, LLM hidden], seconds spent building the memories)."""
         tokens = self.frame_tokens(batch)
         start = time.perf_counter()
         memories, n_positions = self.build_memories(batch, tokens)
         seconds = time.perf_counter() - start
-        padded, mask = pad_memories(memories)
-        return self.encode_memory(padded, mask, n_positions), seconds
+        return self.encode_memories(memories, n_positions), seconds
 
     # ------------------------------------------------------------------------- video tokens -> LLM
 
@@ -213,8 +215,7 @@ class MovieChatModel(nn.Module):
                     streamer: Any = None) -> list[Tensor]:
         """Greedy answers to several prompts, each on its own memory [M_i, Q, H], generated together
         (``streamer``: a transformers streamer that sees one prompt's new tokens as they come)."""
-        padded, mask = pad_memories(memories)
-        video = self.encode_memory(padded.to(self.device), None if mask is None else mask.to(self.device), n_positions)
+        video = self.encode_memories(memories, n_positions)
         return generate_on_video(self.llm, self.image_token_id, video, [torch.as_tensor(list(p)) for p in prompts],
                                  max_new_tokens, stop, self.device, streamer)
 

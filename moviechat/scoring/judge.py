@@ -31,9 +31,13 @@ import httpx
 from tqdm import tqdm
 
 from moviechat.common.atomic import held_lock
-from moviechat.common.errors import DataError
+from moviechat.common.errors import UserError
 from moviechat.common.jsonl import read_jsonl
 from moviechat.scoring.judge_protocols import PROTOCOLS, JudgeProtocol
+
+
+class JudgeSettingError(UserError, ValueError):
+    """A judge setting that cannot work (its URL, concurrency or retries): named on one line."""
 
 
 def check_judge_url(url: str, sends_key: bool, allow_insecure: bool) -> None:
@@ -41,11 +45,11 @@ def check_judge_url(url: str, sends_key: bool, allow_insecure: bool) -> None:
     ``allow_insecure``, and is said at start."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise DataError(f"--judge-url {url!r} must be an http(s) URL")
+        raise JudgeSettingError(f"--judge-url {url!r} must be an http(s) URL")
     if not sends_key or parsed.scheme == "https" or _loopback(parsed.hostname):
         return
     if not allow_insecure:
-        raise DataError(f"--judge-url {url} is plain http to another machine: the API key would travel unencrypted; "
+        raise JudgeSettingError(f"--judge-url {url} is plain http to another machine: the API key would travel unencrypted; "
                         f"use https://, a loopback address, or pass --judge-allow-insecure")
     print(f"warning: sending the judge API key unencrypted to {url} (--judge-allow-insecure)", flush=True)
 
@@ -148,7 +152,7 @@ class JudgeClient:
                  timeout: float = DEFAULT_TIMEOUT, backoff: float = 1.0, protocol: JudgeProtocol = PROTOCOLS["lmms-eval"],
                  concurrency: int = DEFAULT_CONCURRENCY, max_reply_bytes: int = MAX_REPLY_BYTES):
         if concurrency < 1 or retries < 1:
-            raise DataError(f"judge concurrency={concurrency} and retries={retries} must be >= 1")
+            raise JudgeSettingError(f"judge concurrency={concurrency} and retries={retries} must be >= 1")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.protocol = model, api_key, protocol
         self.retries, self.timeout, self.backoff, self.concurrency = retries, timeout, backoff, concurrency

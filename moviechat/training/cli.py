@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = Trainer(cfg, run_folder(cfg, args.cfg, args.resume), resume_from=args.resume,
-                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint)
+                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint).setup()
     except (RunFolderError, CheckpointNotFound) as e:
         print(f"run folder error: {e}", file=sys.stderr)
         return 2
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         trainer.train()
+        trainer.cleanup()
     except DiskFull as e:  # the last checkpoint is complete; once space is freed, --resume continues exactly
         print(f"error: {e}", file=sys.stderr)
         try:

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from moviechat.common.distributed import all_reduce_named
 from moviechat.text.answers import normalize_answer, normalized_match
 from moviechat.text.prompt import PromptFormat
 
@@ -33,29 +34,32 @@ class HeldOutEvaluator:
     """Held-out loss (teacher forcing) and QA accuracy (greedy generation) of the model being trained.
 
     ``batches(limit, with_answers)`` yields this rank's held-out batches on the model's device; ``limit``
-    is per rank. Every rank reduces one vector of fixed length and order (loss sums, then correct and
-    total per group of :func:`accuracy_groups`), so ranks that saw different question types, or different
-    numbers of questions, agree; a group no rank saw is left out of the record rather than shown as 0%.
+    is per rank. Every rank sums the same named counts in the same order (``loss_sum``, ``tokens``, then
+    ``correct/<group>`` and ``total/<group>`` for each of :func:`accuracy_groups`), so ranks that saw different
+    question types, or different numbers of questions, agree; a group no rank saw is left out of the record
+    rather than shown as 0%.
     """
 
-    def __init__(self, engine, batches: Callable[[Optional[int], bool], Iterator[dict[str, Any]]], tokenizer,
-                 groups: list[str], prior: dict[str, str], prompt: PromptFormat, reduce: Callable[..., list[float]],
-                 world_size: int = 1):
+    def __init__(self, *, engine, batches: Callable[[Optional[int], bool], Iterator[dict[str, Any]]], tokenizer,
+                 prompt_format: PromptFormat, groups: list[str], prior: dict[str, str], device, world_size: int = 1):
         self.engine, self.batches, self.tokenizer = engine, batches, tokenizer
-        self.groups, self.prior, self.prompt, self.stop = groups, prior, prompt, prompt.stop()
-        self.reduce, self.world_size = reduce, world_size
+        self.groups, self.prior, self.format, self.stop = groups, prior, prompt_format, prompt_format.stop()
+        self.device, self.world_size = device, world_size
 
     def __call__(self, step: int, loss_samples: int, generate_samples: int, max_new_tokens: int) -> dict[str, Any]:
         per_rank = lambda n: math.ceil(n / self.world_size) if n else None  # noqa: E731
         loss_sum, tokens = self._loss(per_rank(loss_samples))
         counts = self._accuracy(per_rank(generate_samples), max_new_tokens) if generate_samples else {}
-        vector = [loss_sum, tokens] + [c for g in self.groups for c in counts.get(g, (0.0, 0.0))]
-        reduced = self.reduce(vector, what="held-out evaluation")
-        record: dict[str, Any] = {"step": step, "eval/loss": reduced[0] / max(reduced[1], 1), "eval/tokens": int(reduced[1])}
+        sums = {"loss_sum": loss_sum, "tokens": tokens}
+        for group in self.groups:
+            sums[f"correct/{group}"], sums[f"total/{group}"] = counts.get(group, (0.0, 0.0))
+        reduced = all_reduce_named(sums, self.device, what="held-out evaluation")
+        record: dict[str, Any] = {"step": step, "eval/loss": reduced["loss_sum"] / max(reduced["tokens"], 1),
+                                  "eval/tokens": int(reduced["tokens"])}
         if not generate_samples:
             return record
-        for i, group in enumerate(self.groups):
-            correct, total = reduced[2 + 2 * i], reduced[3 + 2 * i]
+        for group in self.groups:
+            correct, total = reduced[f"correct/{group}"], reduced[f"total/{group}"]
             if total:
                 record["eval/acc" if group == "all" else f"eval/acc_{group}"] = correct / total
                 record[f"eval/n_{group}"] = int(total)
@@ -75,7 +79,7 @@ class HeldOutEvaluator:
         for batch in self.batches(limit, False):
             generated = self.engine.module.generate(batch, max_new_tokens, self.stop)
             for ids, answer, mode, qtype in zip(generated, batch["answers"], batch["modes"], batch["qtypes"]):
-                hit = normalized_match(self.prompt.extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
+                hit = normalized_match(self.format.extract_answer(self.tokenizer.decode(ids, skip_special_tokens=True)), answer)
                 for group in {"all", mode, f"type_{qtype}" if qtype else mode}:
                     counts[group][0] += hit
                     counts[group][1] += 1

@@ -1,6 +1,8 @@
 """DeepSpeed training of MovieChat: the loop.
 
-:meth:`Trainer.train` reads top to bottom: batch -> ``engine(batch)`` (the model builds every sample's
+A :class:`Trainer` is made from what the run is asked to be, then ``setup()`` (claim the folder, start the
+process group, build, resume, write the start files), ``train()`` and ``cleanup()``, in that order (torchtune's
+recipe shape). :meth:`Trainer.train` reads top to bottom: batch -> ``engine(batch)`` (the model builds every sample's
 streaming memory inside its forward: ``MovieChatModel.encode_video``) -> backward -> step -> log, evaluate,
 checkpoint. Building the parts (``setup``), resume and save (``resume``), reporting (``run_log``) and stop
 requests (``stop``) are functions it calls. The same code runs on CPU (gloo) and GPU nodes (nccl).
@@ -15,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from moviechat.common.distributed import all_reduce_sum, any_rank, init_distributed
+from moviechat.common.distributed import all_reduce_named, any_rank, init_distributed
 from moviechat.config import Config, as_dict
 from moviechat.data.builders import build_parts
 from moviechat.runs.checkpoints import loadable_checkpoint, remove_leftovers, step_of
@@ -31,41 +33,60 @@ from moviechat.training.stop import StopRequest
 
 
 class Trainer:
-    """One run: its parts are built here, in an order that keeps runs reproducible (weights from ``run.seed``
-    on every rank, then per-rank dropout streams); :meth:`train` runs the loop."""
+    """One run: :meth:`setup` builds its parts in an order that keeps runs reproducible (weights from ``run.seed``
+    on every rank, then per-rank dropout streams); :meth:`train` runs the loop; :meth:`cleanup` reports the end."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume_from: Optional[str] = None,
                  allow_config_change: bool = False, trust_checkpoint: bool = False):
+        """What the run is asked to be; nothing is read, claimed or built until :meth:`setup`."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        checkpoint = loadable_checkpoint(resume_from, trust_checkpoint) if resume_from else None
+        self.resume_from, self.allow_config_change, self.trust_checkpoint = resume_from, allow_config_change, trust_checkpoint
+        self.state = TrainState()
+        self.batches: Optional[TrainBatches] = None  # built by train(), once the state is final
+        self.stopped = False
+
+    def setup(self) -> "Trainer":
+        """Claim the run folder and check a resume (before any process group), start the process group, build
+        the parts, resume, and write the start files."""
+        checkpoint = self._checked_checkpoint()
         forked = claim(self.run_dir, checkpoint)  # every rank decides alike, before any collective
-        if checkpoint is not None:
-            check_resume_config(checkpoint[0].parent, as_dict(cfg), allow_config_change, step_of(checkpoint[1]),
-                                self.run_dir)
-            check_planned_layout(cfg, checkpoint, trust_checkpoint)  # a refused resume starts no process group
         self.rank, self.world_size, self.device = init_distributed()
+        self._build(checkpoint)
+        self._announce(forked, checkpoint)
+        if self.rank == 0:
+            self._remove_partial_saves()
+        if checkpoint is not None:
+            self.state = resume(self.session, *checkpoint, self.parts[0].name, self.cfg.run.seed, self.cfg.train.max_steps)
+        self.log = RunLogger(self.cfg, self.run_dir, self.rank)
+        self.log.write_start(self.state.step, self.ds_config, self.world_size, self.tokenizer)
+        return self
+
+    def _checked_checkpoint(self) -> Optional[tuple[Path, str]]:
+        """The checkpoint to resume from, its config and layout checked (a refused resume starts no process group)."""
+        if not self.resume_from:
+            return None
+        checkpoint = loadable_checkpoint(self.resume_from, self.trust_checkpoint)
+        check_resume_config(checkpoint[0].parent, as_dict(self.cfg), self.allow_config_change, step_of(checkpoint[1]),
+                            self.run_dir)
+        check_planned_layout(self.cfg, checkpoint, self.trust_checkpoint)
+        return checkpoint
+
+    def _build(self, checkpoint: Optional[tuple[Path, str]]) -> None:
+        cfg = self.cfg
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         self.parts = build_parts(cfg, self.rank, self.world_size)
         setup.check_streams(self.parts, self.world_size, cfg.data.num_workers)
         self.tokenizer = setup.build_tokenizer(cfg, checkpoint[0].parent if checkpoint else self.run_dir, self.parts)
         self.model = setup.build_model(cfg, self.parts, self.tokenizer, self.rank)
-        ds_config = deepspeed_config(cfg)
-        self.engine, self.scheduler = setup.build_engine(cfg, self.model, ds_config, self.rank)
+        self.ds_config = deepspeed_config(cfg)
+        self.engine, self.scheduler = setup.build_engine(cfg, self.model, self.ds_config, self.rank)
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.evaluators = {p.name: setup.build_evaluator(cfg, self.engine, self.tokenizer, p, self.micro_batch,
                                                          self.device, self.world_size)
                            for p in self.parts if p.source.val_keys}  # data.val_fraction=0: none held out
         self.session = Session(self.engine, self.model, self.scheduler, self.run_dir, self.rank, self.layout(),
-                               trust_checkpoint, self.device)
-        self.state = TrainState()
-        self.batches: Optional[TrainBatches] = None  # built by train(), once the state is final
-        self.stopped = False
+                               self.trust_checkpoint, self.device)
         seed_everything(cfg.run.seed + 1000 * self.rank)  # distinct dropout per rank
-        self._announce(forked, checkpoint)
-        if checkpoint is not None:
-            self.state = resume(self.session, *checkpoint, self.parts[0].name, cfg.run.seed, cfg.train.max_steps)
-        self.log = RunLogger(cfg, self.run_dir, self.rank)
-        self.log.write_start(self.state.step, ds_config, self.world_size, self.tokenizer)
 
     def layout(self) -> Layout:
         return Layout(self.world_size, max(self.cfg.data.num_workers, 1), self.engine.train_batch_size())
@@ -80,6 +101,8 @@ class Trainer:
         if forked:
             print(f"new run folder {self.run_dir}, started from {checkpoint[0] / checkpoint[1]} of run "
                   f"{checkpoint[0].parent} (left as it is)", flush=True)
+
+    def _remove_partial_saves(self) -> None:
         left = remove_leftovers(self.run_dir / "checkpoints")
         if left:
             print(f"removed partial checkpoint(s) of an interrupted save: {', '.join(left)}")
@@ -92,7 +115,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------- the loop
 
     def train(self) -> dict[str, Any]:
-        """Train to ``train.max_steps`` (or until SIGTERM/SIGINT); returns the last evaluation."""
+        """Train to ``train.max_steps`` (or until SIGTERM/SIGINT); returns the last evaluation. Call
+        :meth:`cleanup` after it."""
         cfg = self.cfg.train
         self.batches = TrainBatches(self.parts, self.state, self._train_loader, self.cfg.run.seed, self.rank)
         bar = self.log.progress(self.state.step)
@@ -131,7 +155,6 @@ class Trainer:
                     self._stop()
                     break
             bar.close()
-            self._finish()
         return last_eval
 
     def _stop(self) -> None:
@@ -149,12 +172,11 @@ class Trainer:
 
     def _train_record(self, window: dict[str, float]) -> dict[str, Any]:
         names = [part.name for part in self.parts]
-        reduced = all_reduce_sum([window["loss"], window["micro"], window["samples"], window["time"],
-                                  window["memory"], *(self.state.samples.get(n, 0) for n in names)],
-                                 self.device, what="train logging")
+        sums = {key: window[key] for key in ("loss", "micro", "samples", "time", "memory")}
+        sums.update({f"data/{n}": self.state.samples.get(n, 0) for n in names})
+        reduced = all_reduce_named(sums, self.device, what="train logging")
         epochs = {n: self.state.stream(n).epoch for n in names}
-        return train_record(window, self.state.step, self.scheduler.get_last_lr()[0], self.world_size, reduced,
-                            names, epochs)
+        return train_record(window, self.state.step, self.scheduler.get_last_lr()[0], self.world_size, reduced, epochs)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -173,7 +195,8 @@ class Trainer:
     def save(self) -> Path:
         return save(self.session, self.state, self.cfg.train.keep_last)
 
-    def _finish(self) -> None:
+    def cleanup(self) -> None:
+        """Report the run's end: samples read per dataset, the final status and the caches' counts."""
         if self.batches is not None:
             self.batches.report_total()
         self.log.finish(self.state.step, self.model.token_cache)

@@ -91,16 +91,16 @@ def open_wandb(cfg: Config, run_dir: Path) -> Optional[Any]:
                       config=as_dict(cfg), resume="allow", id=run_dir.name)
 
 
-def train_record(window: dict[str, float], step: int, lr: float, world_size: int, reduced: list[float],
-                 names: list[str], epochs: dict[str, int]) -> dict[str, Any]:
-    """One training row from a logging window reduced over ranks (``reduced``: loss sum, micro-steps, samples,
-    seconds, memory seconds, then each dataset's samples read so far)."""
-    loss_sum, micro, samples, seconds, memory, *read = reduced
+def train_record(window: dict[str, float], step: int, lr: float, world_size: int, reduced: dict[str, float],
+                 epochs: dict[str, int]) -> dict[str, Any]:
+    """One training row from a logging window summed over ranks (``reduced``: ``loss``, ``micro`` steps,
+    ``samples``, ``time`` and ``memory`` seconds, and ``data/<name>``: each dataset's samples read so far)."""
+    seconds = reduced["time"]
     record = {
-        "step": step, "loss": loss_sum / max(micro, 1), "lr": lr, "grad_norm": window.get("grad_norm"),
-        "samples_per_s": samples / max(seconds / world_size, 1e-9),
-        "memory_time_share": memory / max(seconds, 1e-9), "time": time.time(),
-        **{f"data/{n}": int(count) for n, count in zip(names, read)},  # training samples of each dataset so far
+        "step": step, "loss": reduced["loss"] / max(reduced["micro"], 1), "lr": lr, "grad_norm": window.get("grad_norm"),
+        "samples_per_s": reduced["samples"] / max(seconds / world_size, 1e-9),
+        "memory_time_share": reduced["memory"] / max(seconds, 1e-9), "time": time.time(),
+        **{k: int(v) for k, v in reduced.items() if k.startswith("data/")},  # training samples of each dataset so far
     }
-    record.update({"epoch": epochs[names[0]]} if len(names) == 1 else {f"epoch/{n}": e for n, e in epochs.items()})
+    record.update({"epoch": next(iter(epochs.values()))} if len(epochs) == 1 else {f"epoch/{n}": e for n, e in epochs.items()})
     return record

@@ -4,13 +4,13 @@ loaders and the held-out evaluators."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from moviechat.common.distributed import all_reduce_sum
 from moviechat.common.registry import MODELS
 from moviechat.config import Config
 from moviechat.common.errors import DataError
@@ -105,12 +105,11 @@ def eval_batches(cfg: Config, tokenizer, part: DataPart, micro_batch: int, devic
 
 def build_evaluator(cfg: Config, engine, tokenizer, part: DataPart, micro_batch: int, device,
                     world_size: int) -> HeldOutEvaluator:
-    batches: Callable = lambda limit, with_answers: eval_batches(  # noqa: E731
-        cfg, tokenizer, part, micro_batch, device, limit, with_answers)
-    return HeldOutEvaluator(engine, batches, tokenizer, accuracy_groups(part.source.qas),
-                            prior_answers(part.source.qas, part.source.train_keys),
-                            collator(cfg, tokenizer, part).format,
-                            lambda values, what: all_reduce_sum(values, device, what), world_size)
+    return HeldOutEvaluator(engine=engine, batches=functools.partial(eval_batches, cfg, tokenizer, part, micro_batch, device),
+                            tokenizer=tokenizer, prompt_format=collator(cfg, tokenizer, part).format,
+                            groups=accuracy_groups(part.source.qas),
+                            prior=prior_answers(part.source.qas, part.source.train_keys),
+                            device=device, world_size=world_size)
 
 
 def head(batch: dict[str, Any], n: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from moviechat.common.errors import stop_if_only_checking
 from moviechat.config import ConfigError, find_config
 from moviechat.tuning import aggregate, expand, load_sweep
-from moviechat.tuning.runner import print_plan, run_local, run_slurm, search_workers_script, validate
+from moviechat.tuning.dispatch import print_plan, run_local, run_slurm, search_workers_script, validate
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from moviechat.common.atomic import write_text_atomic
 from moviechat.config import load_config
 from moviechat.common.jsonl import read_jsonl
 from moviechat.runs.folder import read_status
-from moviechat.tuning.grid import RECALL_MAP_METRICS, SEED, SweepConfig, slug, swept_keys
+from moviechat.tuning.sweep_file import RECALL_MAP_METRICS, SEED, SweepConfig, slug, swept_keys
 from moviechat.tuning.trials import recall_map_result
 
 COLUMNS = ["setting", "eval/loss", "eval/acc", "eval/acc_global", "eval/acc_breakpoint", "eval/acc_prior",

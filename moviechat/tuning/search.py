@@ -33,7 +33,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what e
 from moviechat.common.atomic import held_lock
 from moviechat.config import ConfigError, load_config
 from moviechat.runs.folder import STOPPED_EXIT
-from moviechat.tuning.grid import SweepConfig
+from moviechat.tuning.sweep_file import SweepConfig
 from moviechat.tuning.trials import (DevicePool, Lease, base_path, lease_is_stale, run_recall_map, run_training,
                                      train_command)
 
@@ -260,20 +260,20 @@ def run_search(study: optuna.Study, sweep: SweepConfig, sweep_dir: Path, paralle
     lock, attempts = threading.Lock(), [0]
 
     def next_trial() -> Optional[optuna.Trial]:
-        with lock:  # decide and ask together, so that two slots never take the last trial twice
+        with lock:  # decide and ask together, so that two threads never take the last trial twice
             busy = len(study.get_trials(deepcopy=False, states=COUNTED + (optuna.trial.TrialState.RUNNING,)))
             if search.stop.is_set() or busy >= sweep.search.trials or attempts[0] >= sweep.search.trials * ATTEMPTS_PER_TRIAL:
                 return None
             attempts[0] += 1
             return study.ask()
 
-    def slot() -> None:
+    def take_trials() -> None:  # one of `parallel` threads, each running one trial at a time
         while (trial := next_trial()) is not None:
             run_one(study, search, trial)
 
     previous = {s: signal.signal(s, lambda signum, _f: _stop(search, signum)) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        threads = [threading.Thread(target=slot) for _ in range(parallel)]
+        threads = [threading.Thread(target=take_trials) for _ in range(parallel)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.tuning.grid import RECALL_MAP_METRICS, SweepConfig
+from moviechat.tuning.sweep_file import RECALL_MAP_METRICS, SweepConfig
 from moviechat.tuning.search import COUNTED
 
 

@@ -57,7 +57,7 @@ def test_a_chat_asks_each_question_after_the_earlier_answers(tiny_lora_run, tmp_
     answerer = Answerer.load(tiny_lora_run, max_new_tokens=3)
     first = turns[0]["prediction"]
     # the second prompt holds the first question and the model's own first answer, MovieChat's Chat layout
-    text = answerer.prompt.prompt_text("how many scenes are there", [("what color is the first scene", first)])
+    text = answerer.format.prompt_text("how many scenes are there", [("what color is the first scene", first)])
     assert text.endswith(f"first scene###Assistant: {first}###Human: how many scenes are there###Assistant:")
     assert turns[0]["prediction"] == answerer.answer(*asked[0][:2], "what color is the first scene", None, "x")["prediction"]
     assert answer_cli.main(args[:3] + ["--question", "what color is the first scene", "--chat-style", "instruct",

@@ -15,8 +15,8 @@ from moviechat.answering.questions import answered_ids
 from moviechat.answering.whole_split import answer_file
 from moviechat.common.atomic import OutputBusy, exclusive
 from moviechat.data.annotations import load_annotations, parse_moviechat1k
+from moviechat.common.errors import DataError
 from moviechat.data.stores import (
-    DataError,
     VideoFeatures,
     write_folder,
 )

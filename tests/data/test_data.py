@@ -13,8 +13,8 @@ from moviechat.data.annotations import QA, annotation_json, parse_moviechat1k, s
 from moviechat.data.builders import build_datasets
 from moviechat.data.dataset import VideoQADataset
 from moviechat.data.sampling import FrameSampling, frame_at
+from moviechat.common.errors import DataError
 from moviechat.data.stores import (
-    DataError,
     FolderStore,
     ShardStore,
     SkipCounter,

@@ -11,8 +11,8 @@ import torch
 from helpers import moviechat1k_json
 from moviechat.answering.lookups import FeatureLookup
 from moviechat.data.annotations import load_annotations, parse_moviechat1k
+from moviechat.common.errors import DataError
 from moviechat.data.stores import (
-    DataError,
     ShardStore,
     SkipCounter,
     VideoFeatures,

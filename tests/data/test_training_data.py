@@ -239,7 +239,7 @@ def test_an_elastic_merge_keeps_every_datasets_streams_and_counts_samples_once()
 
 
 def test_a_search_can_target_one_dataset_of_a_mixture():
-    from moviechat.tuning.grid import reported_metric
+    from moviechat.tuning.sweep_file import reported_metric
 
     assert all(map(reported_metric, ["eval/loss", "eval/acc", "eval/acc_type_first", "eval/llava_instruct/acc",
                                      "eval/llava_instruct/loss", "eval/videochat_instruct/acc_prior"]))

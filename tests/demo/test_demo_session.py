@@ -43,7 +43,7 @@ def test_a_follow_up_is_asked_after_the_earlier_turn_on_the_same_memory(session,
     second = final(session.ask(video, "and the last", "breakpoint", 30.0, [("what color is the first scene", first.text)]))
     a = session.answerer
     read = session.read(video, "breakpoint", 30.0)
-    expected = a.generate_one(read, a.prompt.prompt_ids("and the last", [("what color is the first scene", first.text)]))
+    expected = a.generate_one(read, a.format.prompt_ids("and the last", [("what color is the first scene", first.text)]))
     assert second.text == expected["prediction"]
     assert second.stats["LLM tokens"] > first.stats["LLM tokens"]  # the earlier turn is in the prompt
 

@@ -7,19 +7,16 @@ import os
 import pytest
 
 from helpers import moviechat1k_json, write_annotation
-from moviechat.data.stores import (
-    DataError,
-)
 from moviechat.scoring import cli as score_cli
 
 
 def test_the_judge_key_goes_only_to_https_or_this_machine(tmp_path, capsys):
-    from moviechat.scoring.judge import check_judge_url
+    from moviechat.scoring.judge import JudgeSettingError, check_judge_url
 
     for url in ("https://api.example.com/v1", "http://127.0.0.1:8000/v1", "http://localhost:1/v1", "http://[::1]:1/v1"):
         check_judge_url(url, sends_key=True, allow_insecure=False)
     check_judge_url("http://10.0.0.5:8000/v1", sends_key=False, allow_insecure=False)  # no key: nothing to leak
-    with pytest.raises(DataError, match="plain http to another machine"):
+    with pytest.raises(JudgeSettingError, match="plain http to another machine"):
         check_judge_url("http://judge.example.com/v1", sends_key=True, allow_insecure=False)
     check_judge_url("http://judge.example.com/v1", sends_key=True, allow_insecure=True)
     assert "sending the judge API key unencrypted" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from helpers import TINY, tiny_tokenizer
-from moviechat.common.distributed import all_reduce_sum, init_distributed
+from moviechat.common.distributed import all_reduce_named, all_reduce_sum, init_distributed
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.models import build_moviechat
@@ -32,10 +32,13 @@ class Engine:
         return self.module(batch)
 
 
-def main(out: str, mismatch: bool = False) -> None:
+def main(out: str, mismatch: str = "") -> None:
     rank, world, device = init_distributed()
-    if mismatch:  # a reduction whose length depends on the rank: the check must name it
+    if mismatch == "mismatch":  # a reduction whose length depends on the rank: the check must name it
         all_reduce_sum([1.0] * (rank + 1), device, what="a test reduction")
+        return
+    if mismatch == "names":  # as many values, other names: a sum of unlike counts, refused
+        all_reduce_named({"loss_sum": 1.0, f"correct/type_{rank}": 1.0}, device, what="a named reduction")
         return
     cfg = load_config(TINY, ["model.freeze.llm=true"])
     tokenizer = tiny_tokenizer(cfg)
@@ -52,8 +55,9 @@ def main(out: str, mismatch: bool = False) -> None:
             yield collate(mine[start:start + 2])
 
     groups = ["all", "global", "breakpoint", "prior", "type_color", "type_count", "type_order"]
-    evaluator = HeldOutEvaluator(Engine(model), batches, tokenizer, groups, {"color": "red", "count": "2"},
-                                 PromptFormat("moviechat", tokenizer, cfg.model.system_prompt), lambda v, what: all_reduce_sum(v, device, what), world)
+    evaluator = HeldOutEvaluator(engine=Engine(model), batches=batches, tokenizer=tokenizer,
+                                 prompt_format=PromptFormat("moviechat", tokenizer, cfg.model.system_prompt), groups=groups,
+                                 prior={"color": "red", "count": "2"}, device=device, world_size=world)
     record = evaluator(step=0, loss_samples=0, generate_samples=100, max_new_tokens=3)
     if rank == 0:
         with open(out, "w") as f:
@@ -61,4 +65,4 @@ def main(out: str, mismatch: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "mismatch")
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")

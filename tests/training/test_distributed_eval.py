@@ -40,7 +40,10 @@ def test_ranks_with_disjoint_question_types_and_an_odd_count_equal_one_process(t
     assert "eval/acc_type_order" not in two and "eval/acc_breakpoint" not in two
 
 
-def test_the_collective_check_names_a_reduction_whose_length_differs_between_ranks(tmp_path):
+def test_the_collective_check_names_a_reduction_whose_length_or_names_differ_between_ranks(tmp_path):
     proc = run_worker(tmp_path, 2, str(tmp_path / "x.json"), "mismatch", check=False)
     assert proc.returncode != 0
     assert "a test reduction: ranks reduce vectors of different lengths [1, 2]" in proc.stderr
+    proc = run_worker(tmp_path, 2, str(tmp_path / "x.json"), "names", check=False)
+    assert proc.returncode != 0
+    assert "a named reduction: ranks reduce different metric names" in proc.stderr

@@ -129,7 +129,7 @@ def test_a_two_key_sweep_draws_a_heatmap_and_a_curve_per_key_with_one_seed(tmp_p
 def test_every_shipped_sweep_and_search_file_loads_and_each_setting_makes_a_valid_config(path, tmp_path):
     """Every file under configs/sweeps/, grids and searches alike, as `moviechat sweep` checks it before a run."""
     from moviechat import tuning
-    from moviechat.tuning.runner import validate
+    from moviechat.tuning.dispatch import validate
 
     sweep = tuning.load_sweep(path)
     settings = [] if sweep.search is not None else tuning.expand(sweep)

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from moviechat.common.atomic import write_text_atomic
 from moviechat.config import ConfigError, load_config
 from moviechat.runs.folder import STOPPED_EXIT
-from moviechat.tuning.grid import SweepConfig, check_unique_names, slug, space_probe, swept_keys
+from moviechat.tuning.sweep_file import SweepConfig, check_unique_names, slug, space_probe, swept_keys
 from moviechat.tuning.report import run_result
 from moviechat.tuning.trials import DevicePool, base_path, run_recall_map, run_training, train_command
 
