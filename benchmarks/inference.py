@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--fps", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    cfg = load_config(TINY, ["model.freeze.llm=true", "model.vision.enabled=true"])
+    cfg = load_config(TINY, ["model.freeze.llm=true"])
     rows_text = ["global question", "what is on screen", "x"] + [str(i) for i in range(10)]
     tokenizer = run_tokenizer(cfg.model.llm, cfg.model.system_prompt, rows_text)
     answerer = Answerer(cfg, tokenizer, build_model(cfg, tokenizer).eval(), max_new_tokens=4)

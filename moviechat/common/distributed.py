@@ -42,6 +42,15 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
+def end_distributed() -> None:
+    """Leave the process group once every rank is here: left to interpreter exit, gloo's threads were torn down
+    during static destruction and a finished 2-process run now and then aborted ("terminate called without an
+    active exception")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 CHECK_ENV = "MOVIECHAT_CHECK_COLLECTIVES"  # =1: ranks compare each reduction's length before it runs
 
 

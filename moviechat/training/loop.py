@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from moviechat.common.distributed import all_reduce_named, any_rank, init_distributed
+from moviechat.common.distributed import all_reduce_named, any_rank, end_distributed, init_distributed
 from moviechat.config import Config, as_dict
 from moviechat.data.builders import build_parts
 from moviechat.runs.checkpoints import loadable_checkpoint, remove_leftovers, step_of
@@ -196,7 +196,10 @@ class Trainer:
         return save(self.session, self.state, self.cfg.train.keep_last)
 
     def cleanup(self) -> None:
-        """Report the run's end: samples read per dataset, the final status and the caches' counts."""
+        """Report the run's end (samples read per dataset, the final status, the caches' counts), stop the loader
+        workers and leave the process group."""
         if self.batches is not None:
             self.batches.report_total()
         self.log.finish(self.state.step, self.model.token_cache)
+        self.batches = None  # its loaders' workers shut down here, before the process group goes
+        end_distributed()

@@ -105,11 +105,10 @@ def test_resume_refuses_a_changed_memory_key_unless_allowed_and_records_it(base_
 
 
 @pytest.mark.slow
-def test_rolling_back_with_keep_last_1_keeps_later_checkpoints_and_a_loadable_latest(tmp_path):
-    run_train(tmp_path, "run.name=b", *BASE)
-    run = tmp_path / "b"
+def test_rolling_back_with_keep_last_1_keeps_later_checkpoints_and_a_loadable_latest(base_run):
+    tmp, run = base_run
     (run / "checkpoints" / ".partial-step00000008").mkdir()  # left by a run killed while saving
-    proc = run_train(tmp_path, "run.name=b", "train.max_steps=5", "train.save_every=1", "train.keep_last=1",
+    proc = run_train(tmp, "run.name=r", "train.max_steps=5", "train.save_every=1", "train.keep_last=1",
                      "train.eval_every=0", "train.eval_generate=0", resume=str(run / "checkpoints" / "step00000004"))
     assert "removed partial checkpoint(s) of an interrupted save: .partial-step00000008" in proc.stdout
     assert steps(run) == ["step00000005", "step00000006"]  # the rolled-back-from step 6 is left alone
@@ -124,9 +123,8 @@ def test_truncate_metrics_drops_later_rows_and_a_half_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(tmp_path):
-    tmp, run = tmp_path, tmp_path / "r"  # a run of its own: the module's shared run has corrupted checkpoints by now
-    run_train(tmp, "run.name=r", *BASE)
+def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(base_run):
+    tmp, run = base_run
     run_train(tmp, "run.name=other", "train.max_steps=4", "train.save_every=2", "train.eval_every=0",
               "train.eval_generate=0")
     other = tmp / "other"
@@ -154,12 +152,11 @@ def test_a_folder_with_metrics_but_no_checkpoint_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(tmp_path):
-    tmp, run = tmp_path, tmp_path / "r"
-    run_train(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1", "train.eval_every=0", "train.eval_generate=0")
+def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(base_run):
+    tmp, run = base_run
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
     (latest / "mp_rank_00_model_states.pt").unlink()
-    proc = attempt(tmp, "run.name=r", "train.max_steps=3", resume=str(run))
+    proc = attempt(tmp, "run.name=r", *BASE, resume=str(run))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"warning: checkpoint {latest} cannot be loaded ({latest} lacks the model states" in proc.stdout
     assert "resuming from" in proc.stdout
