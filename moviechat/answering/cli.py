@@ -32,8 +32,7 @@ from moviechat.answering.chat import CHAT_STYLES, converse
 from moviechat.answering.lookups import FeatureLookup, VideoFileLookup, load_features
 from moviechat.answering.questions import SPLITS, is_run_data, questions_from_annotations
 from moviechat.answering.whole_split import answer_file
-from moviechat.common.errors import run_cli, stop_if_only_checking
-from moviechat.common.errors import DataError
+from moviechat.common.errors import DataError, run_cli, stop_if_only_checking
 from moviechat.runs.provenance import training_folder
 from moviechat.text.prompt import MAX_NEW_TOKENS
 

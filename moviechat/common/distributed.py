@@ -78,19 +78,22 @@ def all_reduce_named(values: dict[str, float], device: torch.device, what: str =
     return dict(zip(names, all_reduce_sum([float(v) for v in values.values()], device, what)))
 
 
+def _every_rank(value: int, device: torch.device) -> list[int]:
+    """``value`` of each rank, in rank order."""
+    seen = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(seen, torch.tensor([value], device=device))
+    return [int(x) for x in seen]
+
+
 def _check_names(names: list[str], device: torch.device, what: str) -> None:
     digest = int.from_bytes(hashlib.sha256("\0".join(names).encode()).digest()[:7], "big")
-    seen = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(seen, torch.tensor([digest], device=device))
-    if len({int(x) for x in seen}) > 1:
+    if len(set(_every_rank(digest, device))) > 1:
         raise CollectiveMismatch(f"{what}: ranks reduce different metric names (this rank: {', '.join(names[:8])}"
                                  f"{', ...' if len(names) > 8 else ''})")
 
 
 def _check_lengths(length: int, device: torch.device, what: str) -> None:
-    lengths = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(lengths, torch.tensor([length], device=device))
-    seen = [int(x) for x in lengths]
+    seen = _every_rank(length, device)
     if len(set(seen)) > 1:
         raise CollectiveMismatch(f"{what}: ranks reduce vectors of different lengths {seen} (rank r at index r)")
 

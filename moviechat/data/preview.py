@@ -20,14 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.common.errors import DataError, run_cli, stop_if_only_checking
 from moviechat.config import Config, load_config
 from moviechat.data.annotations import QA
 from moviechat.data.builders import DataPart, build_parts
 from moviechat.data.collator import Collator
 from moviechat.data.conversation import DialogEncoder, TextSettings, marked_text
 from moviechat.data.instruct import READERS
-from moviechat.common.errors import DataError
 from moviechat.data.stores import ShardStore, SkipCounter, VideoFeatures, read_npy_video, read_shard_video
 from moviechat.data.synthetic import synthetic_dir
 from moviechat.text.tokenizers import run_tokenizer

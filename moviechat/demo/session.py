@@ -22,8 +22,7 @@ from moviechat.answering.answerer import GENERATIONS, Answerer, MemoryRead
 from moviechat.answering.lookups import VideoFileLookup, load_features
 from moviechat.data.video import VIDEO_SUFFIXES
 from moviechat.common.digest import content_digest
-from moviechat.common.errors import UserError
-from moviechat.common.errors import DataError
+from moviechat.common.errors import DataError, UserError
 from moviechat.memory import MemoryPlan, memory_plans
 from moviechat.text.prompt import MAX_NEW_TOKENS
 

@@ -19,9 +19,8 @@ from typing import Any, Optional
 from moviechat.answering.lookups import VideoFileLookup
 
 from moviechat.answering.whole_split import answer_file
-from moviechat.common.errors import UserError
+from moviechat.common.errors import DataError, UserError
 from moviechat.common.values import excerpt, finite_number
-from moviechat.common.errors import DataError
 from moviechat.common.jsonl import read_jsonl
 
 log = logging.getLogger("moviechat.lmms_eval")

@@ -20,10 +20,9 @@ from importlib import resources
 from pathlib import Path
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.common.errors import DataError, run_cli, stop_if_only_checking
 from moviechat.data.annotations import load_annotations, video_fps
 from moviechat.data.video import find_video_file
-from moviechat.common.errors import DataError
 
 DOCS = "moviechat_1k_test.jsonl"
 TASKS = ("moviechat_ft_global", "moviechat_ft_breakpoint")

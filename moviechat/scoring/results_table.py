@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.common.errors import run_cli, stop_if_only_checking
-from moviechat.common.errors import DataError
+from moviechat.common.errors import DataError, run_cli, stop_if_only_checking
 from moviechat.common.values import excerpt, finite_number
 from moviechat.runs.provenance import FIELDS
 

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moviechat.common.atomic import write_text_atomic
-from moviechat.common.errors import run_cli, stop_if_only_checking
+from moviechat.common.errors import DataError, run_cli, stop_if_only_checking
 from moviechat.common.values import excerpt, finite_number
-from moviechat.common.errors import DataError
 from moviechat.scoring.judge import add_judge_arguments, check_judge_arguments, judge_from_args
 from moviechat.text.answers import exact_match, normalized_match
 from moviechat.text.prompt import MAX_NEW_TOKENS

@@ -18,11 +18,10 @@ import sys
 import numpy as np
 import torch
 
-from moviechat.common.errors import stop_if_only_checking
+from moviechat.common.errors import DataError, stop_if_only_checking
 from moviechat.config import ConfigError, load_config
 from moviechat.data import build_datasets
 from moviechat.data.sampling import FrameSampling, frame_at
-from moviechat.common.errors import DataError
 from moviechat.data.stores import SkipCounter
 from moviechat.memory import memory_plans
 
