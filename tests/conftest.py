@@ -68,3 +68,13 @@ def tiny_lora_run(tmp_path_factory):
     run_train(tmp, "run.name=r", "model.llm.lora.enabled=true", "model.freeze.llm=true", "train.max_steps=3",
               "train.eval_every=0", "train.eval_generate=0")
     return tmp / "r"
+
+
+@pytest.fixture(scope="session")
+def tiny_frozen_run(tmp_path_factory):
+    """Two steps of the tiny model with its LLM frozen, as MovieChat trains (its ``.pth`` export holds all that
+    changed), trained once per test process."""
+    tmp = tmp_path_factory.mktemp("frozen")
+    run_train(tmp, "run.name=r", "train.max_steps=2", "train.eval_every=0", "train.eval_generate=0",
+              "model.freeze.llm=true")
+    return tmp / "r"

@@ -18,6 +18,7 @@ import torch
 
 from moviechat.data.annotations import QA, annotation_json
 from moviechat.data.video import check_decoder, write_frames
+from prefork import run_moviechat
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "experiments" / "tiny_synthetic.yaml"
@@ -37,21 +38,41 @@ FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "train.eval_sample
         "train.log_every=1", "train.warmup_steps=2", "deepspeed.micro_batch_size=4"]
 
 
+def train_args(tmp_path: Path, *overrides: str, resume: str | None = None, cfg: Path = TINY) -> list[str]:
+    """``moviechat train``'s arguments on the tiny config with fast settings, writing under ``tmp_path``."""
+    args = ["train", "--cfg", str(cfg), f"run.output_dir={tmp_path}", *FAST, *overrides]
+    return args + (["--resume", resume] if resume else [])
+
+
 def train_cmd(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1, cfg: Path = TINY) -> list[str]:
-    """``python -m moviechat train`` (under torchrun for ``nproc`` > 1) on the tiny config, fast settings."""
+    """``python -m moviechat train`` (under torchrun for ``nproc`` > 1): a real interpreter, for the tests that
+    signal it or run several ranks."""
     from moviechat.common.distributed import free_port
 
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                      f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
-    cmd = launcher + ["-m", "moviechat", "train", "--cfg", str(cfg), f"run.output_dir={tmp_path}", *FAST, *overrides]
-    return cmd + (["--resume", resume] if resume else [])
+    return launcher + ["-m", "moviechat", *train_args(tmp_path, *overrides, resume=resume, cfg=cfg)]
+
+
+TRAIN_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def attempt_train(tmp_path: Path, *overrides: str, resume: str | None = None, extra=(), cfg: Path = TINY,
+                  env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """One process of ``moviechat train``, whatever its exit code (forked from the pre-imported server:
+    see prefork.py)."""
+    return run_moviechat(train_args(tmp_path, *overrides, resume=resume, cfg=cfg) + list(extra), cwd=tmp_path,
+                         env=os.environ | TRAIN_ENV | (env or {}), timeout=timeout)
 
 
 def run_train(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1,
               cfg: Path = TINY) -> subprocess.CompletedProcess:
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc, cfg=cfg), cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """A training that must succeed: one process, or ``nproc`` ranks under torchrun."""
+    if nproc == 1:
+        proc = attempt_train(tmp_path, *overrides, resume=resume, cfg=cfg)
+    else:
+        proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc, cfg=cfg), cwd=tmp_path,
+                              env=os.environ | TRAIN_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 

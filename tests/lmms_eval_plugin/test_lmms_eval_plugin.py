@@ -259,18 +259,17 @@ def test_multi_round_requests_are_a_chat_on_the_global_memory(mini, plugin):
 
 
 @pytest.mark.slow
-def test_an_original_pth_with_its_config_answers_as_the_run_does(tmp_path):
+def test_an_original_pth_with_its_config_answers_as_the_run_does(tiny_frozen_run, tmp_path):
     from lmms_eval.models import get_model
 
     from moviechat.runs.export import export
 
-    run_train(tmp_path, "run.name=r", "train.max_steps=2", "train.eval_every=0", "train.eval_generate=0",
-              "model.freeze.llm=true")  # the .pth holds what MovieChat trains; the frozen LLM comes from the config
-    pth = export(tmp_path / "r", "moviechat", tmp_path / "moviechat.pth")
+    run = tiny_frozen_run  # the .pth holds what MovieChat trains; the frozen LLM comes from the config
+    pth = export(run, "moviechat", tmp_path / "moviechat.pth")
     write_video(tmp_path / "v.mp4", frames=24, fps=8)
     docs = [{"question": "what color", "path": str(tmp_path / "v.mp4")}]
     answers = []
-    for args in (f"pretrained={tmp_path / 'r'}", f"pretrained={pth},config={tmp_path / 'r' / 'config.yaml'}"):
+    for args in (f"pretrained={run}", f"pretrained={pth},config={run / 'config.yaml'}"):
         model = get_model("moviechat_ft").create_from_arg_string(f"{args},{ARGS}")
         answers.append(model.generate_until(requests_for(model, docs, lambda d: [{"video_path": d["path"],
                                                                                   "timestep": 10}])))

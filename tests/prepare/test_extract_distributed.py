@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import REPO, TINY, torchcodec_or_skip, write_video
+from prefork import run_moviechat
 from moviechat.data.stores import ShardStore, SkipCounter
 from moviechat.prepare import feature_index
 from moviechat.prepare.frame_batches import FrameBatches
@@ -57,9 +58,14 @@ def features(out: Path) -> dict[str, np.ndarray]:
     return {v.key: v.feats for v in read}
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, fresh: bool = False) -> subprocess.CompletedProcess:
+    """``cmd`` must succeed; one ``python -m moviechat`` process is forked pre-imported (prefork.py) unless
+    ``fresh`` asks for a new interpreter (its own hash seed, for run-to-run checks)."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if cmd[:3] == [sys.executable, "-m", "moviechat"] and not fresh:
+        proc = run_moviechat(cmd[3:], cwd=cwd, env=env, timeout=600)
+    else:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -142,7 +148,7 @@ def test_merge_refuses_a_key_in_two_shards_and_removes_shards_no_index_names(tmp
 def test_extraction_is_reproducible_run_to_run(tmp_path):
     videos = make_media(tmp_path / "videos", n=3)
     for name in ("a", "b"):
-        run(extract_cmd(videos, tmp_path / name, "--decode-workers", "1"), tmp_path)
+        run(extract_cmd(videos, tmp_path / name, "--decode-workers", "1"), tmp_path, fresh=True)
     a, b = features(tmp_path / "a"), features(tmp_path / "b")
     assert all(np.array_equal(a[k], b[k]) for k in a)  # the encoder without weights is seeded from run.seed
 

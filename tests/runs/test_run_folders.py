@@ -4,23 +4,15 @@ missing checkpoints, a `latest` that points elsewhere. Each scenario runs the re
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from helpers import run_train, train_cmd
+from helpers import attempt_train, run_train
 from moviechat.common.jsonl import read_jsonl
 from moviechat.runs.folder import config_changes, truncate_metrics
 from moviechat.runs.loading import load_run
 
 BASE = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "train.eval_every=0", "train.eval_generate=0"]
-
-
-def attempt(tmp_path, *overrides, resume=None, extra=()):
-
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    cmd = train_cmd(tmp_path, *overrides, resume=resume) + list(extra)
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 def steps(run) -> list[str]:
@@ -68,7 +60,7 @@ def test_a_finished_run_logs_real_grad_norms_and_its_status(base_run):
 def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_run):
     tmp, run = base_run
     before = steps(run)
-    proc = attempt(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1")
+    proc = attempt_train(tmp, "run.name=r", "train.max_steps=2", "train.save_every=1")
     assert proc.returncode == 2
     assert f"already holds checkpoints; continue it with --resume {run}" in proc.stderr
     assert "another run.name" in proc.stderr and steps(run) == before
@@ -78,24 +70,24 @@ def test_reusing_a_run_name_without_resume_is_refused_and_destroys_nothing(base_
 def test_a_corrupt_latest_checkpoint_falls_back_and_a_named_one_fails(base_run):
     tmp, run = base_run
     bad = corrupt(run / "checkpoints" / "step00000006")
-    proc = attempt(tmp, "run.name=r", *BASE, resume=str(run))
+    proc = attempt_train(tmp, "run.name=r", *BASE, resume=str(run))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"warning: checkpoint {run / 'checkpoints' / 'step00000006'} cannot be loaded ({bad}:" in proc.stdout
     assert "resumed from" in proc.stdout and "step00000004 at step 4" in proc.stdout
     logged = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert logged == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 logged once: the first attempt's rows were dropped
     bad = corrupt(run / "checkpoints" / "step00000004")
-    proc = attempt(tmp, "run.name=r", *BASE, resume=str(run / "checkpoints" / "step00000004"))
+    proc = attempt_train(tmp, "run.name=r", *BASE, resume=str(run / "checkpoints" / "step00000004"))
     assert proc.returncode == 1 and f"cannot resume from {run / 'checkpoints' / 'step00000004'}: {bad}" in proc.stderr
 
 
 @pytest.mark.slow
 def test_resume_refuses_a_changed_memory_key_unless_allowed_and_records_it(base_run):
     tmp, run = base_run
-    proc = attempt(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run))
+    proc = attempt_train(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run))
     assert proc.returncode == 2 and "memory.long_memory_length: 16 -> 8" in proc.stderr
     assert "--allow-config-change" in proc.stderr
-    proc = attempt(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run),
+    proc = attempt_train(tmp, "run.name=r", *BASE, "memory.long_memory_length=8", resume=str(run),
                    extra=["--allow-config-change"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "the run already finished (step 6, train.max_steps=6)" in proc.stdout
@@ -130,12 +122,12 @@ def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(ba
     other = tmp / "other"
     before = {p: p.read_bytes() for p in [other / "metrics.jsonl", *sorted((other / "checkpoints").rglob("*.pt"))]}
     r_before = steps(run)
-    proc = attempt(tmp, "run.name=other", *BASE, resume=str(run / "checkpoints" / "step00000004"))
+    proc = attempt_train(tmp, "run.name=other", *BASE, resume=str(run / "checkpoints" / "step00000004"))
     assert proc.returncode == 2 and f"belongs to run {run}, but run.name points at {other}, which holds another run" \
         in proc.stderr
     assert {p: p.read_bytes() for p in before} == before and steps(run) == r_before
     # a new name: a new run folder started from that checkpoint, said at start; the source is left alone
-    proc = attempt(tmp, "run.name=fork", *BASE, "train.keep_last=1", resume=str(run / "checkpoints" / "step00000004"))
+    proc = attempt_train(tmp, "run.name=fork", *BASE, "train.keep_last=1", resume=str(run / "checkpoints" / "step00000004"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"new run folder {tmp / 'fork'}, started from {run / 'checkpoints' / 'step00000004'}" in proc.stdout
     assert steps(run) == r_before and steps(tmp / "fork") == ["step00000006"]
@@ -146,7 +138,7 @@ def test_resuming_one_runs_checkpoint_under_another_name_never_touches_either(ba
 def test_a_folder_with_metrics_but_no_checkpoint_is_refused(tmp_path):
     (tmp_path / "died").mkdir()
     (tmp_path / "died" / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
-    proc = attempt(tmp_path, "run.name=died", "train.max_steps=1")
+    proc = attempt_train(tmp_path, "run.name=died", "train.max_steps=1")
     assert proc.returncode == 2 and "already holds metrics.jsonl of a run (no checkpoint)" in proc.stderr
     assert (tmp_path / "died" / "metrics.jsonl").read_text() == '{"step": 1, "loss": 3.0}\n'
 
@@ -156,7 +148,7 @@ def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(bas
     tmp, run = base_run
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
     (latest / "mp_rank_00_model_states.pt").unlink()
-    proc = attempt(tmp, "run.name=r", *BASE, resume=str(run))
+    proc = attempt_train(tmp, "run.name=r", *BASE, resume=str(run))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"warning: checkpoint {latest} cannot be loaded ({latest} lacks the model states" in proc.stdout
     assert "resuming from" in proc.stdout
@@ -164,7 +156,7 @@ def test_a_checkpoint_missing_its_model_states_falls_back_like_a_corrupt_one(bas
 
 @pytest.mark.slow
 def test_resume_of_a_missing_run_is_one_line_and_exit_2(tmp_path):
-    proc = attempt(tmp_path, "train.max_steps=1", resume=str(tmp_path / "nope"))
+    proc = attempt_train(tmp_path, "train.max_steps=1", resume=str(tmp_path / "nope"))
     assert proc.returncode == 2 and "run folder error: no checkpoint at" in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -2,20 +2,11 @@
 export; released .pth files load as plain state dicts."""
 
 
-
 import os
-import subprocess
 
 import pytest
 
-from helpers import run_train, train_cmd
-
-
-def attempt(tmp_path, *overrides, resume=None, extra=()):
-
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    cmd = train_cmd(tmp_path, *overrides, resume=resume) + list(extra)
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+from helpers import attempt_train, run_train
 
 
 class RunsCode:
@@ -47,7 +38,7 @@ def test_a_crafted_pickle_runs_no_code_on_resume_inference_or_export_and_is_name
         target = run / "checkpoints" / "step00000002" / name
         original = target.read_bytes()
         plant(target, marker)
-        proc = attempt(tmp_path, "run.name=p", "train.max_steps=3", resume=str(run))
+        proc = attempt_train(tmp_path, "run.name=p", "train.max_steps=3", resume=str(run))
         assert proc.returncode == 2 and f"unsafe checkpoint: {target}: refused to load: it needs " in proc.stderr
         assert "system" in proc.stderr and "--trust-checkpoint" in proc.stderr and "Traceback" not in proc.stderr
         assert answer_cli.main([str(run), "--features", "x.npy", "--question", "q"]) == 2

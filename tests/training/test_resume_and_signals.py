@@ -8,15 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import losses, run_train, train_cmd
-
-
-def attempt(tmp_path, *overrides, resume=None, extra=()):
-    import os
-
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    cmd = train_cmd(tmp_path, *overrides, resume=resume) + list(extra)
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+from helpers import attempt_train, losses, run_train, train_cmd
 
 
 ELASTIC = ["train.max_steps=4", "train.save_every=2", "train.eval_every=0", "train.eval_generate=0",
@@ -54,10 +46,10 @@ def test_elastic_resume_continues_as_the_uninterrupted_run(before, after, stage,
 @pytest.mark.distributed
 def test_elastic_resume_refuses_other_data_streams_or_global_batch_saying_what_to_set(tmp_path):
     run_train(tmp_path, "run.name=two", *ELASTIC, *TWO, nproc=2)
-    proc = attempt(tmp_path, "run.name=two", *ELASTIC, resume=str(tmp_path / "two"))
+    proc = attempt_train(tmp_path, "run.name=two", *ELASTIC, resume=str(tmp_path / "two"))
     assert proc.returncode == 2
     assert "= 2 data streams; this run has 1 x 1 = 1: set data.num_workers=2" in proc.stderr
-    proc = attempt(tmp_path, "run.name=two", *ELASTIC, "data.num_workers=2", resume=str(tmp_path / "two"))
+    proc = attempt_train(tmp_path, "run.name=two", *ELASTIC, "data.num_workers=2", resume=str(tmp_path / "two"))
     assert proc.returncode == 2 and "global batch of 8; this run's is 4" in proc.stderr
 
 

@@ -10,14 +10,14 @@ import time
 import pytest
 import torch
 
-from helpers import losses, run_train, train_cmd
+from helpers import attempt_train, losses, run_train, train_cmd
+from prefork import run_moviechat
 from moviechat.common.jsonl import read_jsonl
 
 
 @pytest.mark.slow
 def test_config_error_stops_before_training(tmp_path):
-    proc = subprocess.run(train_cmd(tmp_path, "memory.short_memory_merge=8", "run.name=bad"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = attempt_train(tmp_path, "memory.short_memory_merge=8", "run.name=bad")
     assert proc.returncode == 2
     assert "memory.short_memory_merge=8 must be < memory.short_memory_length=8" in proc.stderr
     assert not (tmp_path / "bad").exists()
@@ -83,9 +83,8 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
     # as the stop message says: --resume RUN alone continues from the run's own config, from any folder
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "moviechat", "train", "--resume", str(tmp_path / "s"),
-                           f"train.max_steps={stopped + 2}"], cwd=elsewhere, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_moviechat(["train", "--resume", str(tmp_path / "s"), f"train.max_steps={stopped + 2}"], cwd=elsewhere,
+                         env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert max(losses(tmp_path / "s")) == stopped + 2 and not list(elsewhere.iterdir())
 
@@ -135,8 +134,7 @@ def test_two_process_run_with_a_small_generation_eval_finishes(tmp_path):
 @pytest.mark.slow
 def test_more_data_streams_than_shards_fails_on_every_rank_before_training(tmp_path):
     """60 videos make 4 shards; 5 loader workers would leave a stream empty (a rank waiting forever)."""
-    proc = subprocess.run(train_cmd(tmp_path, "run.name=streams", "data.num_workers=5"), cwd=tmp_path,
-                          env=os.environ | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=120)
+    proc = attempt_train(tmp_path, "run.name=streams", "data.num_workers=5")
     assert proc.returncode != 0
     assert "4 shard(s)/file(s) cannot feed 5 data streams" in proc.stderr
 

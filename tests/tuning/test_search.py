@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from helpers import REPO
+from prefork import run_moviechat
 
 FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "deepspeed.micro_batch_size=4", "train.eval_generate=0",
         "train.eval_samples=8", "train.warmup_steps=1"]
@@ -38,10 +39,10 @@ def write_search(tmp_path, name="s", trials=4, steps=4, space=None, extra="", me
     return path
 
 
-def run(args, **kw):
+def run(args):
+    """``moviechat sweep`` as its own process (forked pre-imported: prefork.py); its trials are new interpreters."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "moviechat", "sweep", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)
+    return run_moviechat(["sweep", *args], cwd=REPO, env=env, timeout=600)
 
 
 def study_of(tmp_path, name="s", storage=None):
@@ -243,3 +244,38 @@ def test_an_interrupted_trial_is_listed_interrupted_and_its_queued_copy_shows_it
     assert [r["state"] for r in rows] == ["interrupted", "fail", "waiting"]
     assert rows[2]["memory.long_memory_length"] == rows[0]["memory.long_memory_length"] is not None
     assert rows[0]["note"] == "interrupted by SIGINT"
+
+
+def test_a_dry_run_says_what_the_study_holds_and_would_run_and_runs_nothing(tmp_path, capsys):
+    path = write_search(tmp_path, trials=3)
+    assert sweep_module().main(["--sweep", str(path), "--dry-run", "--parallel", "2"]) == 0
+    storage = f"sqlite:///{(tmp_path / 'out' / 's' / 'study.db').resolve()}"
+    assert capsys.readouterr().out.splitlines()[-1] == (f"[search] s: 0 trial(s) in {storage}; would run until 3 "
+                                                        "complete or pruned, 2 at a time")
+    assert len(study_of(tmp_path).trials) == 0 and not list((tmp_path / "out" / "s").glob("trial-*"))
+    assert sweep_module().main(["--sweep", str(path), "--aggregate-only"]) == 0  # a report of no trial, no trial run
+    assert "0 of 3 trials complete or pruned" in (tmp_path / "out" / "s" / "results.md").read_text()
+    assert len(study_of(tmp_path).trials) == 0
+
+
+def test_a_slurm_search_writes_its_worker_array_and_submits_it_with_sbatch(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "submitted"}\nexit 3\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = write_search(tmp_path)
+    assert sweep_module().main(["--sweep", str(path), "--slurm", "--workers", "2"]) == 3  # sbatch's own exit code
+    script = tmp_path / "out" / "s" / "slurm" / "workers.sbatch"
+    assert (tmp_path / "submitted").read_text().strip() == str(script)
+    assert "#SBATCH --array=0-1" in script.read_text() and script.read_text() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "sweep config error: --seeds=0 must be >= 1"),
+    (["--devices", "0,1", "--parallel", "2", "--gpus-per-trial", "2"],
+     "sweep config error: --devices 0,1: --parallel 2 x --gpus-per-trial 2 need 4 devices"),
+])
+def test_seeds_and_devices_that_cannot_be_served_are_refused_in_one_line(tmp_path, capsys, args, message):
+    assert sweep_module().main(["--sweep", "tiny_memory", *args]) == 2
+    assert capsys.readouterr().err.strip() == message
