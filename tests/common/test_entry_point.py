@@ -22,6 +22,7 @@ def test_without_a_gpu_deepspeed_is_told_cpu_unless_the_user_said_otherwise(monk
     assert os.environ["DS_ACCELERATOR"] == "cuda"
 
 
+@pytest.mark.slow  # two interpreters importing DeepSpeed
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU: DeepSpeed is left to find it")
 def test_deepspeed_imported_after_the_probe_prints_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}

@@ -21,6 +21,7 @@ def test_settings_it_cannot_serve_are_refused_before_anything_loads(args, messag
         demo_cli.main(["no-run-needed", *args])
 
 
+@pytest.mark.slow  # imports Gradio: seconds
 @pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
                     reason='the demo extra is not installed: pip install -e ".[demo]" (make test does)')
 def test_a_videos_folder_that_is_not_there_is_named_before_the_model_loads(tmp_path):
