@@ -106,8 +106,11 @@ def test_requests_of_lmms_evals_own_moviechat_tasks_are_answered_as_moviechat_an
     for key in VIDEOS:
         os.symlink(mini.videos / f"{key}.mp4", videos / f"{key}.mp4")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    sys.modules.pop("lmms_eval.tasks.moviechat.utils", None)  # it reads HF_HOME when imported
-    from lmms_eval.tasks.moviechat import utils as theirs
+    # it reads HF_HOME when imported: a fresh import, not the module (or package attribute) an earlier test made
+    package, name = importlib.import_module("lmms_eval.tasks.moviechat"), "lmms_eval.tasks.moviechat.utils"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delattr(package, "utils", raising=False)
+    theirs = importlib.import_module(name)
 
     docs = hub_docs()
     glob = [d for d in docs if d["time"] is None]

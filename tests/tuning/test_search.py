@@ -69,7 +69,7 @@ def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
-    sweep = write_search(tmp_path, trials=3, steps=40, overrides=["train.save_every=2", "train.eval_every=20"])
+    sweep = write_search(tmp_path, trials=2, steps=40, overrides=["train.save_every=2", "train.eval_every=20"])
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -85,7 +85,7 @@ def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
     assert "queued again (their runner was gone" in again.stdout
     trials = study_of(tmp_path).get_trials()
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 3 and len({t.user_attrs["run_dir"] for t in done}) == 3
+    assert len(done) == 2 and len({t.user_attrs["run_dir"] for t in done}) == 2
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [1]  # the killed one, queued again as a new trial with its params
     resumed = [t for t in done if t.user_attrs.get("requeued_from") == 1]
@@ -122,7 +122,7 @@ def test_an_infeasible_trial_is_recorded_and_the_search_goes_on(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_share_one_journal_study(tmp_path):
-    sweep = write_search(tmp_path, trials=4)
+    sweep = write_search(tmp_path, trials=3)
     storage = f"journal:{tmp_path / 'study.log'}"
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep), "--storage",
@@ -134,7 +134,7 @@ def test_two_workers_share_one_journal_study(tmp_path):
 
     study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "study.log"))))
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(done) == 4 and len({t.user_attrs["worker"] for t in done}) == 2, outs  # both pulled trials
+    assert len(done) == 3 and len({t.user_attrs["worker"] for t in done}) == 2, outs  # both pulled trials
 
 
 @pytest.mark.slow
