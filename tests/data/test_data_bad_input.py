@@ -87,3 +87,46 @@ def test_features_taken_out_of_a_shard_keep_their_metadata(tmp_path, capsys):
     np.save(tmp_path / "bare.npy", feats)
     load_features(tmp_path / "bare.npy", "tokens", warn=True)
     assert "no bare.json beside" in capsys.readouterr().out
+
+
+def write_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("dataset, name, text, message", [
+    ("videochat_instruct", "a.json", "{not json", r"a\.json: not valid JSON"),
+    ("videochat_instruct", "a.json", '{"video": "v.mp4"}', r"a\.json: must be a JSON list of records"),
+    ("videochat_instruct", "a.json", '["v.mp4"]', r"a\.json: record 0: must be an object with 'video' and 'QA'"),
+    ("videochat_instruct", "a.json", '[{"video": "", "QA": []}]', r"record 0: the video/image path must be a non-empty"),
+    ("llava_instruct", "a.json", "[3]", r"a\.json: record 0: must be an object with 'image' and 'conversations'"),
+    ("cc_sbu_align", "a.json", '{"annotations": 3}', r"must be a JSON list of records \(or an object with a list "
+                                                     r"'annotations'\)"),
+    ("cc_sbu_align", "a.json", '[{"caption": "a dog"}]', r"a\.json: record 0: needs 'image' \(a path\) or 'image_id'"),
+    ("cc_sbu_align", "a.json", "[[1]]", r"record 0: must be an object with 'image' \(or 'image_id'\) and 'caption'"),
+    ("webvid", "a.csv", "videoid,name\n1,a dog\n", r"a\.csv: record 0: missing page_dir \(webvid CSV needs videoid"),
+    ("laion", "none-*.tar", "", r"data\.annotations='.*none-\*\.tar' matches no shard"),
+    ("laion", "bad.tar", "not a tar", r"cannot read caption shard .*bad\.tar"),
+])
+def test_a_bad_instruction_file_is_one_error_naming_the_file_and_record(tmp_path, dataset, name, text, message):
+    from moviechat.data.instruct import READERS
+
+    path = tmp_path / name if "*" in name else write_file(tmp_path, name, text)
+    with pytest.raises(DataError, match=message):
+        READERS[dataset](path)
+
+
+def test_bad_instruction_records_are_counted_when_skipping_and_a_file_of_none_usable_is_refused(tmp_path):
+    from moviechat.data.instruct import read_caption_pairs, read_webvid
+
+    pairs = write_file(tmp_path, "p.json", '[{"image_id": 7, "caption": "a dog"}, {"caption": "x"}, 5]')
+    skips = SkipCounter()
+    records = read_caption_pairs(pairs, skips)
+    assert [r.key for r in records] == ["7"] and skips.total == 2
+    (tmp_path / "csvs").mkdir()
+    with pytest.raises(DataError, match=r"csvs: no \.csv annotation file"):
+        read_webvid(tmp_path / "csvs")
+    write_file(tmp_path / "csvs", "a.csv", "videoid,page_dir,name\n,,\n")
+    with pytest.raises(DataError, match=r"a\.csv: no usable record"):
+        read_webvid(tmp_path / "csvs", SkipCounter())
