@@ -91,3 +91,29 @@ def test_two_videos_with_one_key_are_refused_naming_both(tmp_path):
         file_units(tmp_path)
     (tmp_path / "a" / "clip.mkv").unlink()
     assert [u.keys for u in file_units(tmp_path)] == [("a/clip",), ("a/other",), ("b",)]
+
+
+def test_image_shards_are_units_in_shard_order_and_a_broken_image_is_a_named_error_the_rest_decode(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from helpers import write_tar
+    from moviechat.common.errors import DataError
+    from moviechat.prepare.media import DecodedMedia, rank_share, remaining, shard_units
+
+    png = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8)).save(png, format="PNG")
+    write_tar(tmp_path / "s-0.tar", {"a.png": png.getvalue(), "a.json": b"{}", "b.jpg": b"not an image"})
+    write_tar(tmp_path / "s-1.tar", {"c.png": png.getvalue()})
+    units = shard_units(str(tmp_path / "s-{0..1}.tar"))
+    assert [u.keys for u in units] == [("a", "b"), ("c",)] and all(u.shard for u in units)
+    assert rank_share(units, 0, 2) == units[:1] and rank_share(units, 1, 2) == units[1:]
+    left = remaining(units, {"a", "c"})  # extracted before: only b is left, and no unit without keys
+    assert [(u.path, u.keys) for u in left] == [(units[0].path, ("b",))]
+    decoded = {d.key: d for d in DecodedMedia(units, fps=None, num_frames=None, img_size=16, preprocess="blip2")}
+    assert decoded["a"].pixels.shape == (1, 3, 16, 16) and decoded["c"].error is None
+    assert decoded["b"].pixels is None and decoded["b"].source == f"{tmp_path / 's-0.tar'}:b.jpg"
+    assert "b.jpg" in decoded["b"].error  # named, and the shard goes on
+    with pytest.raises(DataError, match=r"--image-shards '.*none-\*\.tar' matches no file"):
+        shard_units(str(tmp_path / "none-*.tar"))
