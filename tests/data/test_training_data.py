@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, run_train, train_cmd
+from helpers import REPO, TRAIN_ENV, run_train, train_cmd
 from moviechat.common.jsonl import read_jsonl
 from moviechat.config import ConfigError, load_config
 from moviechat.data import Collator
@@ -189,7 +189,7 @@ def test_a_mixture_trains_logs_its_datasets_and_resumes_after_a_kill_with_the_sa
     evals = [r for r in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "eval/loss" in r]
     assert all(f"eval/{n}/loss" in evals[-1] for n in names) and "eval/loss" in evals[-1]
     # the same run killed (SIGKILL: no checkpoint on the way out) after its step-4 checkpoint, then resumed
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     proc = subprocess.Popen(train_cmd(tmp_path, "run.name=killed", *common, cfg=MIXTURE), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import attempt_train, losses, run_train, train_cmd
+from helpers import TRAIN_ENV, attempt_train, losses, run_train, train_cmd
 
 
 ELASTIC = ["train.max_steps=4", "train.save_every=2", "train.eval_every=0", "train.eval_generate=0",
@@ -62,7 +62,7 @@ def test_sigterm_to_a_two_process_torchrun_job_with_loader_workers_checkpoints_a
     import time
 
 
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     cmd = train_cmd(tmp_path, "run.name=pre", "train.max_steps=100000", "train.eval_every=0", "train.eval_generate=0",
                     "data.num_workers=1", nproc=2)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -100,7 +100,7 @@ def test_a_full_disk_stops_the_run_in_one_line_keeps_the_last_checkpoint_and_res
     free = shutil.disk_usage(small_disk).free
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (free - int(4.5 * 2**20)))  # room for one checkpoint (~3 MiB), not for a second
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     proc = subprocess.run(train_cmd(small_disk, "run.name=r", *common), cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 74, proc.stderr[-3000:]

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from helpers import attempt_train, losses, run_train, train_cmd
+from helpers import TRAIN_ENV, attempt_train, losses, run_train, train_cmd
 from prefork import run_moviechat
 from moviechat.common.jsonl import read_jsonl
 
@@ -64,7 +64,7 @@ def test_frozen_parameters_are_neither_optimised_nor_checkpointed(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     cmd = train_cmd(tmp_path, "run.name=s", "train.max_steps=100000", "train.eval_every=0", "train.eval_generate=0")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "s" / "metrics.jsonl"

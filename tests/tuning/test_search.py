@@ -13,7 +13,7 @@ import time
 import optuna
 import pytest
 
-from helpers import REPO
+from helpers import REPO, TRAIN_ENV
 from prefork import run_moviechat
 
 FAST = ["run.wandb=disabled", "data.synthetic.num_videos=60", "deepspeed.micro_batch_size=4", "train.eval_generate=0",
@@ -41,7 +41,7 @@ def write_search(tmp_path, name="s", trials=4, steps=4, space=None, extra="", me
 
 def run(args):
     """``moviechat sweep`` as its own process (forked pre-imported: prefork.py); its trials are new interpreters."""
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     return run_moviechat(["sweep", *args], cwd=REPO, env=env, timeout=600)
 
 
@@ -70,7 +70,7 @@ def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
 @pytest.mark.slow
 def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
     sweep = write_search(tmp_path, trials=2, steps=40, overrides=["train.save_every=2", "train.eval_every=20"])
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     proc = subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     second = tmp_path / "out" / "s" / "trial-0001" / "checkpoints" / "latest"
@@ -124,7 +124,7 @@ def test_an_infeasible_trial_is_recorded_and_the_search_goes_on(tmp_path):
 def test_two_workers_share_one_journal_study(tmp_path):
     sweep = write_search(tmp_path, trials=3)
     storage = f"journal:{tmp_path / 'study.log'}"
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = os.environ | TRAIN_ENV
     procs = [subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep), "--storage",
                                storage], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
