@@ -11,7 +11,7 @@ import sys
 import torch
 
 from helpers import TINY, tiny_tokenizer
-from moviechat.common.distributed import all_reduce_named, all_reduce_sum, init_distributed
+from moviechat.common.distributed import all_reduce_named, all_reduce_sum, end_distributed, init_distributed
 from moviechat.config import load_config
 from moviechat.data import Collator, Sample
 from moviechat.models import build_moviechat
@@ -62,6 +62,7 @@ def main(out: str, mismatch: str = "") -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump(record, f)
+    end_distributed()  # as the trainer does: left to exit, gloo's threads now and then abort a finished rank
 
 
 if __name__ == "__main__":
