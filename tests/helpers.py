@@ -58,21 +58,17 @@ TRAIN_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
 def attempt_train(tmp_path: Path, *overrides: str, resume: str | None = None, extra=(), cfg: Path = TINY,
-                  env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """One process of ``moviechat train``, whatever its exit code (forked from the pre-imported server:
-    see prefork.py)."""
+                  env: dict | None = None, timeout: float = 300, nproc: int = 1) -> subprocess.CompletedProcess:
+    """``moviechat train`` in one process or ``nproc`` ranks, whatever its exit code (forked from the pre-imported
+    server, with the environment torchrun gives its ranks: see prefork.py)."""
     return run_moviechat(train_args(tmp_path, *overrides, resume=resume, cfg=cfg) + list(extra), cwd=tmp_path,
-                         env=os.environ | TRAIN_ENV | (env or {}), timeout=timeout)
+                         env=os.environ | TRAIN_ENV | (env or {}), timeout=timeout, nproc=nproc)
 
 
 def run_train(tmp_path: Path, *overrides: str, resume: str | None = None, nproc: int = 1,
               cfg: Path = TINY) -> subprocess.CompletedProcess:
-    """A training that must succeed: one process, or ``nproc`` ranks under torchrun."""
-    if nproc == 1:
-        proc = attempt_train(tmp_path, *overrides, resume=resume, cfg=cfg)
-    else:
-        proc = subprocess.run(train_cmd(tmp_path, *overrides, resume=resume, nproc=nproc, cfg=cfg), cwd=tmp_path,
-                              env=os.environ | TRAIN_ENV, capture_output=True, text=True, timeout=300)
+    """A training that must succeed, in one process or ``nproc`` ranks."""
+    proc = attempt_train(tmp_path, *overrides, resume=resume, cfg=cfg, nproc=nproc)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 

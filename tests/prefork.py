@@ -5,11 +5,15 @@ tiny run's first step, and the suite starts dozens of trainings. ``run_moviechat
 per test process, which has imported those four once, to fork; the child takes the command's working
 folder, environment, argv and stdio and calls ``moviechat.__main__.main`` as ``python -m moviechat`` would,
 then exits through the interpreter's normal shutdown (its exit code, atexit handlers, coverage's data). The
-package itself is imported in each child, fresh, so nothing of one command is seen by the next. Tests of the
-entry point (the README's commands, the installed wheel, signals to a process group, torchrun) start real
-interpreters.
+package itself is imported in each child, fresh, so nothing of one command is seen by the next.
 
-Run as a script, this file is the server: one JSON request per line on stdin, ``{"pid": ...}`` then
+``nproc`` > 1 forks that many ranks with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) and, as torchrun does, stops the others when one fails; their
+outputs come back rank after rank. ``run_script`` does the same for a Python file. Tests of the entry point and
+the launcher (the README's commands, the installed wheel, signals to torchrun's process group, a rank killed
+under torchrun) start real interpreters.
+
+Run as a script, this file is the server: one JSON request per line on stdin, ``{"pids": [...]}`` then
 ``{"rc": ...}`` per request on stdout.
 """
 
@@ -29,24 +33,54 @@ from pathlib import Path
 _server: subprocess.Popen | None = None
 
 
-def run_moviechat(argv: list[str], *, cwd: Path | str, env: dict[str, str],
-                  timeout: float) -> subprocess.CompletedProcess:
+def run_moviechat(argv: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
+                  nproc: int = 1) -> subprocess.CompletedProcess:
     """``subprocess.run([python, "-m", "moviechat", *argv], cwd=cwd, env=env, capture_output=True, text=True,
-    timeout=timeout)``, in a child forked from the pre-imported server."""
+    timeout=timeout)`` (under ``torchrun --nproc_per_node=nproc`` when ``nproc`` > 1), in children forked from
+    the pre-imported server."""
+    return _run({"module": "moviechat", "argv": argv}, ["moviechat", *argv], cwd, env, timeout, nproc)
+
+
+def run_script(script: Path | str, args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
+               nproc: int = 1) -> subprocess.CompletedProcess:
+    """``python script *args`` as ``run_moviechat`` runs the package (``PYTHONPATH`` in ``env`` is honoured)."""
+    return _run({"script": str(script), "argv": args}, [str(script), *args], cwd, env, timeout, nproc)
+
+
+def _run(what: dict, shown: list[str], cwd, env: dict[str, str], timeout: float,
+         nproc: int) -> subprocess.CompletedProcess:
+    from moviechat.common.distributed import free_port
+
     server = _start()
     with tempfile.TemporaryDirectory() as tmp:
-        out, err = Path(tmp) / "out", Path(tmp) / "err"
-        request = {"argv": argv, "cwd": str(cwd), "env": dict(env), "out": str(out), "err": str(err)}
+        outs = [(Path(tmp) / f"out{r}", Path(tmp) / f"err{r}") for r in range(nproc)]
+        ranks = [{} for _ in range(nproc)] if nproc == 1 else [
+            {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)} for port in [free_port()] for r in range(nproc)]
+        request = {**what, "cwd": str(cwd), "ranks": [
+            {"env": dict(env) | rank_env, "out": str(out), "err": str(err)} for rank_env, (out, err) in zip(ranks, outs)]}
         server.stdin.write(json.dumps(request) + "\n")
         server.stdin.flush()
-        pid = _reply(server, 600)["pid"]  # the server's first answer waits for its imports
+        pids = _reply(server, 600)["pids"]  # the server's first answer waits for its imports
+
+        def read(i: int) -> str:
+            return "".join(pair[i].read_text() for pair in outs)
+
         try:
             rc = _reply(server, timeout)["rc"]
         except subprocess.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)
+            for pid in pids:
+                _kill(pid)
             _reply(server, 60)
-            raise subprocess.TimeoutExpired(["moviechat", *argv], timeout, out.read_text(), err.read_text()) from None
-        return subprocess.CompletedProcess(["moviechat", *argv], rc, out.read_text(), err.read_text())
+            raise subprocess.TimeoutExpired(shown, timeout, read(0), read(1)) from None
+        return subprocess.CompletedProcess(shown, rc, read(0), read(1))
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _start() -> subprocess.Popen:
@@ -80,33 +114,67 @@ def _serve() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(request)  # raises SystemExit: the child leaves this loop and exits as an interpreter does
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+        pids = []
+        for rank in request["ranks"]:
+            pid = os.fork()
+            if pid == 0:
+                _child(request, rank)  # raises SystemExit: the child leaves this loop and exits as an interpreter does
+            pids.append(pid)
+        print(json.dumps({"pids": pids}), flush=True)
+        print(json.dumps({"rc": _wait_all(pids)}), flush=True)
 
 
-def _child(request: dict) -> None:
+def _wait_all(pids: list[int], grace: float = 30.0) -> int:
+    """The first failed rank's exit code, else 0. As torchrun does, the first failure stops the other ranks:
+    SIGTERM, then SIGKILL after ``grace`` seconds, so that a rank waiting for a dead one does not hang."""
+    rc, left, deadline = 0, set(pids), None
+    while left:
+        pid, status = os.waitpid(-1, 0 if deadline is None else os.WNOHANG)
+        if pid == 0:  # ranks told to stop are still running
+            if time.monotonic() > deadline:
+                for other in left:
+                    _kill(other)
+            time.sleep(0.1)
+            continue
+        if pid not in left:
+            continue
+        left.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and rc == 0:
+            rc, deadline = code, time.monotonic() + grace
+            for other in left:
+                _kill(other, signal.SIGTERM)
+    return rc
+
+
+def _child(request: dict, rank: dict) -> None:
     import random
+    import runpy
 
     import numpy as np
     import torch
 
     os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(request["env"])
-    for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT),
-                           (2, request["err"], os.O_WRONLY | os.O_CREAT)):
-        os.dup2(os.open(path, mode), fd)
+    os.environ.update(rank["env"])
+    for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, rank["out"], os.O_WRONLY | os.O_CREAT),
+                           (2, rank["err"], os.O_WRONLY | os.O_CREAT)):
+        opened = os.open(path, mode)
+        os.dup2(opened, fd)
+        os.close(opened)
     sys.stdin = open(0, closefd=False)
-    sys.path[0] = os.getcwd()  # as `python -m` has it
-    sys.argv = ["-m", *request["argv"]]
     random.seed()  # a fresh interpreter's unseeded state, not the server's copy
     np.random.seed()
     if "OMP_NUM_THREADS" in os.environ:  # read by torch when it starts; the server started it
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if "script" in request:
+        sys.path[:1] = [str(Path(request["script"]).resolve().parent), *extra]  # as `python script` has it
+        sys.argv = [request["script"], *request["argv"]]
+        runpy.run_path(request["script"], run_name="__main__")
+        sys.exit(0)
+    sys.path[:1] = [os.getcwd(), *extra]  # as `python -m` has it
+    sys.argv = ["-m", *request["argv"]]
     from moviechat.__main__ import main
 
     sys.exit(main(request["argv"]))

@@ -44,10 +44,15 @@ def make_media(folder: Path, n: int = 10) -> Path:
     return folder
 
 
+def extract_args(videos: Path, out: Path, *extra: str) -> list[str]:
+    return ["extract-features", "--cfg", str(TINY), "--videos", str(videos), "--out", str(out), "--fps", "4",
+            "--batch-size", "8", *extra]
+
+
 def extract_cmd(videos: Path, out: Path, *extra: str, nproc: int = 1) -> list[str]:
+    """A real interpreter (under torchrun for ``nproc`` > 1), for the tests of the process itself."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
-    return [*launch, "-m", "moviechat", "extract-features", "--cfg", str(TINY), "--videos", str(videos), "--out",
-            str(out), "--fps", "4", "--batch-size", "8", *extra]
+    return [*launch, "-m", "moviechat", *extract_args(videos, out, *extra)]
 
 
 def features(out: Path) -> dict[str, np.ndarray]:
@@ -58,14 +63,19 @@ def features(out: Path) -> dict[str, np.ndarray]:
     return {v.key: v.feats for v in read}
 
 
-def run(cmd: list[str], cwd: Path, fresh: bool = False) -> subprocess.CompletedProcess:
-    """``cmd`` must succeed; one ``python -m moviechat`` process is forked pre-imported (prefork.py) unless
-    ``fresh`` asks for a new interpreter (its own hash seed, for run-to-run checks)."""
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    if cmd[:3] == [sys.executable, "-m", "moviechat"] and not fresh:
-        proc = run_moviechat(cmd[3:], cwd=cwd, env=env, timeout=600)
-    else:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A real interpreter's ``cmd``, which must succeed."""
+    proc = subprocess.run(cmd, cwd=cwd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def extract(videos: Path, out: Path, *extra: str, nproc: int = 1, cwd: Path) -> subprocess.CompletedProcess:
+    """``moviechat extract-features`` in one process or ``nproc`` ranks, forked pre-imported (prefork.py); it
+    must succeed."""
+    proc = run_moviechat(extract_args(videos, out, *extra), cwd=cwd, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                         timeout=600, nproc=nproc)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -90,8 +100,8 @@ def rank_pid(parent: int, rank: int) -> int | None:
 @pytest.mark.distributed
 def test_two_processes_write_one_index_and_the_features_of_one(tmp_path):
     videos = make_media(tmp_path / "videos")
-    run(extract_cmd(videos, tmp_path / "one", "--decode-workers", "0"), tmp_path)
-    proc = run(extract_cmd(videos, tmp_path / "two", "--decode-workers", "1", nproc=2), tmp_path)
+    extract(videos, tmp_path / "one", "--decode-workers", "0", cwd=tmp_path)
+    proc = extract(videos, tmp_path / "two", "--decode-workers", "1", nproc=2, cwd=tmp_path)
     assert "on this rank" in proc.stdout
     one, two = features(tmp_path / "one"), features(tmp_path / "two")
     assert sorted(one) == sorted(two) == [f"clip_{i:02d}" for i in range(10)]
@@ -106,7 +116,7 @@ def test_two_processes_write_one_index_and_the_features_of_one(tmp_path):
 @pytest.mark.distributed
 def test_a_killed_rank_is_picked_up_by_the_next_run_with_none_done_twice(tmp_path):
     videos = make_media(tmp_path / "videos", n=24)
-    run(extract_cmd(videos, tmp_path / "one", "--decode-workers", "0"), tmp_path)
+    extract(videos, tmp_path / "one", "--decode-workers", "0", cwd=tmp_path)
     out = tmp_path / "two"
     cmd = extract_cmd(videos, out, "--decode-workers", "0", "--shard-size", "1", nproc=2)
     launcher = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ | {"OMP_NUM_THREADS": "1"},
@@ -122,7 +132,7 @@ def test_a_killed_rank_is_picked_up_by_the_next_run_with_none_done_twice(tmp_pat
     assert killed is not None and launcher.wait(timeout=120) != 0
     done = feature_index.done_keys(out)
     assert 0 < len(done) < 24  # some videos were extracted before the kill, not all
-    proc = run(cmd, tmp_path)
+    proc = extract(videos, out, "--decode-workers", "0", "--shard-size", "1", nproc=2, cwd=tmp_path)
     assert f"{len(done)} already done, {24 - len(done)} to extract" in proc.stdout
     one, two = features(tmp_path / "one"), features(out)  # features() also refuses a key in two shards
     assert sorted(two) == sorted(one) and all(np.array_equal(one[k], two[k]) for k in one)
@@ -148,7 +158,7 @@ def test_merge_refuses_a_key_in_two_shards_and_removes_shards_no_index_names(tmp
 def test_extraction_is_reproducible_run_to_run(tmp_path):
     videos = make_media(tmp_path / "videos", n=3)
     for name in ("a", "b"):
-        run(extract_cmd(videos, tmp_path / name, "--decode-workers", "1"), tmp_path, fresh=True)
+        run(extract_cmd(videos, tmp_path / name, "--decode-workers", "1"), tmp_path)  # each its own hash seed
     a, b = features(tmp_path / "a"), features(tmp_path / "b")
     assert all(np.array_equal(a[k], b[k]) for k in a)  # the encoder without weights is seeded from run.seed
 
@@ -156,7 +166,7 @@ def test_extraction_is_reproducible_run_to_run(tmp_path):
 @pytest.mark.slow
 def test_a_slurm_array_of_extractions_then_a_merge_gives_the_features_of_one_process(tmp_path):
     videos = make_media(tmp_path / "videos", n=5)
-    run(extract_cmd(videos, tmp_path / "one", "--decode-workers", "0"), tmp_path)
+    extract(videos, tmp_path / "one", "--decode-workers", "0", cwd=tmp_path)
     script = REPO / "launch" / "extract_features.sbatch"
     for task in range(2):  # what SLURM runs for --array=0-1
         env = os.environ | {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_CPUS_PER_TASK": "1",
@@ -166,7 +176,9 @@ def test_a_slurm_array_of_extractions_then_a_merge_gives_the_features_of_one_pro
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "--merge" in proc.stdout  # each task says how to merge once all are done
     assert len(list((tmp_path / "array").glob("index.rank*.jsonl"))) == 2
-    run([sys.executable, "-m", "moviechat", "extract-features", "--out", str(tmp_path / "array"), "--merge"], tmp_path)
+    proc = run_moviechat(["extract-features", "--out", str(tmp_path / "array"), "--merge"], cwd=tmp_path, env=os.environ,
+                         timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     one, array = features(tmp_path / "one"), features(tmp_path / "array")
     assert sorted(one) == sorted(array) and all(np.array_equal(one[k], array[k]) for k in one)
     assert len((tmp_path / "array" / "index.jsonl").read_text().splitlines()) == 5
@@ -176,7 +188,7 @@ def test_a_slurm_array_of_extractions_then_a_merge_gives_the_features_of_one_pro
 def test_extraction_with_torchcodec_writes_the_features_of_pyav(tmp_path):
     torchcodec_or_skip()
     videos = make_media(tmp_path / "videos", n=4)
-    run(extract_cmd(videos, tmp_path / "pyav", "--decode-workers", "0"), tmp_path)
-    run(extract_cmd(videos, tmp_path / "torchcodec", "--decoder", "torchcodec"), tmp_path)
+    extract(videos, tmp_path / "pyav", "--decode-workers", "0", cwd=tmp_path)
+    extract(videos, tmp_path / "torchcodec", "--decoder", "torchcodec", cwd=tmp_path)
     a, b = features(tmp_path / "pyav"), features(tmp_path / "torchcodec")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)

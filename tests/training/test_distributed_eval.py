@@ -3,12 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from helpers import REPO
-from moviechat.common.distributed import CHECK_ENV, free_port
+from moviechat.common.distributed import CHECK_ENV
+from prefork import run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -16,12 +16,10 @@ WORKER = REPO / "tests" / "training" / "dist_eval_worker.py"
 
 
 def run_worker(tmp_path, nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                     f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    """The worker in one process or ``nproc`` ranks (forked pre-imported, with torchrun's environment: prefork.py)."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", CHECK_ENV: "1",
                         "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    proc = subprocess.run(launcher + [str(WORKER), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=240)
+    proc = run_script(WORKER, list(args), cwd=tmp_path, env=env, timeout=240, nproc=nproc)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
