@@ -5,13 +5,14 @@ tiny run's first step, and the suite starts dozens of trainings. ``run_moviechat
 per test process, which has imported those four once, to fork; the child takes the command's working
 folder, environment, argv and stdio and calls ``moviechat.__main__.main`` as ``python -m moviechat`` would,
 then exits through the interpreter's normal shutdown (its exit code, atexit handlers, coverage's data). The
-package itself is imported in each child, fresh, so nothing of one command is seen by the next.
+package itself is imported in each child, fresh, so nothing of one command is seen by the next; so is any module
+or script asked for.
 
-``nproc`` > 1 forks that many ranks with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) and, as torchrun does, stops the others when one fails; their
-outputs come back rank after rank. ``run_script`` does the same for a Python file. Tests of the entry point and
-the launcher (the README's commands, the installed wheel, signals to torchrun's process group, a rank killed
-under torchrun) start real interpreters.
+``run_python`` does the same for any ``python -m module`` or ``python script``. ``nproc`` > 1 forks that many ranks
+with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``/``MASTER_PORT``) and, as torchrun does, stops the others when one fails; their outputs come back
+rank after rank. Tests of the entry point and the launcher (the README's commands, the installed wheel, signals to
+torchrun's process group, a rank killed under torchrun, import-time output) start real interpreters.
 
 Run as a script, this file is the server: one JSON request per line on stdin, ``{"pids": [...]}`` then
 ``{"rc": ...}`` per request on stdout.
@@ -38,13 +39,14 @@ def run_moviechat(argv: list[str], *, cwd: Path | str, env: dict[str, str], time
     """``subprocess.run([python, "-m", "moviechat", *argv], cwd=cwd, env=env, capture_output=True, text=True,
     timeout=timeout)`` (under ``torchrun --nproc_per_node=nproc`` when ``nproc`` > 1), in children forked from
     the pre-imported server."""
-    return _run({"module": "moviechat", "argv": argv}, ["moviechat", *argv], cwd, env, timeout, nproc)
+    return run_python(["-m", "moviechat", *argv], cwd=cwd, env=env, timeout=timeout, nproc=nproc)
 
 
-def run_script(script: Path | str, args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
+def run_python(args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
                nproc: int = 1) -> subprocess.CompletedProcess:
-    """``python script *args`` as ``run_moviechat`` runs the package (``PYTHONPATH`` in ``env`` is honoured)."""
-    return _run({"script": str(script), "argv": args}, [str(script), *args], cwd, env, timeout, nproc)
+    """``python *args`` as ``run_moviechat`` runs the package: ``args`` is ``["-m", module, ...]`` or
+    ``[script, ...]`` (``PYTHONPATH`` in ``env`` is honoured)."""
+    return _run({"args": [str(a) for a in args]}, ["python", *map(str, args)], cwd, env, timeout, nproc)
 
 
 def _run(what: dict, shown: list[str], cwd, env: dict[str, str], timeout: float,
@@ -168,16 +170,16 @@ def _child(request: dict, rank: dict) -> None:
     if "OMP_NUM_THREADS" in os.environ:  # read by torch when it starts; the server started it
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if "script" in request:
-        sys.path[:1] = [str(Path(request["script"]).resolve().parent), *extra]  # as `python script` has it
-        sys.argv = [request["script"], *request["argv"]]
-        runpy.run_path(request["script"], run_name="__main__")
-        sys.exit(0)
-    sys.path[:1] = [os.getcwd(), *extra]  # as `python -m` has it
-    sys.argv = ["-m", *request["argv"]]
-    from moviechat.__main__ import main
-
-    sys.exit(main(request["argv"]))
+    args = request["args"]
+    if args[0] == "-m":  # as `python -m module ...` has it: the working folder first on the path
+        sys.path[:1] = [os.getcwd(), *extra]
+        sys.argv = args[1:]
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    else:  # as `python script ...` has it: the script's folder first on the path
+        sys.path[:1] = [str(Path(args[0]).resolve().parent), *extra]
+        sys.argv = list(args)
+        runpy.run_path(args[0], run_name="__main__")
+    sys.exit(0)
 
 
 if __name__ == "__main__":

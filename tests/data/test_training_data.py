@@ -4,7 +4,6 @@ instruction set and the tiny model."""
 import json
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from helpers import REPO, TRAIN_ENV, run_train, train_cmd
+from prefork import run_python
 from moviechat.common.jsonl import read_jsonl
 from moviechat.config import ConfigError, load_config
 from moviechat.data import Collator
@@ -161,16 +161,16 @@ def test_preview_on_each_shipped_dataset_config(instruct, config, name):
 
 @pytest.mark.slow
 def test_preview_command_prints_one_json_line(instruct, tmp_path):
-    args = [sys.executable, "-m", "moviechat.data.preview", "--cfg", str(MIXTURE), "--dataset", "llava_instruct",
+    args = ["-m", "moviechat.data.preview", "--cfg", str(MIXTURE), "--dataset", "llava_instruct",
             "--index", "0", "--text", *mixture_overrides(instruct, "videochat_instruct", "llava_instruct", "cc_sbu_align")]
-    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = run_python(args, cwd=tmp_path, env=os.environ, timeout=120)
     shown = json.loads(proc.stdout)  # one JSON line, --text or not
     assert "[[" in shown["text"] and shown["text"] in proc.stderr
     first = json.loads((instruct / "llava_instruct.json").read_text())[0]
     assert shown["key"] == media_key(first["image"], "") and shown["frames"] == 1
     assert set(shown) == {"dataset", "key", "frames", "input_ids", "labels", "text"}
     args[args.index("--index") + 1] = "99999"
-    bad = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    bad = run_python(args, cwd=tmp_path, env=os.environ, timeout=120)
     assert bad.returncode == 2 and "--index 99999: llava_instruct has 24 record(s)" in bad.stderr
 
 

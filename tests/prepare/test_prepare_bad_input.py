@@ -4,12 +4,12 @@ converter reads npy chunks in a tar and keeps dotted keys."""
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from helpers import TINY
+from prefork import run_moviechat
 from moviechat.data.annotations import QA, annotation_json, load_annotations
 from moviechat.data.stores import (
     ShardStore,
@@ -31,9 +31,9 @@ def test_the_sbatch_script_quotes_every_value_and_runs(tmp_path):
     marker = tmp_path / "pwned"
     name = f"a b$(touch {marker})"
     script = tmp_path / "job.sbatch"
-    proc = subprocess.run([sys.executable, "-m", "moviechat", "launch", "slurm", "--cfg", str(TINY),
-                           f"run.output_dir={tmp_path}", f"run.name={name}", "--script", str(script),
-                           "--log-dir", str(tmp_path / "logs"), "--dry-run"], capture_output=True, text=True)
+    proc = run_moviechat(["launch", "slurm", "--cfg", str(TINY), f"run.output_dir={tmp_path}", f"run.name={name}",
+                          "--script", str(script), "--log-dir", str(tmp_path / "logs"), "--dry-run"], cwd=tmp_path,
+                         env=os.environ, timeout=300)
     assert proc.returncode == 0, proc.stderr
     script.write_text(proc.stdout.split("\n", 1)[1].rsplit("\n", 2)[0] + "\n")  # the printed script
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

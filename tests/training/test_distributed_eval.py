@@ -8,7 +8,7 @@ import pytest
 
 from helpers import REPO
 from moviechat.common.distributed import CHECK_ENV
-from prefork import run_script
+from prefork import run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -19,7 +19,7 @@ def run_worker(tmp_path, nproc: int, *args: str, check: bool = True) -> subproce
     """The worker in one process or ``nproc`` ranks (forked pre-imported, with torchrun's environment: prefork.py)."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", CHECK_ENV: "1",
                         "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    proc = run_script(WORKER, list(args), cwd=tmp_path, env=env, timeout=240, nproc=nproc)
+    proc = run_python([WORKER, *args], cwd=tmp_path, env=env, timeout=240, nproc=nproc)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
