@@ -50,16 +50,16 @@ def study_of(tmp_path, name="s", storage=None):
 
 
 @pytest.mark.slow
-def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
-    proc = run(["--sweep", str(write_search(tmp_path)), "--parallel", "2"])
+def test_a_three_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
+    proc = run(["--sweep", str(write_search(tmp_path, trials=3)), "--parallel", "2"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     trials = study_of(tmp_path).get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # two ran at once
     best = study_of(tmp_path).best_trial
     report = (tmp_path / "out" / "s" / "results.md").read_text()
-    assert f"**Best: trial {best.number}**" in report and "4 of 4 trials complete or pruned" in report
+    assert f"**Best: trial {best.number}**" in report and "3 of 3 trials complete or pruned" in report
     assert {"optimization_history.png", "results.csv"} <= {p.name for p in (tmp_path / "out" / "s").iterdir()}
     for t in trials:  # each trial is a normal run folder
         run_dir = tmp_path / "out" / "s" / f"trial-{t.number:04d}"
@@ -69,7 +69,7 @@ def test_a_four_trial_search_runs_two_at_a_time_and_reports_the_best(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
-    sweep = write_search(tmp_path, trials=2, steps=40, overrides=["train.save_every=2", "train.eval_every=20"])
+    sweep = write_search(tmp_path, trials=2, steps=20, overrides=["train.save_every=2", "train.eval_every=10"])
     env = os.environ | TRAIN_ENV
     proc = subprocess.Popen([sys.executable, "-m", "moviechat", "sweep", "--sweep", str(sweep)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
