@@ -8,7 +8,7 @@ then exits through the interpreter's normal shutdown (its exit code, atexit hand
 package itself is imported in each child, fresh, so nothing of one command is seen by the next; so is any module
 or script asked for.
 
-``run_python`` does the same for any ``python -m module`` or ``python script``. ``nproc`` > 1 forks that many ranks
+``run_python`` does the same for any ``python -m module``, ``python -c code`` or ``python script``. ``nproc`` > 1 forks that many ranks
 with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``/``MASTER_PORT``) and, as torchrun does, stops the others when one fails; their outputs come back
 rank after rank. Tests of the entry point and the launcher (the README's commands, the installed wheel, signals to
@@ -44,8 +44,9 @@ def run_moviechat(argv: list[str], *, cwd: Path | str, env: dict[str, str], time
 
 def run_python(args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
                nproc: int = 1) -> subprocess.CompletedProcess:
-    """``python *args`` as ``run_moviechat`` runs the package: ``args`` is ``["-m", module, ...]`` or
-    ``[script, ...]`` (``PYTHONPATH`` in ``env`` is honoured)."""
+    """``python *args`` as ``run_moviechat`` runs the package: ``args`` is ``["-m", module, ...]``,
+    ``["-c", code, ...]`` or ``[script, ...]`` (``PYTHONPATH`` in ``env`` is honoured; variables that a pre-imported
+    library reads when it is imported, e.g. ``HF_HOME``, are the server's)."""
     return _run({"args": [str(a) for a in args]}, ["python", *map(str, args)], cwd, env, timeout, nproc)
 
 
@@ -171,7 +172,11 @@ def _child(request: dict, rank: dict) -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     args = request["args"]
-    if args[0] == "-m":  # as `python -m module ...` has it: the working folder first on the path
+    if args[0] == "-c":  # as `python -c code ...` has it
+        sys.path[:1] = ["", *extra]
+        sys.argv = ["-c", *args[2:]]
+        exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+    elif args[0] == "-m":  # as `python -m module ...` has it: the working folder first on the path
         sys.path[:1] = [os.getcwd(), *extra]
         sys.argv = args[1:]
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)

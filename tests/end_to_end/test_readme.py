@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from helpers import REPO
+from prefork import run_python
 
 # other programs: the docs name them, this test does not run them (tests/lmms_eval_plugin/test_lmms_eval_plugin.py runs lmms-eval)
 EXTERNAL = {"huggingface-cli", "source", "pip", "tar", "export", "lmms-eval", "accelerate", "torchrun"}
@@ -54,17 +55,20 @@ def test_every_make_target_of_the_readme_exists():
     assert used and set(used) <= targets, set(used) - targets
 
 
+CHECK_ENV = {"MOVIECHAT_CHECK_ARGS": "1", "DS_ACCELERATOR": "cpu"}
+
+
 def check(argv: list[str]) -> subprocess.CompletedProcess:
-    env = os.environ | {"MOVIECHAT_CHECK_ARGS": "1", "DS_ACCELERATOR": "cpu"}
-    return subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    """A ``python ...`` command of the docs (forked pre-imported: prefork.py)."""
+    return run_python(argv[1:], cwd=REPO, env=os.environ | CHECK_ENV, timeout=300)
 
 
-# every `moviechat` command in one interpreter (the package imported once), each as the command line runs it
+# every `moviechat` command in one process (the package imported once), each as the command line runs it
 CHECK_VERBS = """
 import contextlib, io, json, sys
 from moviechat.__main__ import main
 results = []
-for argv in json.loads(sys.stdin.read()):
+for argv in json.loads(open(sys.argv[1]).read()):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -72,34 +76,34 @@ for argv in json.loads(sys.stdin.read()):
         except SystemExit as e:
             code = e.code
     results.append({"code": code or 0, "out": out.getvalue(), "err": err.getvalue()})
-print(json.dumps(results))
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
 """
 
 
-def check_verbs(commands: list[list[str]]) -> list[dict]:
-    env = os.environ | {"MOVIECHAT_CHECK_ARGS": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", CHECK_VERBS], input=json.dumps([c[1:] for c in commands]), cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+def check_verbs(commands: list[list[str]], tmp_path) -> list[dict]:
+    (tmp_path / "verbs.json").write_text(json.dumps([c[1:] for c in commands]))
+    proc = run_python(["-c", CHECK_VERBS, tmp_path / "verbs.json", tmp_path / "results.json"], cwd=REPO,
+                      env=os.environ | CHECK_ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads((tmp_path / "results.json").read_text())
 
 
 @pytest.mark.slow
-def test_every_moviechat_and_python_command_of_the_docs_parses():
+def test_every_moviechat_and_python_command_of_the_docs_parses(tmp_path):
     verbs = [as_argv(c) for c in COMMANDS if c.startswith("moviechat ")]
     python = [as_argv(c) for c in COMMANDS if c.startswith("python ")]
     other = [as_argv(c)[0] for c in COMMANDS if not c.startswith(("python ", "moviechat ", "make "))]
     assert set(other) <= EXTERNAL, set(other) - EXTERNAL
     assert len(verbs) > 15
-    results = [(r["code"], r["out"], r["err"]) for r in check_verbs(verbs)]
+    results = [(r["code"], r["out"], r["err"]) for r in check_verbs(verbs, tmp_path)]
     results += [(r.returncode, r.stdout, r.stderr) for r in map(check, python)]
     failed = [(" ".join(argv), code, (err or out)[-500:])
               for argv, (code, out, err) in zip(verbs + python, results) if code != 0 or "arguments ok" not in out]
     assert not failed, "\n\n".join(f"{c}\n-> exit {rc}: {err}" for c, rc, err in failed)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("argv, message", [
+MISTAKES = [
     (["train.py", "--cfg", PLACEHOLDER_CFG, "memory.long_memory_policy=banana"],
      "command-line override 'memory.long_memory_policy=banana': memory.long_memory_policy='banana' must be one of"),
     (["-m", "moviechat", "train", "--cfg", "tiny_synthetic", "--resume", "runs/nope"],
@@ -112,11 +116,22 @@ def test_every_moviechat_and_python_command_of_the_docs_parses():
      "error: --predictions nope.jsonl: no such file"),
     (["-m", "moviechat", "sweep", "--sweep", "nope"], "config 'nope' not found"),
     (["-m", "moviechat", "trian"], "error: unknown verb 'trian'"),
-])
+]
+
+
+FRESH = {"train.py", "answer"}  # in new interpreters: nothing else printed while torch, transformers, DeepSpeed import
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, message", MISTAKES)
 def test_a_mistake_is_one_line_and_exit_2(tmp_path, argv, message):
-    proc = subprocess.run([sys.executable, *[str(REPO / a) if a.endswith((".py", ".yaml")) else a for a in argv]],
-                          cwd=tmp_path,
-                          env=os.environ | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=300)
+    args = [str(REPO / a) if a.endswith((".py", ".yaml")) else a for a in argv]
+    env = os.environ | {"DS_ACCELERATOR": "cpu"}
+    if FRESH & set(argv):
+        proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    else:  # forked pre-imported (prefork.py)
+        proc = run_python(args, cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
