@@ -260,6 +260,20 @@ def test_multi_round_requests_are_a_chat_on_the_global_memory(mini, plugin):
     with pytest.raises(NotImplementedError, match="loglikelihood .* not supported"):
         plugin.loglikelihood([request])
 
+    def rewriting(doc, previous_output=None, round_idx=0, previous_round_info=None):
+        """The task rewrites the answers so far (lmms-eval's ``updated``) and ends after round 2."""
+        return None, "and how many dogs", round_idx >= 2, [f"answer {i}" for i in range(len(previous_output))], None
+
+    rewritten = SimpleNamespace(args=(request.args[0], {}, request.args[2], rewriting, 0, "t", "test"))
+    assert plugin.generate_until_multi_round([rewritten])[0] == ["answer 0", "answer 1"]
+    single = SimpleNamespace(args=(request.args[0], {}, request.args[2], lambda doc, **kw: "no more rounds", 0, "t", "test"))
+    assert plugin.generate_until_multi_round([single])[0] == rounds[:1]  # a step that is not a round: one answer
+    endless = SimpleNamespace(args=(request.args[0], {}, request.args[2],
+                                    lambda doc, **kw: (None, "and again", False, None, None), 0, "t", "test"))
+    from moviechat.lmms_eval_plugin.chat_rounds import MAX_ROUNDS
+
+    assert len(plugin.generate_until_multi_round([endless])[0]) == MAX_ROUNDS  # a task that never ends stops
+
 
 @pytest.mark.slow
 def test_an_original_pth_with_its_config_answers_as_the_run_does(tiny_frozen_run, tmp_path):

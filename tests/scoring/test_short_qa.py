@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from helpers import answerer_for, token_video
+from helpers import TINY, answerer_for, token_video
 from judge_stub import StubJudge, field, serving
 from moviechat.answering.lookups import FeatureLookup
 from moviechat.answering.whole_split import answer_file
 from moviechat.common.errors import DataError
+from moviechat.config import load_config
 from moviechat.data.stores import VideoFeatures, write_folder
 from moviechat.scoring import short_qa
 
@@ -67,6 +68,27 @@ def test_each_short_video_format_end_to_end(tmp_path, tiny_cfg, tokenizer, fmt):
     assert [set(r) for r in written] == [{"id", "question", "answer", "pred"}] * 3
 
 
+@pytest.mark.slow
+def test_the_answer_command_answers_each_question_of_a_release_file_once_and_a_rerun_none_again(
+        tiny_frozen_run, tmp_path, capsys):
+    questions, _, videos = miniature(tmp_path, "msrvtt")
+    feats, meta = token_video(load_config(TINY))
+    write_folder([VideoFeatures(v, feats, meta, "") for v in videos], tmp_path / "features")
+    out = tmp_path / "preds.jsonl"
+    argv = ["answer", str(tiny_frozen_run), "--format", "msrvtt", "--questions", str(questions), "--features-dir",
+            str(tmp_path / "features"), "--out", str(out), "--max-new-tokens", "3"]
+    assert short_qa.main(argv) == 0
+    assert "msrvtt: answered 3 (0 before; 0 video(s) failed)" in capsys.readouterr().out
+    preds = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(p["video"], p["id"], p["answer"]) for p in preds] == [
+        ("video7", 0, "cooking"), ("video7", 1, "eating"), ("video8", 2, "woman")]
+    assert short_qa.main(argv) == 0
+    assert "msrvtt: answered 0 (3 before" in capsys.readouterr().out and len(out.read_text().splitlines()) == 3
+    with pytest.raises(SystemExit) as stop:  # nothing to read the videos from
+        short_qa.main(argv[:6] + ["--out", str(out)])
+    assert stop.value.code == 2 and "answer needs --videos, --features-dir or --shards" in capsys.readouterr().err
+
+
 def test_short_qa_files_are_checked(tmp_path):
     (tmp_path / "q.json").write_text(json.dumps([{"video_id": 1, "question": "q"}]))
     with pytest.raises(DataError, match="entry 0: 'answer' must be a non-empty str or int or float, got None"):
@@ -79,6 +101,13 @@ def test_short_qa_files_are_checked(tmp_path):
         (tmp_path / "q.json").write_text(json.dumps([{"video_id": 1, "question": "q", **row}]))  # json writes NaN
         with pytest.raises(DataError, match=message):
             short_qa.load_short_qa("msvd", tmp_path / "q.json")
+    for text, message in (("[{", "q.json: cannot read a JSON list"), ('{"video_id": 1}', "must be a JSON list of questions, got dict"),
+                          ('["v1"]', "entry 0: a JSON str, not an object")):
+        (tmp_path / "q.json").write_text(text)
+        with pytest.raises(DataError, match=message):
+            short_qa.load_short_qa("msvd", tmp_path / "q.json")
+    with pytest.raises(DataError, match="--format 'tgif' must be one of"):
+        short_qa.load_short_qa("tgif", tmp_path / "q.json")
 
 
 def test_question_files_are_typed_and_activitynet_answers_pair_by_question_id(tmp_path):
@@ -91,6 +120,12 @@ def test_question_files_are_typed_and_activitynet_answers_pair_by_question_id(tm
     assert [(r["video"], r["answer"]) for r in rows] == [("v_0", "yes"), ("v_1", "3")]
     (tmp_path / "a.json").write_text(json.dumps(a[:1]))
     with pytest.raises(DataError, match=r"a.json: no answer for 1 question\(s\).*v_0_0"):
+        short_qa.load_short_qa("activitynet", tmp_path / "q.json", tmp_path / "a.json")
+    (tmp_path / "a.json").write_text(json.dumps(a + a[:1]))
+    with pytest.raises(DataError, match="a.json: entry 2: question_id 'v_1_0' answered twice"):
+        short_qa.load_short_qa("activitynet", tmp_path / "q.json", tmp_path / "a.json")
+    (tmp_path / "q.json").write_text(json.dumps(q + q[:1]))
+    with pytest.raises(DataError, match="q.json: question_id values repeat"):
         short_qa.load_short_qa("activitynet", tmp_path / "q.json", tmp_path / "a.json")
     (tmp_path / "m.json").write_text(json.dumps([{"video_id": 7, "question": ["not", "text"], "answer": "x", "id": 0}]))
     with pytest.raises(DataError, match=r"m.json: entry 0: 'question' must be a non-empty str, got \['not', 'text'\]"):

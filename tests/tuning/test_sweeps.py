@@ -80,6 +80,23 @@ def test_sweep_as_slurm_jobs_dry_run(tmp_path, capfd):
     assert "[sweep] no finished settings yet" in out
 
 
+def test_a_local_dry_run_says_which_settings_are_finished_resumed_or_to_run_and_runs_nothing(tmp_path, capfd):
+    sweep = load("sweep")
+    path = write_sweep(tmp_path, "  memory.long_memory_length: [4, 8, 16]")
+    (tmp_path / "s" / "long_memory_length-4").mkdir(parents=True)
+    (tmp_path / "s" / "long_memory_length-4" / "result.json").write_text("{}")
+    (tmp_path / "s" / "long_memory_length-8" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "s" / "long_memory_length-8" / "checkpoints" / "latest").write_text("step00000002")
+    assert sweep.main(["--sweep", path, "--dry-run"]) == 0
+    lines = [x for x in capfd.readouterr().out.splitlines() if x.startswith("[sweep] long_memory_length-")]
+    assert [x.split(":")[0] for x in lines] == ["[sweep] long_memory_length-4 (finished)",
+                                                 "[sweep] long_memory_length-8 (resume)",
+                                                 "[sweep] long_memory_length-16 (to run)"]
+    assert all("moviechat train --cfg configs/experiments/tiny_synthetic.yaml" in x for x in lines)
+    assert "memory.long_memory_length=16 run.name=long_memory_length-16" in lines[2]
+    assert not (tmp_path / "s" / "long_memory_length-16").exists()  # nothing ran
+
+
 def test_seeds_are_a_sweep_axis_reported_as_mean_and_interval(tmp_path):
     from moviechat import tuning
 
