@@ -2,7 +2,6 @@
 settings, two workers sharing a journal study, the SLURM worker array, and bad search files. Every trial
 is a real train.py run of a few steps on the tiny config."""
 
-import datetime
 import json
 import os
 import signal
@@ -177,7 +176,6 @@ def test_a_storage_that_cannot_be_opened_and_parallel_0_are_refused(tmp_path, ca
     with pytest.raises(SystemExit) as stop:
         sweep_module().main(["--sweep", str(path), "--parallel", "0"])
     assert stop.value.code == 2 and "--parallel=0 must be >= 1" in capsys.readouterr().err
-    assert datetime  # noqa: B018  (imported for the overlap test's types)
 
 
 def test_each_runner_of_a_study_samples_from_its_own_recorded_seed(tmp_path):
