@@ -75,12 +75,14 @@ def test_memory_overrides_are_checked_and_only_memory_keys_are_taken():
 
 @pytest.fixture(scope="session")
 def needle_run(tmp_path_factory):
-    """The tiny model trained on scenes and lone needles (1000 steps, about a minute): it names a needle it can see."""
+    """The tiny model trained on scenes and lone needles (1000 steps of 8 videos, about 30 s): it names a needle
+    it can see (measured: 16 and 15 of 24 at depths 0 and 1 when every slot is kept; 600 steps of 16 or 800 of 8
+    at a higher learning rate did not learn it)."""
     tmp = tmp_path_factory.mktemp("needles")
     run_train(tmp, "run.name=n", "data.synthetic.num_videos=120", "data.synthetic.needles.videos=240",
               "data.synthetic.needles.max_needles=1", "data.synthetic.needles.min_frames=48",
               "data.synthetic.needles.max_frames=96", "train.max_steps=1000", "train.eval_every=0",
-              "train.log_every=100", "train.warmup_steps=20", "deepspeed.micro_batch_size=16", cfg="tiny_needles")
+              "train.log_every=100", "train.warmup_steps=20", "deepspeed.micro_batch_size=8", cfg="tiny_needles")
     return tmp / "n"
 
 
