@@ -1,5 +1,6 @@
 """Data under bad input: annotations of the wrong type named (also when skipping), token caches that miss
-when features change at the same path, dotted keys kept whole in shards, metadata kept on extraction."""
+when features change at the same path, dotted keys kept whole in shards, metadata kept on extraction, keys that
+would read outside a store and metadata a reader cannot rely on refused by name."""
 
 import json
 import os
@@ -130,3 +131,41 @@ def test_bad_instruction_records_are_counted_when_skipping_and_a_file_of_none_us
     write_file(tmp_path / "csvs", "a.csv", "videoid,page_dir,name\n,,\n")
     with pytest.raises(DataError, match=r"a\.csv: no usable record"):
         read_webvid(tmp_path / "csvs", SkipCounter())
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a\\b", "", " ", "a//b", "./a", "a/", "a\0b", 3])
+def test_a_video_key_that_could_read_outside_its_store_is_refused_naming_the_store(key):
+    from moviechat.data.checks import check_key
+
+    with pytest.raises(DataError, match=r"video key .* is not a relative path inside features/ \(no .*\): refused"):
+        check_key(key, "features/")
+
+
+def test_keys_in_sub_folders_and_with_dots_in_names_are_kept_as_they_are():
+    from moviechat.data.checks import check_key
+
+    assert [check_key(k, "s") for k in ("v1", "tv/ep.01", "a/b/c.d")] == ["v1", "tv/ep.01", "a/b/c.d"]
+
+
+@pytest.mark.parametrize("meta, message", [
+    (["not", "an", "object"], "v.json: metadata must be a JSON object, got list"),
+    ({"fps": 2.0}, r"needs one timestamp per frame \(3\), got None"),
+    ({"timestamps": [0.0, 0.5]}, r"needs one timestamp per frame \(3\), got 2"),
+    ({"timestamps": [0.0, float("nan"), 1.0]}, r"timestamps\[1\]=nan must be a finite number of seconds"),
+    ({"timestamps": [0.0, "0.5", 1.0]}, r"timestamps\[1\]='0.5' must be a finite number"),
+    ({"timestamps": [0.0, 1.0, 0.5]}, r"timestamps\[2\]=0.5 comes before timestamps\[1\]=1.0"),
+    ({"timestamps": [0.0, 0.5, 1.0], "fps": -2.0}, r"metadata fps=-2.0 must be a finite number >= 0"),
+    ({"timestamps": [0.0, 0.5, 1.0], "duration": float("inf")}, r"metadata duration=inf must be a finite number"),
+])
+def test_metadata_a_reader_relies_on_is_checked_and_the_field_named(meta, message):
+    from moviechat.data.checks import check_meta
+
+    with pytest.raises(DataError, match=message):
+        check_meta(meta, 3, "v.json")
+
+
+def test_metadata_with_repeated_timestamps_and_no_fps_is_accepted():
+    from moviechat.data.checks import check_meta
+
+    check_meta({"timestamps": [0.0, 0.0, 1.0]}, 3, "v.json")  # two frames decoded at one time: not decreasing
+    check_meta({"timestamps": [0.0, 0.5, 1.0], "fps": 0, "duration": 1.5}, 3, "v.json")
