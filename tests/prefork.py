@@ -36,33 +36,24 @@ _server: subprocess.Popen | None = None
 
 def run_moviechat(argv: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
                   nproc: int = 1) -> subprocess.CompletedProcess:
-    """``subprocess.run([python, "-m", "moviechat", *argv], cwd=cwd, env=env, capture_output=True, text=True,
-    timeout=timeout)`` (under ``torchrun --nproc_per_node=nproc`` when ``nproc`` > 1), in children forked from
-    the pre-imported server."""
+    """``python -m moviechat *argv`` through ``run_python``."""
     return run_python(["-m", "moviechat", *argv], cwd=cwd, env=env, timeout=timeout, nproc=nproc)
 
 
 def run_python(args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float,
                nproc: int = 1) -> subprocess.CompletedProcess:
-    """``python *args`` as ``run_moviechat`` runs the package: ``args`` is ``["-m", module, ...]``,
-    ``["-c", code, ...]`` or ``[script, ...]`` (``PYTHONPATH`` in ``env`` is honoured; variables that a pre-imported
-    library reads when it is imported, e.g. ``HF_HOME``, are the server's)."""
-    return _run({"args": [str(a) for a in args]}, ["python", *map(str, args)], cwd, env, timeout, nproc)
-
-
-def _run(what: dict, shown: list[str], cwd, env: dict[str, str], timeout: float,
-         nproc: int) -> subprocess.CompletedProcess:
-    from moviechat.common.distributed import free_port
-
+    """``subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)``
+    (under ``torchrun --nproc_per_node=nproc`` when ``nproc`` > 1) in children forked from the pre-imported server.
+    ``args`` is ``["-m", module, ...]``, ``["-c", code, ...]`` or ``[script, ...]``; ``PYTHONPATH`` in ``env`` is
+    honoured, but a variable that a pre-imported library reads when it is imported (e.g. ``HF_HOME``) keeps the
+    server's value."""
+    args = [str(a) for a in args]
     server = _start()
     with tempfile.TemporaryDirectory() as tmp:
         outs = [(Path(tmp) / f"out{r}", Path(tmp) / f"err{r}") for r in range(nproc)]
-        ranks = [{} for _ in range(nproc)] if nproc == 1 else [
-            {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)} for port in [free_port()] for r in range(nproc)]
-        request = {**what, "cwd": str(cwd), "ranks": [
-            {"env": dict(env) | rank_env, "out": str(out), "err": str(err)} for rank_env, (out, err) in zip(ranks, outs)]}
-        server.stdin.write(json.dumps(request) + "\n")
+        ranks = [{"env": dict(env) | rank_env, "out": str(out), "err": str(err)}
+                 for rank_env, (out, err) in zip(_rank_envs(nproc), outs)]
+        server.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "ranks": ranks}) + "\n")
         server.stdin.flush()
         pids = _reply(server, 600)["pids"]  # the server's first answer waits for its imports
 
@@ -75,8 +66,19 @@ def _run(what: dict, shown: list[str], cwd, env: dict[str, str], timeout: float,
             for pid in pids:
                 _kill(pid)
             _reply(server, 60)
-            raise subprocess.TimeoutExpired(shown, timeout, read(0), read(1)) from None
-        return subprocess.CompletedProcess(shown, rc, read(0), read(1))
+            raise subprocess.TimeoutExpired(["python", *args], timeout, read(0), read(1)) from None
+        return subprocess.CompletedProcess(["python", *args], rc, read(0), read(1))
+
+
+def _rank_envs(nproc: int) -> list[dict[str, str]]:
+    """What torchrun adds to each rank's environment (nothing for one process)."""
+    if nproc == 1:
+        return [{}]
+    from moviechat.common.distributed import free_port
+
+    port = str(free_port())
+    return [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} for r in range(nproc)]
 
 
 def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
