@@ -73,12 +73,12 @@ class Trainer:
 
     def _build(self, checkpoint: Optional[tuple[Path, str]]) -> None:
         cfg = self.cfg
+        self.ds_config = deepspeed_config(cfg)  # a missing DeepSpeed JSON fails before data and model are built
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         self.parts = build_parts(cfg, self.rank, self.world_size)
         setup.check_streams(self.parts, self.world_size, cfg.data.num_workers)
         self.tokenizer = setup.build_tokenizer(cfg, checkpoint[0].parent if checkpoint else self.run_dir, self.parts)
         self.model = setup.build_model(cfg, self.parts, self.tokenizer, self.rank)
-        self.ds_config = deepspeed_config(cfg)
         self.engine, self.scheduler = setup.build_engine(cfg, self.model, self.ds_config, self.rank)
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
         self.evaluators = {p.name: setup.build_evaluator(cfg, self.engine, self.tokenizer, p, self.micro_batch,

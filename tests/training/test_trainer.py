@@ -132,6 +132,15 @@ def test_two_process_run_with_a_small_generation_eval_finishes(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_missing_deepspeed_json_fails_naming_the_key_before_any_data_or_model(tmp_path):
+    proc = attempt_train(tmp_path, "run.name=ds", "deepspeed.config=configs/deepspeed/zero9.json")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "deepspeed.config='configs/deepspeed/zero9.json': config 'configs/deepspeed/zero9.json' not found" in proc.stderr
+    assert "(shipped: zero0, zero1, zero2, zero2_bf16)" in proc.stderr
+    assert not (tmp_path / "data").exists()  # failed before the generated set was written
+
+
+@pytest.mark.slow
 def test_more_data_streams_than_shards_fails_on_every_rank_before_training(tmp_path):
     """60 videos make 4 shards; 5 loader workers would leave a stream empty (a rank waiting forever)."""
     proc = attempt_train(tmp_path, "run.name=streams", "data.num_workers=5")
