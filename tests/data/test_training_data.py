@@ -3,6 +3,7 @@ instruction set and the tiny model."""
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -202,6 +203,24 @@ def test_a_mixture_trains_logs_its_datasets_and_resumes_after_a_kill_with_the_sa
     assert sorted(again) == list(range(1, 13))
     assert [again[s]["loss"] for s in again] == [rows[s]["loss"] for s in again]  # same draws, same samples: bitwise
     assert all(again[s][f"data/{n}"] == rows[s][f"data/{n}"] for s in again for n in names)
+
+
+@pytest.mark.slow
+def test_a_run_says_what_it_truncated_and_skipped_each_epoch_and_in_all(instruct, tmp_path):
+    # at 170 tokens some conversations lose later turns (learned, counted) and some would lose their first
+    # answer (skipped with data.on_error=skip); 2 steps of 4 on 24 videos read more than one epoch
+    proc = run_train(tmp_path, "run.name=t", "data.name=videochat_instruct", "data.max_tokens=170",
+                     f"data.annotations={instruct / 'videochat_instruct.json'}", "data.on_error=skip",
+                     f"data.folder={instruct / 'features/videos'}", "model.image_qformer.num_query_tokens=8",
+                     "train.max_steps=2", "train.eval_every=0", "train.eval_generate=0", "data.val_fraction=0")
+    out = proc.stdout
+    assert out.count("a conversation longer than data.max_tokens was truncated (its later turns are not learned)") == 1
+    truncated = int(re.search(r"\[rank 0\] (\d+) training conversation\(s\) truncated at data.max_tokens", out)[1])
+    per_epoch = [int(n) for n in re.findall(r"epoch \d+: (\d+) training sample\(s\) skipped this epoch \(data.on_error="
+                                            r"skip\); reasons: \{'record that cannot be learned': \d+\}", out)]
+    in_all = int(re.search(r"videochat_instruct: skipped in all \(data.on_error=skip\): (\d+) training sample", out)[1])
+    assert truncated >= 1 and per_epoch and all(n >= 1 for n in per_epoch)
+    assert in_all >= sum(per_epoch)  # the epoch still running when the run ends is counted in all only
 
 
 def test_a_record_whose_first_answer_truncation_would_cut_is_named_or_counted(instruct):
