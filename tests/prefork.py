@@ -3,13 +3,12 @@
 A fresh interpreter spends about 8 s of a CI core importing torch, transformers, DeepSpeed and peft before a
 tiny run's first step, and the suite starts dozens of trainings. ``run_moviechat`` asks a server process, one
 per test process, which has imported those four once, to fork; the child takes the command's working
-folder, environment, argv and stdio and calls ``moviechat.__main__.main`` as ``python -m moviechat`` would,
-then exits through the interpreter's normal shutdown (its exit code, atexit handlers, coverage's data). The
-package itself is imported in each child, fresh, so nothing of one command is seen by the next; so is any module
-or script asked for.
+folder, environment, argv and stdio and runs ``moviechat`` as ``python -m moviechat`` would (``runpy``), then
+exits through the interpreter's normal shutdown (its exit code, atexit handlers, coverage's data). The package
+itself is imported in each child, fresh, so nothing of one command is seen by the next.
 
-``run_python`` does the same for any ``python -m module``, ``python -c code`` or ``python script``. ``nproc`` > 1 forks that many ranks
-with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``run_python`` does the same for any ``python -m module``, ``python -c code`` or ``python script``. ``nproc`` > 1
+forks that many ranks with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``/``MASTER_PORT``) and, as torchrun does, stops the others when one fails; their outputs come back
 rank after rank. Tests of the entry point and the launcher (the README's commands, the installed wheel, signals to
 torchrun's process group, a rank killed under torchrun, import-time output) start real interpreters.
