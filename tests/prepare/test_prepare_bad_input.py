@@ -10,6 +10,7 @@ import pytest
 
 from helpers import TINY
 from prefork import run_moviechat
+from moviechat.common.errors import DataError
 from moviechat.data.annotations import QA, annotation_json, load_annotations
 from moviechat.data.stores import (
     ShardStore,
@@ -117,3 +118,43 @@ def test_image_shards_are_units_in_shard_order_and_a_broken_image_is_a_named_err
     assert "b.jpg" in decoded["b"].error  # named, and the shard goes on
     with pytest.raises(DataError, match=r"--image-shards '.*none-\*\.tar' matches no file"):
         shard_units(str(tmp_path / "none-*.tar"))
+
+
+def test_the_release_reader_names_each_file_it_cannot_use(tmp_path):
+    """MovieChat-1K's features as a user's copy may hold them: hidden and other files are passed over, a video
+    held twice, an empty folder, an integer array, a short or non-finite array are refused naming the file."""
+    from moviechat.data.release import open_chunks, read_chunk, release_sources
+
+    shape = (2, 3)
+    with pytest.raises(DataError, match="no such features folder"):
+        release_sources(tmp_path / "nope")
+    root = tmp_path / "movies"
+    (root / "a").mkdir(parents=True)
+    np.save(root / "a" / "c_10.npy", np.ones((1, *shape), np.float32))
+    np.save(root / "a" / "c_9.npy", np.zeros((2, *shape), np.float32))
+    np.save(root / "b.npy", np.ones((4, *shape), np.float16))
+    (root / ".b.npy.part").write_bytes(b"")  # a download in progress
+    (root / "notes.txt").write_text("")
+    assert release_sources(root) == {"a": root / "a", "b": root / "b.npy"}
+    with open_chunks(root / "a", shape) as chunks:  # natural order: c_9 before c_10
+        assert [c.name.rsplit("/", 1)[1] for c in chunks] == ["c_9.npy", "c_10.npy"] and [c.length for c in chunks] == [2, 1]
+    np.save(root / "a.npy", np.ones((1, *shape), np.float32))
+    with pytest.raises(DataError, match=r"video 'a' has features twice \(a and a.npy\); keep one"):
+        release_sources(root)
+    (root / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no .h5/.hdf5/.npy chunk in it"):
+        with open_chunks(root / "empty", shape):
+            pass
+    np.save(tmp_path / "int.npy", np.ones((2, *shape), np.int64))
+    with pytest.raises(DataError, match=r"int.npy: dtype int64 is not floating point"):
+        with open_chunks(tmp_path / "int.npy", shape):
+            pass
+    bad = np.ones((3, *shape), np.float32)
+    bad[1, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with open_chunks(tmp_path / "nan.npy", shape) as (chunk,):
+        with pytest.raises(DataError, match=r"nan.npy: 1 frame\(s\) contain NaN or Inf"):
+            read_chunk(chunk)
+        chunk.length = 4  # what a truncated file whose header promised more frames reads as
+        with pytest.raises(DataError, match=r"nan.npy: read 3 frames, header says 4"):
+            read_chunk(chunk)
