@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from helpers import attempt_train, run_train
+from helpers import TINY, attempt_train, run_train
 from moviechat.common.jsonl import read_jsonl
 from moviechat.runs.folder import config_changes, truncate_metrics
 from moviechat.runs.loading import load_run
@@ -222,3 +222,22 @@ def test_a_latest_naming_no_checkpoint_is_quoted_short(tmp_path):
     with pytest.raises(CheckpointNotFound) as e:
         resolve_checkpoint(tmp_path)
     assert len(str(e.value)) < 400 and "more characters" in str(e.value)
+
+
+@pytest.mark.slow
+def test_resume_alone_takes_the_runs_own_config_and_folder_and_names_what_it_lacks(base_run, capsys):
+    from moviechat.config import load_config
+    from moviechat.training import cli
+
+    tmp, run = base_run
+    args = cli.parse_args(["--resume", str(run), "train.max_steps=8"])
+    path, overrides = cli.config_source(args)
+    assert path == str(run / "config.yaml")
+    assert overrides == ["train.max_steps=8", f"run.output_dir={tmp}", "run.name=r"]  # back into its own folder
+    assert cli.run_folder(load_config(TINY), str(TINY), str(run)) == run  # --cfg and --resume, no run.name
+    assert cli.main([]) == 2 and "give --cfg EXPERIMENT (or --resume RUN" in capsys.readouterr().err
+    assert cli.main(["--resume", str(tmp / "nope")]) == 2
+    assert "config error: no checkpoint at" in capsys.readouterr().err
+    (run / "config.yaml").unlink()
+    assert cli.main(["--resume", str(run)]) == 2
+    assert f"config error: {run} has no config.yaml to resume from: give --cfg" in capsys.readouterr().err
