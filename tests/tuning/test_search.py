@@ -214,6 +214,58 @@ def test_a_trial_killed_by_the_runners_signal_is_interrupted_and_queued_again_no
     assert error_line(log) == "ValueError: bad shape" and error_line(["a", warning]) == warning
 
 
+def test_a_trial_that_fails_its_run_its_recall_map_or_its_metric_is_failed_with_the_reason(tmp_path, monkeypatch, capsys):
+    from moviechat.tuning import load_sweep
+    from moviechat.tuning import search as search_module
+    from moviechat.tuning.trials import Outcome
+
+    sweep = load_sweep(write_search(tmp_path, trials=1))
+    study = search_module.open_study(sweep, tmp_path / "out" / "s", None)
+    runner = search_module.Search(sweep, tmp_path / "out" / "s", 1, None, 1)
+    monkeypatch.setattr(search_module, "run_training", lambda *a, **k: Outcome(1, False, "ValueError: bad shape", 1.0))
+    search_module.run_one(study, runner, study.ask())
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"] == "exit 1: ValueError: bad shape"
+    monkeypatch.setattr(search_module, "run_training", lambda *a, **k: Outcome(0, False, "", 1.0))
+    search_module.run_one(study, runner, study.ask())  # finished, but never evaluated
+    assert study.trials[1].user_attrs["fail_reason"] == "no evaluation reported eval/loss"
+    assert "its run reported no 'eval/loss'" in capsys.readouterr().out
+
+    def no_map(spec, run_dir, parallel):
+        raise RuntimeError("recall map of trial-0002 failed (exit 3, see recall_map.log): no needles")
+
+    monkeypatch.setattr(search_module, "run_recall_map", no_map)
+    path = write_search(tmp_path, name="m", trials=1, metric="recall_map/mean", direction="maximize")
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"recall_map": {"lengths": [24], "depths": [0.0]}}))
+    mapped = load_sweep(path)
+    search_module.run_one(study, search_module.Search(mapped, tmp_path / "out" / "s", 1, None, 1), study.ask())
+    assert study.trials[2].user_attrs["fail_reason"].endswith("failed (exit 3, see recall_map.log): no needles")
+
+
+def test_each_sampler_and_a_grid_runs_every_int_and_categorical_setting_once(tmp_path):
+    from moviechat.config import ConfigError
+    from moviechat.tuning import load_sweep
+    from moviechat.tuning.search import sampler_of
+
+    for name, kind in (("random", optuna.samplers.RandomSampler), ("tpe", optuna.samplers.TPESampler)):
+        assert isinstance(sampler_of(load_sweep(write_search(tmp_path, sampler=name)), seed=3), kind)
+    space = {"memory.long_memory_length": {"type": "int", "low": 4, "high": 12, "step": 4},
+             "memory.long_memory_policy": {"type": "categorical", "choices": ["merge", "fifo"]}}
+    study = optuna.create_study(sampler=sampler_of(load_sweep(write_search(tmp_path, sampler="grid", space=space))))
+    drawn = []
+
+    def objective(trial):
+        drawn.append((trial.suggest_int("memory.long_memory_length", 4, 12, step=4),
+                      trial.suggest_categorical("memory.long_memory_policy", ["merge", "fifo"])))
+        return 0.0
+
+    study.optimize(objective, n_trials=10)  # the grid stops the study once every setting ran
+    assert sorted(drawn) == sorted((n, p) for n in (4, 8, 12) for p in ("merge", "fifo"))
+    floats = {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2}}
+    with pytest.raises(ConfigError, match="grid needs int or categorical keys, 'float' has no finite choices"):
+        sampler_of(load_sweep(write_search(tmp_path, sampler="grid", space=floats)))
+
+
 def test_importances_from_fewer_than_five_trials_are_called_indicative(tmp_path):
     from moviechat.tuning import load_sweep
     from moviechat.tuning.search import open_study
