@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, TRAIN_ENV
 from moviechat.common.distributed import CHECK_ENV
 from prefork import run_python
 
@@ -17,8 +17,7 @@ WORKER = REPO / "tests" / "training" / "dist_eval_worker.py"
 
 def run_worker(tmp_path, nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """The worker in one process or ``nproc`` ranks (forked pre-imported, with torchrun's environment: prefork.py)."""
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", CHECK_ENV: "1",
-                        "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
+    env = os.environ | TRAIN_ENV | {CHECK_ENV: "1", "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
     proc = run_python([WORKER, *args], cwd=tmp_path, env=env, timeout=240, nproc=nproc)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
